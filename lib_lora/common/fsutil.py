@@ -1,0 +1,121 @@
+"""Atomic file writes: a reader (the webui, another tool) never sees a half-written file.
+
+Every write goes to a temporary file in the target's folder, is flushed and fsynced, then renamed
+over the target with ``os.replace``. On Windows a target that another process holds open cannot be
+replaced for a moment; the rename is retried briefly before giving up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from lib_lora.common.errors import UserError
+
+_TMP_PREFIX = ".tmp-"
+
+
+def replace_with_retry(src: str | os.PathLike, dst: str | os.PathLike, attempts: int = 20, delay: float = 0.05) -> None:
+    """``os.replace(src, dst)``, retried while the target is locked (Windows sharing violations)."""
+    for attempt in range(attempts):
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(delay * (1 + attempt))
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on a clean exit it replaces ``path`` atomically.
+
+    On an exception the temporary file is removed and ``path`` is left exactly as it was.
+    """
+    if "w" not in mode:
+        raise ValueError("atomic_open is for writing")
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise UserError(f"Cannot write {target}: it is a folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX + target.name + ".", dir=folder)
+    except OSError as exc:
+        raise _write_error(target, exc) from exc
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, mode, encoding=encoding, newline="" if "b" not in mode else None) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        _copy_mode(target, tmp)
+        replace_with_retry(tmp, target)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError) and not isinstance(exc, UserError):
+            raise _write_error(target, exc) from exc
+        raise
+    _fsync_dir(folder)
+
+
+def _copy_mode(target: Path, tmp: Path) -> None:
+    """Keep the permissions of a file being replaced (mkstemp creates 0600 files)."""
+    try:
+        mode = target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, mode)
+
+
+def _write_error(target: Path, exc: OSError) -> UserError:
+    if exc.errno == errno.ENOSPC:
+        return UserError(
+            f"Cannot write {target}: the disk is full.", "Free some space and try again; nothing was changed."
+        )
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return UserError(f"Cannot write {target}: permission denied (read-only file or folder).")
+    return UserError(f"Cannot write {target}: {exc.strerror or exc}.")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically (no newline translation)."""
+    with atomic_open(path, "w", encoding=encoding) as handle:
+        handle.write(text)
+
+
+def is_temp_file(path: str | os.PathLike) -> bool:
+    """True for the temporary files :func:`atomic_open` creates (hidden from listings)."""
+    return Path(path).name.startswith(_TMP_PREFIX)

@@ -1,0 +1,68 @@
+"""The dataset folder layout every trainer GUI uses: ``<dataset>/<N>_<name>/image.png``.
+
+``N`` is how many times each image is repeated per epoch, ``name`` the class tokens. A caption is
+``<stem>.txt`` beside the image.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# Folders our own tools create inside a dataset; never training data.
+RESERVED_DIRS: frozenset[str] = frozenset({"_duplicates", ".caption-history", "_rejected"})
+_SUBSET = re.compile(r"^(\d+)_(.+)$")
+
+
+@dataclass(frozen=True)
+class SubsetName:
+    repeats: int
+    class_tokens: str
+
+
+def parse_subset_name(folder_name: str) -> SubsetName | None:
+    """``"10_irene"`` -> SubsetName(10, "irene"); None when the name does not follow ``N_name``.
+
+    As sd-scripts: the first ``_``-separated token must be an integer >= 1; the rest (underscores
+    kept) are the class tokens.
+    """
+    match = _SUBSET.match(folder_name)
+    if not match:
+        return None
+    repeats = int(match.group(1))
+    if repeats < 1:
+        return None
+    return SubsetName(repeats, match.group(2))
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _skip_dir(name: str) -> bool:
+    return name.startswith(".") or name in RESERVED_DIRS
+
+
+def iter_image_files(root: str | os.PathLike, recursive: bool = True) -> Iterator[Path]:
+    """Image files under ``root`` in a stable (sorted) order; hidden and tool folders are skipped."""
+    root = Path(root)
+    if not recursive:
+        for entry in sorted(root.iterdir()):
+            if entry.is_file() and is_image_file(entry) and not entry.name.startswith("."):
+                yield entry
+        return
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not _skip_dir(d))
+        for name in sorted(files):
+            if not name.startswith(".") and is_image_file(name):
+                yield Path(folder) / name
+
+
+def caption_path(image: str | os.PathLike, caption_extension: str = ".txt") -> Path:
+    """``a/b.png`` -> ``a/b.txt``."""
+    image = Path(image)
+    return image.with_name(image.stem + caption_extension)
