@@ -1,0 +1,374 @@
+"""A dataset's captions in memory: loading, tolerant parsing, tagger confidences, statistics.
+
+A dataset is the folder a trainer reads (``<root>/<N>_<name>/image.png``, any depth); every image is one
+:class:`CaptionItem` whose caption is ``<stem><caption_extension>`` beside it. Captions are
+comma-separated tags; line breaks, repeated commas, stray spaces, a UTF-8 BOM and CRLF line ends are all
+tolerated. An image without a caption file has an empty caption. A caption that cannot be read as UTF-8
+(or is a folder, or unreadable) is *locked*: it is reported, shown with no tags, never edited and never
+written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lib_lora.common.errors import UserError
+from lib_lora.common.layout import caption_path, iter_image_files, parse_subset_name
+from lib_lora.common.tags import join_tags, split_tags, underscores_to_spaces
+from lib_lora.events import Events, StopToken
+
+DEFAULT_CAPTION_EXTENSION = ".txt"
+# The tagger writes its confidences beside the image as ``<stem>.tags.json``:
+# {"model": str, "tags": {tag: confidence, ...}, "ratings": {...}}
+TAGGER_SIDECAR_SUFFIX = ".tags.json"
+
+Tags = tuple[str, ...]
+
+
+def normalize_tag(tag: str) -> str:
+    """Trim a tag and collapse runs of whitespace inside it (``"long  hair "`` -> ``"long hair"``)."""
+    return " ".join(tag.split())
+
+
+def parse_caption(text: str) -> Tags:
+    """Tags of a caption text: commas and line breaks separate; empty tags and stray spaces vanish."""
+    return tuple(t for t in (normalize_tag(part) for part in split_tags(text)) if t)
+
+
+def parse_tag_list(tags: str | Iterable[str]) -> Tags:
+    """Tags given by a user: one comma-separated string or a sequence of tags (each may hold commas)."""
+    if isinstance(tags, str):
+        return parse_caption(tags)
+    out: list[str] = []
+    for tag in tags:
+        out.extend(parse_caption(tag))
+    return tuple(out)
+
+
+def decode_caption(raw: bytes) -> str:
+    """UTF-8 text of a caption file (a BOM is dropped); raises UnicodeDecodeError for other encodings."""
+    return raw.decode("utf-8-sig")
+
+
+def trailing_newline(text: str) -> str:
+    """The line end a caption text finishes with (kept when the caption is rewritten)."""
+    if text.endswith("\r\n"):
+        return "\r\n"
+    if text.endswith(("\n", "\r")):
+        return text[-1]
+    return ""
+
+
+def encode_caption(tags: Sequence[str], newline: str = "") -> bytes:
+    """The bytes written for ``tags``: UTF-8 without BOM, ``", "``-separated, then ``newline``."""
+    return (join_tags(tags) + newline).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    caption_extension: str = DEFAULT_CAPTION_EXTENSION
+    recursive: bool = True
+    read_confidences: bool = True  # read the tagger's ``<stem>.tags.json`` sidecars
+
+    def __post_init__(self) -> None:
+        ext = self.caption_extension
+        if not ext or not ext.startswith(".") or len(ext) < 2 or "/" in ext or "\\" in ext:
+            raise UserError(f"Caption extension {ext!r} is not valid: it must look like '.txt'.")
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """A file the editor could not use or write; ``rel`` is relative to the dataset folder."""
+
+    rel: str
+    message: str
+
+
+@dataclass
+class CaptionItem:
+    """One image and its caption.
+
+    ``tags`` is the current (possibly edited) caption; ``saved_tags`` and ``disk_raw`` are what the
+    caption file held when it was loaded or last saved (``disk_raw`` None: there was no caption file).
+    """
+
+    rel: str  # image path relative to the dataset folder, "/"-separated
+    image: Path
+    caption_file: Path
+    tags: Tags
+    saved_tags: Tags
+    disk_raw: bytes | None
+    newline: str = ""  # line end after the caption when it is rewritten
+    confidences: dict[str, float] | None = None
+    problem: str | None = None  # set: the caption is locked (reported, never edited or written)
+
+    @property
+    def folder(self) -> str:
+        """The image's folder relative to the dataset ("" for the dataset folder itself)."""
+        head, _, _ = self.rel.rpartition("/")
+        return head
+
+    @property
+    def caption_rel(self) -> str:
+        head = self.rel.rpartition("/")[0]
+        cap = self.caption_file.name
+        return f"{head}/{cap}" if head else cap
+
+    @property
+    def locked(self) -> bool:
+        return self.problem is not None
+
+    @property
+    def has_caption_file(self) -> bool:
+        return self.disk_raw is not None
+
+    @property
+    def dirty(self) -> bool:
+        """True when saving would write this caption."""
+        return self.problem is None and self.tags != self.saved_tags
+
+    @property
+    def caption(self) -> str:
+        return join_tags(self.tags)
+
+    @property
+    def saved_caption(self) -> str:
+        return join_tags(self.saved_tags)
+
+    def confidence(self, tag: str) -> float | None:
+        """The tagger's confidence for ``tag`` (spelled with spaces or underscores), if known."""
+        if not self.confidences:
+            return None
+        return self.confidences.get(tag)
+
+    def set_disk_state(self, raw: bytes | None) -> None:
+        """Take ``raw`` (the caption file's bytes, None if absent) as the new on-disk baseline."""
+        self.disk_raw = raw
+        self.problem = None
+        if raw is None:
+            self.saved_tags = ()
+            return
+        try:
+            text = decode_caption(raw)
+        except UnicodeDecodeError as exc:
+            self.saved_tags = ()
+            self.problem = _not_utf8_message(self.caption_file, exc)
+            return
+        self.saved_tags = parse_caption(text)
+        self.newline = trailing_newline(text)
+
+
+@dataclass(frozen=True)
+class TagCount:
+    tag: str
+    count: int  # images whose caption holds the tag
+    fraction: float  # count / images considered
+
+
+@dataclass(frozen=True)
+class FolderStats:
+    folder: str  # relative to the dataset ("" = the dataset folder)
+    images: int
+    captionless: int
+    repeats: int | None  # from an ``N_name`` folder name, else None
+    class_tokens: str | None
+
+
+@dataclass(frozen=True)
+class DatasetStats:
+    images: int
+    captioned: int
+    captionless: tuple[str, ...]  # image paths (relative) without a caption or with an empty one
+    tags: tuple[TagCount, ...]  # most frequent first, ties by name
+    folders: tuple[FolderStats, ...]
+    problems: tuple[FileProblem, ...]
+
+
+@dataclass
+class Dataset:
+    root: Path
+    options: LoadOptions
+    items: list[CaptionItem]
+    problems: list[FileProblem] = field(default_factory=list)  # found while loading
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def index_of(self, rel: str) -> int:
+        """Index of the image ``rel`` (relative path, "/"-separated); UserError if unknown."""
+        index = self._index().get(rel.replace("\\", "/"))
+        if index is None:
+            raise UserError(f"Image {rel!r} is not part of the dataset {self.root}.")
+        return index
+
+    def _index(self) -> dict[str, int]:
+        cached = getattr(self, "_rel_index", None)
+        if cached is None or len(cached) != len(self.items):
+            cached = {item.rel: i for i, item in enumerate(self.items)}
+            self._rel_index = cached
+        return cached
+
+    def class_tokens(self) -> set[str]:
+        """The class tokens of the ``N_name`` folders (usually the activation tag)."""
+        out = set()
+        for item in self.items:
+            for part in item.folder.split("/"):
+                subset = parse_subset_name(part)
+                if subset:
+                    out.add(normalize_tag(subset.class_tokens))
+        return out
+
+
+def tag_frequency(items: Iterable[CaptionItem]) -> Counter[str]:
+    """How many captions hold each tag (a tag repeated in one caption counts once)."""
+    counts: Counter[str] = Counter()
+    for item in items:
+        counts.update(set(item.tags))
+    return counts
+
+
+def ranked_counts(counts: Counter[str], total: int) -> tuple[TagCount, ...]:
+    """``counts`` as TagCounts, most frequent first, ties alphabetical."""
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return tuple(TagCount(tag, n, n / total if total else 0.0) for tag, n in ordered)
+
+
+def dataset_stats(dataset: Dataset) -> DatasetStats:
+    items = dataset.items
+    captionless = tuple(item.rel for item in items if not item.locked and not item.tags)
+    folders: dict[str, list[CaptionItem]] = {}
+    for item in items:
+        folders.setdefault(item.folder, []).append(item)
+    folder_stats = []
+    for folder in sorted(folders):
+        members = folders[folder]
+        subset = parse_subset_name(folder.rsplit("/", 1)[-1]) if folder else None
+        folder_stats.append(
+            FolderStats(
+                folder=folder,
+                images=len(members),
+                captionless=sum(1 for m in members if not m.locked and not m.tags),
+                repeats=subset.repeats if subset else None,
+                class_tokens=subset.class_tokens if subset else None,
+            )
+        )
+    problems = tuple(dataset.problems)
+    return DatasetStats(
+        images=len(items),
+        captioned=sum(1 for item in items if item.tags),
+        captionless=captionless,
+        tags=ranked_counts(tag_frequency(items), len(items)),
+        folders=tuple(folder_stats),
+        problems=problems,
+    )
+
+
+def _not_utf8_message(path: Path, exc: UnicodeDecodeError) -> str:
+    return (
+        f"Caption {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}; "
+        "Latin-1 or another legacy encoding?): it is left untouched and cannot be edited until it is saved as UTF-8."
+    )
+
+
+def read_confidences(path: Path) -> dict[str, float] | None:
+    """Tag confidences from a tagger sidecar; None when it is missing or not in the expected shape."""
+    try:
+        with open(path, "rb") as handle:
+            data = json.loads(handle.read().decode("utf-8-sig"))
+    except (OSError, ValueError):
+        return None
+    tags = data.get("tags") if isinstance(data, dict) else None
+    if not isinstance(tags, dict):
+        return None
+    out: dict[str, float] = {}
+    for tag, value in tags.items():
+        if not isinstance(tag, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        name = normalize_tag(tag)
+        if name:
+            out[name] = float(value)
+    # the caption may spell a tag with spaces or underscores: answer both
+    for name, value in list(out.items()):
+        out.setdefault(underscores_to_spaces(name), value)
+        out.setdefault(name.replace(" ", "_"), value)
+    return out
+
+
+def read_caption_file(path: Path) -> tuple[bytes | None, str | None]:
+    """(bytes, None), (None, None) when there is no caption file, or (None, problem) when it is unusable."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(), None
+    except FileNotFoundError:
+        return None, None
+    except IsADirectoryError:
+        return None, f"Caption {path} is a folder, not a file: it is left untouched."
+    except PermissionError:
+        if path.is_dir():
+            return None, f"Caption {path} is a folder, not a file: it is left untouched."
+        return None, f"Caption {path} cannot be read (permission denied): it is left untouched."
+    except OSError as exc:
+        return None, f"Caption {path} cannot be read ({exc.strerror or exc}): it is left untouched."
+
+
+def load_item(root_prefix: int, image: Path, options: LoadOptions) -> CaptionItem:
+    """Read one image's caption (and sidecar); ``root_prefix`` is ``len(str(root)) + 1``."""
+    rel = str(image)[root_prefix:].replace(os.sep, "/")
+    cap = caption_path(image, options.caption_extension)
+    raw, problem = read_caption_file(cap)
+    item = CaptionItem(rel=rel, image=image, caption_file=cap, tags=(), saved_tags=(), disk_raw=None)
+    if problem is not None:
+        item.problem = problem
+    else:
+        item.set_disk_state(raw)
+        item.tags = item.saved_tags
+    if options.read_confidences:
+        item.confidences = read_confidences(image.with_name(image.stem + TAGGER_SIDECAR_SUFFIX))
+    return item
+
+
+def check_dataset_folder(root: str | os.PathLike) -> Path:
+    path = Path(root).expanduser().absolute()
+    if not path.exists():
+        raise UserError(f"Dataset folder {path} does not exist.")
+    if not path.is_dir():
+        raise UserError(f"Dataset folder {path} is not a folder.")
+    return path
+
+
+def load_dataset(
+    root: str | os.PathLike,
+    options: LoadOptions | None = None,
+    events: Events | None = None,
+    stop: StopToken | None = None,
+) -> Dataset:
+    """Load every image's caption under ``root``.
+
+    Unusable captions are reported (``Dataset.problems`` and ``events.warning``) and locked, never fatal.
+    Raises :class:`lib_lora.events.StopRequested` if ``stop`` fires (a half-loaded dataset is useless).
+    """
+    options = options or LoadOptions()
+    events = events or Events()
+    root = check_dataset_folder(root)
+    images = list(iter_image_files(root, recursive=options.recursive))
+    prefix = len(str(root).rstrip(os.sep)) + 1
+    items: list[CaptionItem] = []
+    problems: list[FileProblem] = []
+    total = len(images)
+    for i, image in enumerate(images):
+        if stop is not None and i % 256 == 0:
+            stop.raise_if_requested()
+        item = load_item(prefix, image, options)
+        if item.problem:
+            problems.append(FileProblem(item.caption_rel, item.problem))
+            events.warning(item.problem)
+        items.append(item)
+        if i % 1000 == 999:
+            events.progress("loading captions", i + 1, total)
+    events.progress("loading captions", total, total)
+    return Dataset(root=root, options=options, items=items, problems=problems)

@@ -1,0 +1,314 @@
+"""The editing session: filtered batch edits, per-image edit, undo/redo, preview, safe save, conflicts."""
+
+from __future__ import annotations
+
+import os
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from lib_lora.captions import (
+    BACKUP_DIR_NAME,
+    CaptionSession,
+    TagFilter,
+    list_backups,
+    read_backup,
+)
+from lib_lora.common.errors import UserError
+from lib_lora.events import RecordingEvents, StopToken
+from support.captions_data import caption_text, make_dataset, snapshot
+
+FILES = {
+    "10_irene/a.png": "1girl, long_hair, ^_^, smile, long_hair\n",
+    "10_irene/b.png": "irene, 1girl, blue_eyes",
+    "10_irene/c.png": None,
+    "1_bg/d.png": "scenery, no_humans",
+}
+
+
+@pytest.fixture()
+def root(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "ds", FILES)
+
+
+def captions(session: CaptionSession) -> dict[str, str]:
+    return {item.rel: item.caption for item in session.items}
+
+
+def test_batch_edits_apply_to_the_filtered_images_only(root: Path) -> None:
+    session = CaptionSession.open(root)
+    assert session.set_filter(TagFilter.build(include="1girl")) == [0, 1]
+    result = session.add_tags("irene")
+    assert (result.changed, result.considered) == (1, 2)
+    assert captions(session) == {
+        "10_irene/a.png": "irene, 1girl, long_hair, ^_^, smile, long_hair",
+        "10_irene/b.png": "irene, 1girl, blue_eyes",
+        "10_irene/c.png": "",
+        "1_bg/d.png": "scenery, no_humans",
+    }
+    assert session.tag_counts()[0].tag in ("1girl", "irene")
+    assert {t.tag for t in session.tag_counts()} == {"irene", "1girl", "long_hair", "^_^", "smile", "blue_eyes"}
+
+
+def test_filter_is_reevaluated_after_edits(root: Path) -> None:
+    session = CaptionSession.open(root)
+    session.set_filter(TagFilter.build(include="smile"))
+    assert [session.items[i].rel for i in session.visible()] == ["10_irene/a.png"]
+    session.remove_tags("smile")
+    assert session.visible() == []
+
+
+def test_guide_steps_then_undo_redo_round_trip(root: Path) -> None:
+    session = CaptionSession.open(root)
+    original = captions(session)
+    session.add_tags("irene", "front")
+    session.underscores_to_spaces()
+    session.dedupe()
+    final = captions(session)
+    assert final["10_irene/a.png"] == "irene, 1girl, long hair, ^_^, smile"
+    assert final["10_irene/c.png"] == "irene"
+    assert session.history() == (["add at the front: irene", "underscores to spaces", "remove duplicate tags"], [])
+
+    assert session.undo() is not None and session.undo() is not None and session.undo() is not None
+    assert session.undo() is None
+    assert captions(session) == original
+    assert session.dirty_count == 0
+    assert session.redo() is not None and session.redo() is not None and session.redo() is not None
+    assert session.redo() is None
+    assert captions(session) == final
+
+    session.undo()
+    session.sort("alpha")  # a new edit drops what could be redone
+    assert not session.can_redo
+
+
+def test_edits_that_change_nothing_are_not_history(root: Path) -> None:
+    session = CaptionSession.open(root)
+    assert session.remove_tags("absent").changed == 0
+    assert not session.can_undo
+
+
+def test_per_image_edit(root: Path) -> None:
+    session = CaptionSession.open(root)
+    session.edit("10_irene/c.png", "irene,  solo,,")
+    assert session.item("10_irene/c.png").tags == ("irene", "solo")
+    session.undo()
+    assert session.item(2).tags == ()
+    with pytest.raises(UserError, match="not part of the dataset"):
+        session.edit("nope.png", "x")
+
+
+def test_locked_caption_cannot_be_edited(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "ds", {"a.png": "caf\xe9".encode("latin-1")})
+    session = CaptionSession.open(root)
+    with pytest.raises(UserError, match="not UTF-8"):
+        session.edit(0, "x")
+    assert session.add_tags("irene").locked == 1
+    assert session.dirty_count == 0
+
+
+def test_preview_counts_and_samples(root: Path) -> None:
+    session = CaptionSession.open(root)
+    session.add_tags("irene")
+    session.underscores_to_spaces()
+    preview = session.preview(sample=2)
+    assert (preview.changed, preview.created, preview.total) == (4, 1, 4)
+    assert len(preview.samples) == 2
+    first = preview.samples[0]
+    assert first.before == "1girl, long_hair, ^_^, smile, long_hair"
+    assert first.after == "irene, 1girl, long hair, ^_^, smile, long hair"
+    assert first.added == ("irene", "long hair") and first.removed == ("long_hair",)
+    assert dict(preview.tags_added)["irene"] == 3  # b already had it
+    assert session.pending()[2].before is None  # c.txt does not exist yet
+
+
+def test_save_writes_only_changed_files_with_backup(root: Path) -> None:
+    before = snapshot(root)
+    session = CaptionSession.open(root)
+    session.set_filter(TagFilter.build(include="1girl"))
+    session.add_tags("irene")
+    session.underscores_to_spaces()
+    session.set_filter(None)
+    session.add_tags("solo", "end")  # c.txt gets created
+
+    result = session.save()
+    assert result.ok
+    assert result.written == ["10_irene/a.txt", "10_irene/b.txt", "1_bg/d.txt"]
+    assert result.created == ["10_irene/c.txt"]
+    assert caption_text(root, "10_irene/a.txt") == "irene, 1girl, long hair, ^_^, smile, long hair, solo\n"
+    assert caption_text(root, "10_irene/b.txt") == "irene, 1girl, blue eyes, solo"
+    assert caption_text(root, "10_irene/c.txt") == "solo"
+    assert caption_text(root, "1_bg/d.txt") == "scenery, no_humans, solo"
+
+    # the backup holds exactly the previous version of every caption that save changed
+    assert result.backup is not None and result.backup.parent == root / BACKUP_DIR_NAME
+    assert read_backup(result.backup) == {
+        "10_irene/a.txt": before["10_irene/a.txt"],
+        "10_irene/b.txt": before["10_irene/b.txt"],
+        "10_irene/c.txt": None,
+        "1_bg/d.txt": before["1_bg/d.txt"],
+    }
+    assert session.dirty_count == 0
+
+    # nothing changed since: a second save writes nothing and keeps no new backup
+    again = session.save()
+    assert again.written == [] and again.backup is None
+    assert len(list_backups(root)) == 1
+
+
+def test_unchanged_captions_are_not_rewritten(root: Path) -> None:
+    session = CaptionSession.open(root)
+    session.set_filter(TagFilter.build(include="scenery"))
+    mtimes = {p: os.stat(p).st_mtime_ns for p in root.rglob("*.txt")}
+    session.replace("no_humans", "no humans")
+    assert session.save().written == ["1_bg/d.txt"]
+    for path, mtime in mtimes.items():
+        if path.name != "d.txt":
+            assert os.stat(path).st_mtime_ns == mtime, path
+
+
+def test_undo_after_save_then_save_restores_previous_text(root: Path) -> None:
+    session = CaptionSession.open(root)
+    session.replace("scenery", "landscape")
+    session.save()
+    session.undo()
+    session.save()
+    assert caption_text(root, "1_bg/d.txt") == "scenery, no_humans"
+    assert len(list_backups(root)) == 2
+
+
+def test_caption_edited_on_disk_is_not_overwritten_silently(root: Path) -> None:
+    session = CaptionSession.open(root)
+    session.add_tags("solo", "end")
+    (root / "10_irene/b.txt").write_text("edited elsewhere", encoding="utf-8")
+    assert [c.caption for c in session.check_disk()] == ["10_irene/b.txt"]
+
+    events = RecordingEvents()
+    result = session.save(events=events)
+    assert caption_text(root, "10_irene/b.txt") == "edited elsewhere"
+    assert not result.ok
+    [conflict] = result.unresolved
+    assert conflict.caption == "10_irene/b.txt" and "changed on disk" in conflict.reason
+    assert conflict.on_disk == "edited elsewhere" and conflict.ours == "irene, 1girl, blue_eyes, solo"
+    assert any("changed on disk" in t for t in events.texts("warning"))
+    # the others were saved; the conflicting edit is still pending
+    assert caption_text(root, "10_irene/a.txt").endswith(", solo\n")
+    assert session.item("10_irene/b.png").dirty
+
+
+def test_conflict_overwrite_keeps_the_disk_version_in_the_backup(root: Path) -> None:
+    session = CaptionSession.open(root)
+    session.add_tags("solo", "end")
+    (root / "10_irene/b.txt").write_text("edited elsewhere", encoding="utf-8")
+    session.save()
+    result = session.save(choices={"10_irene/b.png": "overwrite"})
+    assert result.ok and result.written == ["10_irene/b.txt"]
+    assert caption_text(root, "10_irene/b.txt") == "irene, 1girl, blue_eyes, solo"
+    assert read_backup(result.backup) == {"10_irene/b.txt": b"edited elsewhere"}
+
+
+def test_conflict_reload_takes_the_disk_version(root: Path) -> None:
+    session = CaptionSession.open(root)
+    session.add_tags("solo", "end")
+    (root / "10_irene/b.txt").write_text("edited, elsewhere", encoding="utf-8")
+    result = session.save(on_conflict="reload")
+    assert result.ok and "10_irene/b.txt" not in result.written
+    assert session.item("10_irene/b.png").tags == ("edited", "elsewhere")
+    assert not session.item("10_irene/b.png").dirty
+    assert caption_text(root, "10_irene/b.txt") == "edited, elsewhere"
+
+
+def test_caption_deleted_on_disk_is_a_conflict(root: Path) -> None:
+    session = CaptionSession.open(root)
+    session.add_tags("irene")
+    (root / "1_bg/d.txt").unlink()
+    result = session.save()
+    assert [c.reason for c in result.unresolved] == [
+        f"Caption {root / '1_bg/d.txt'} was deleted on disk since it was loaded."
+    ]
+    assert not (root / "1_bg/d.txt").exists()
+
+
+def test_read_only_caption_is_left_untouched_and_the_edit_kept(root: Path) -> None:
+    target = root / "1_bg/d.txt"
+    target.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    try:
+        session = CaptionSession.open(root)
+        session.add_tags("irene")
+        result = session.save()
+        assert [p.rel for p in result.failed] == ["1_bg/d.txt"]
+        assert "is read-only" in result.failed[0].message
+        assert target.read_text(encoding="utf-8") == "scenery, no_humans"
+        assert session.item("1_bg/d.png").dirty
+        assert caption_text(root, "10_irene/a.txt").startswith("irene, ")
+        target.chmod(0o644)
+        assert session.save().written == ["1_bg/d.txt"]
+    finally:
+        target.chmod(0o644)
+
+
+def test_caption_replaced_by_a_folder_before_save_is_reported(root: Path) -> None:
+    session = CaptionSession.open(root)
+    session.add_tags("irene")
+    (root / "1_bg/d.txt").unlink()
+    (root / "1_bg/d.txt").mkdir()
+    result = session.save()
+    assert ["is a folder" in p.message for p in result.failed] == [True]
+    assert (root / "1_bg/d.txt").is_dir()
+
+
+def test_failed_backup_writes_nothing(root: Path) -> None:
+    (root / BACKUP_DIR_NAME).write_text("in the way")
+    before = snapshot(root)
+    session = CaptionSession.open(root)
+    session.add_tags("solo", "end")
+    with pytest.raises(UserError, match="backup"):
+        session.save()
+    assert snapshot(root) == before
+    assert session.dirty_count == 4
+
+
+def test_stop_token_leaves_remaining_edits_unsaved(root: Path) -> None:
+    session = CaptionSession.open(root)
+    session.add_tags("solo", "end")
+    token = StopToken()
+    token.request()
+    result = session.save(stop=token)
+    assert result.stopped and not result.written
+    assert session.dirty_count == 4
+
+
+def test_restore_from_backup_is_an_undoable_edit(root: Path) -> None:
+    session = CaptionSession.open(root)
+    session.add_tags("irene")
+    session.underscores_to_spaces()
+    first = session.save()
+    restored = session.restore(first.backup)
+    assert restored.changed == 4
+    assert session.item("10_irene/c.png").tags == ()
+    session.save()
+    assert caption_text(root, "10_irene/a.txt") == FILES["10_irene/a.png"]
+    assert caption_text(root, "10_irene/c.txt") == ""
+    [newest, oldest] = list_backups(root)
+    assert (oldest.modified, oldest.created) == (3, 1)  # a, b, d changed; c created
+    assert (newest.modified, newest.created) == (4, 0)  # all four put back (c emptied)
+
+
+def test_backup_zip_can_be_unzipped_over_the_dataset(root: Path) -> None:
+    before = snapshot(root)
+    session = CaptionSession.open(root)
+    session.add_tags("irene")
+    backup = session.save().backup
+    with zipfile.ZipFile(backup) as zf:
+        zf.extractall(root, members=[n for n in zf.namelist() if not n.startswith(".")])
+    for rel in ("10_irene/a.txt", "10_irene/b.txt", "1_bg/d.txt"):
+        assert (root / rel).read_bytes() == before[rel]
+
+
+def test_suggested_common_tags_skip_the_activation_tag(tmp_path: Path) -> None:
+    files = {f"10_irene/{i}.png": "irene, red hair, green eyes" + (", smile" if i % 2 else "") for i in range(10)}
+    session = CaptionSession.open(make_dataset(tmp_path / "ds", files))
+    assert [t.tag for t in session.suggest_common_tags(0.9)] == ["green eyes", "red hair"]
+    assert [t.tag for t in session.suggest_common_tags(0.5, exclude=())] == ["green eyes", "irene", "red hair", "smile"]
