@@ -8,9 +8,11 @@ instant. A :class:`UserError` becomes one ``error: ...`` line and exit status 2,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from lib_lora import __version__
@@ -71,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = args.debug or os.environ.get("LIB_LORA_DEBUG") == "1"
+    if not debug:  # third-party deprecation chatter is not for our users
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         return int(args._run(args) or 0)
     except UserError as exc:
@@ -81,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stdout must stay open until exit
+        return 0
     except Exception as exc:  # an unexpected failure: one line, the traceback on request
         if debug:
             raise

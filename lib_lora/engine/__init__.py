@@ -1,0 +1,1 @@
+"""The LoRA engine: torch and the standard library only (see DESIGN.md)."""
