@@ -41,7 +41,10 @@ def run(args: argparse.Namespace) -> int:
     for target in targets:
         rank = args.conv_dim if target.conv_rank else args.dim
         down, up = lora_shapes(target.module, target.kind, rank)
-        modules[kohya_stem(family, target.component, target.path, naming[target.component])] = {"down": list(down), "up": list(up)}
+        modules[kohya_stem(family, target.component, target.path, naming[target.component])] = {
+            "down": list(down),
+            "up": list(up),
+        }
         counts[target.component] = counts.get(target.component, 0) + 1
     if args.json:
         print(json.dumps({"arch": args.arch, "modules": modules, "counts": counts}, indent=1))

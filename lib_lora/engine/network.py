@@ -101,7 +101,7 @@ class LoRANetwork(nn.Module):
     def __getitem__(self, key: str) -> LoRAModule:
         return self._by_key[key]
 
-    def keys(self) -> list[str]:
+    def lora_keys(self) -> list[str]:
         return list(self._by_key)
 
     def components(self) -> list[str]:
@@ -194,16 +194,29 @@ class LoRANetwork(nn.Module):
             if module is None:
                 report.unexpected.append(key)
                 continue
-            for suffix, param in (("lora_down.weight", module.lora_down.weight), ("lora_up.weight", module.lora_up.weight)):
+            for suffix, param in (
+                ("lora_down.weight", module.lora_down.weight),
+                ("lora_up.weight", module.lora_up.weight),
+            ):
                 tensor = tensors.get(suffix)
                 if tensor is None:
                     report.mismatched.append(f"{key}: no {suffix}")
                 elif tuple(tensor.shape) != tuple(param.shape):
-                    report.mismatched.append(f"{key}.{suffix}: {list(tensor.shape)} in the weights vs {list(param.shape)}")
+                    report.mismatched.append(
+                        f"{key}.{suffix}: {list(tensor.shape)} in the weights vs {list(param.shape)}"
+                    )
         report.missing = [key for key in self._by_key if key not in grouped]
         if strict and (report.missing or report.unexpected or report.mismatched):
-            problems = report.mismatched + [f"missing {k}" for k in report.missing] + [f"unexpected {k}" for k in report.unexpected]
-            raise ValueError("LoRA weights do not fit this network: " + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""))
+            problems = (
+                report.mismatched
+                + [f"missing {k}" for k in report.missing]
+                + [f"unexpected {k}" for k in report.unexpected]
+            )
+            raise ValueError(
+                "LoRA weights do not fit this network: "
+                + "; ".join(problems[:5])
+                + (" ..." if len(problems) > 5 else "")
+            )
         for key, tensors in grouped.items():
             module = self._by_key.get(key)
             if module is None or any(f"{key}" in m for m in report.mismatched):

@@ -64,7 +64,10 @@ def unet_blocks(layout: UNetLayout) -> tuple[tuple[str, str, str], ...]:
         ("time_embed.2", "time_embedding.linear_2", "plain"),
     ]
     if layout.label_emb:
-        rows += [("label_emb.0.0", "add_embedding.linear_1", "plain"), ("label_emb.0.2", "add_embedding.linear_2", "plain")]
+        rows += [
+            ("label_emb.0.0", "add_embedding.linear_1", "plain"),
+            ("label_emb.0.2", "add_embedding.linear_2", "plain"),
+        ]
     for i in range(layout.levels):
         for j in range(lpb):
             n = (lpb + 1) * i + j + 1
@@ -86,7 +89,9 @@ def unet_blocks(layout: UNetLayout) -> tuple[tuple[str, str, str], ...]:
             if attention:
                 rows.append((f"output_blocks.{n}.1", f"up_blocks.{i}.attentions.{j}", "attn"))
             if j == lpb and i < layout.levels - 1:
-                rows.append((f"output_blocks.{n}.{2 if attention else 1}.conv", f"up_blocks.{i}.upsamplers.0.conv", "plain"))
+                rows.append(
+                    (f"output_blocks.{n}.{2 if attention else 1}.conv", f"up_blocks.{i}.upsamplers.0.conv", "plain")
+                )
     rows += [("out.0", "conv_norm_out", "plain"), ("out.2", "conv_out", "plain")]
     return tuple(rows)
 
@@ -144,7 +149,11 @@ def unet_lora_paths(layout: UNetLayout, style: str, conv: bool) -> list[tuple[st
         prefix = diff
         if kind == "attn":
             depth = _attention_depth(layout, diff)
-            inner = ["proj_in", *(f"transformer_blocks.{k}.{name}" for k in range(depth) for name in ATTENTION_BLOCK_LINEARS), "proj_out"]
+            inner = [
+                "proj_in",
+                *(f"transformer_blocks.{k}.{name}" for k in range(depth) for name in ATTENTION_BLOCK_LINEARS),
+                "proj_out",
+            ]
             # sd-scripts' (and torch's) module order: proj_in, blocks, proj_out; norm carries no LoRA
             paths += [(f"{prefix}.{name}", False) for name in inner]
         elif kind == "resnet" and conv:
@@ -186,7 +195,14 @@ _OPENCLIP_INNER = {
     "ln_2": "layer_norm2",
 }
 _OPENCLIP_THIRDS = {"attn:q": "self_attn.q_proj", "attn:k": "self_attn.k_proj", "attn:v": "self_attn.v_proj"}
-CLIP_LAYER_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
+CLIP_LAYER_LINEARS = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.out_proj",
+    "mlp.fc1",
+    "mlp.fc2",
+)
 
 
 def hf_text_path(path: str) -> str:
@@ -205,7 +221,7 @@ def openclip_to_hf(path: str) -> str:
     for table in (_OPENCLIP_THIRDS, _OPENCLIP_INNER):
         for src, dst in table.items():
             if rest == src or rest.startswith(src + "."):
-                return f"text_model.encoder.layers.{layer}.{dst}{rest[len(src):]}"
+                return f"text_model.encoder.layers.{layer}.{dst}{rest[len(src) :]}"
     raise KeyError(f"no OpenCLIP -> CLIP mapping for {path!r}")
 
 

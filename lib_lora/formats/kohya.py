@@ -71,7 +71,9 @@ def split_tensor_name(name: str) -> tuple[str, str]:
     raise ValueError(f"not a LoRA tensor name: {name}")
 
 
-def to_kohya(state: dict[str, torch.Tensor], family: str, naming: dict[str, str], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def to_kohya(
+    state: dict[str, torch.Tensor], family: str, naming: dict[str, str], dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
     """Canonical network tensors -> kohya file tensors (``<stem>.lora_down.weight`` ...), every tensor
     (alpha included, a 0-dim tensor) cast to ``dtype``, contiguous, on the CPU."""
     split = {name: split_tensor_name(name) for name in state}
@@ -88,7 +90,9 @@ def to_kohya(state: dict[str, torch.Tensor], family: str, naming: dict[str, str]
     return out
 
 
-def from_kohya(tensors: dict[str, torch.Tensor], family: str, keys: list[str], naming: dict[str, str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+def from_kohya(
+    tensors: dict[str, torch.Tensor], family: str, keys: list[str], naming: dict[str, str]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """kohya file tensors -> canonical tensors for a network with ``keys``.
 
     Returns (canonical tensors, file tensor names that match no network key). SD1 files with
@@ -219,7 +223,11 @@ def summarize(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None 
     for stem, weights in modules.items():
         info = known.get(stem)
         if info is None:
-            summary.unknown_keys += sorted(f"{stem}.{s}" for s, t in zip(TENSOR_SUFFIXES, (weights.down, weights.up, weights.alpha)) if t is not None)
+            summary.unknown_keys += sorted(
+                f"{stem}.{s}"
+                for s, t in zip(TENSOR_SUFFIXES, (weights.down, weights.up, weights.alpha))
+                if t is not None
+            )
             continue
         if weights.down is None or weights.up is None:
             summary.incomplete.append(stem)

@@ -40,9 +40,18 @@ SS_KEYS: tuple[str, ...] = (
     # per save
     "ss_training_finished_at", "ss_steps", "ss_epoch",
 )  # fmt: skip
-JSON_KEYS = frozenset({"ss_network_args", "ss_dataset_dirs", "ss_reg_dataset_dirs", "ss_tag_frequency", "ss_bucket_info", "ss_datasets"})
+JSON_KEYS = frozenset(
+    {"ss_network_args", "ss_dataset_dirs", "ss_reg_dataset_dirs", "ss_tag_frequency", "ss_bucket_info", "ss_datasets"}
+)
 # sd-scripts' --no_metadata set (plus modelspec and the hashes)
-MINIMUM_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args")
+MINIMUM_KEYS = (
+    "ss_v2",
+    "ss_base_model_version",
+    "ss_network_module",
+    "ss_network_dim",
+    "ss_network_alpha",
+    "ss_network_args",
+)
 
 BASE_MODEL_VERSIONS = {("sd1", False): "sd_v1", ("sd1", True): "sd_v1_v", ("sdxl", False): "sdxl_base_v1-0"}
 MODELSPEC_ARCH = {"sd1": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
@@ -150,4 +159,3 @@ def sha256_of_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: handle.read(_BLOCK), b""):
             digest.update(chunk)
     return digest.hexdigest()
-

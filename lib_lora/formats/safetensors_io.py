@@ -71,7 +71,9 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
         (header_size,) = struct.unpack("<Q", head)
         if header_size > min(_MAX_HEADER, size - 8) or header_size < 2:
             if size > 8 and header_size <= _MAX_HEADER:
-                raise UserError(f"{path} is truncated or damaged: its header needs {header_size} bytes, the file has {size - 8}.")
+                raise UserError(
+                    f"{path} is truncated or damaged: its header needs {header_size} bytes, the file has {size - 8}."
+                )
             raise UserError(f"{path} is not a safetensors file.")
         raw = handle.read(header_size)
     try:

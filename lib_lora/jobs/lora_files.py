@@ -22,7 +22,9 @@ class SavedLora:
     legacy_hash: str
 
 
-def save_network(network: LoRANetwork, path: str | os.PathLike, metadata: dict[str, str], save_precision: str = "fp16") -> SavedLora:
+def save_network(
+    network: LoRANetwork, path: str | os.PathLike, metadata: dict[str, str], save_precision: str = "fp16"
+) -> SavedLora:
     """Write ``network`` as a kohya LoRA (every tensor, alpha included, in ``save_precision``),
     atomically, with ``sshs_*`` hashes; NaN/inf weights are refused before anything is written."""
     try:
@@ -53,7 +55,9 @@ def check_file_family(path: str | os.PathLike, file_family: str | None, model_fa
     )
 
 
-def module_dims_from_file(path: str | os.PathLike, network_keys: list[str], family: str, naming: dict[str, str]) -> dict[str, tuple[int, float]]:
+def module_dims_from_file(
+    path: str | os.PathLike, network_keys: list[str], family: str, naming: dict[str, str]
+) -> dict[str, tuple[int, float]]:
     """canonical key -> (rank, alpha) for every module the file holds, to build a matching network."""
     tensors, _, summary = read_lora_file(path)
     check_file_family(path, summary.family, family)
@@ -76,11 +80,14 @@ def load_network_weights(network: LoRANetwork, path: str | os.PathLike, strict: 
     """
     tensors, _, summary = read_lora_file(path)
     check_file_family(path, summary.family, network.family)
-    canonical, unknown = kohya.from_kohya(tensors, network.family, network.keys(), network.naming)
+    canonical, unknown = kohya.from_kohya(tensors, network.family, network.lora_keys(), network.naming)
     try:
         report = network.load_lora_state_dict(canonical, strict=strict)
     except ValueError as exc:
-        raise UserError(f"{path} does not fit this network: {exc}", "Use the same network_dim/conv_dim, or start without network_weights.") from None
+        raise UserError(
+            f"{path} does not fit this network: {exc}",
+            "Use the same network_dim/conv_dim, or start without network_weights.",
+        ) from None
     report.unexpected += unknown
     if strict and unknown:
         raise UserError(f"{path} has {len(unknown)} tensors this model has no place for, e.g. {unknown[0]}.")

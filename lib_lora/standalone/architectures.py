@@ -28,7 +28,8 @@ def _require_diffusers():
         import transformers
     except ImportError as exc:
         raise UserError(
-            f"This needs the standalone extra ({exc.name} is not installed).", 'Install it with: pip install -e ".[standalone]"'
+            f"This needs the standalone extra ({exc.name} is not installed).",
+            'Install it with: pip install -e ".[standalone]"',
         ) from None
     return diffusers, transformers
 

@@ -55,7 +55,9 @@ def _setup(kind: str, dtype_name: str):
 
 def _randomize_up(lora: LoRAModule, seed: int = 2) -> None:
     with torch.no_grad():
-        lora.lora_up.weight.copy_(torch.randn(lora.lora_up.weight.shape, generator=torch.Generator().manual_seed(seed)) * 0.5)
+        lora.lora_up.weight.copy_(
+            torch.randn(lora.lora_up.weight.shape, generator=torch.Generator().manual_seed(seed)) * 0.5
+        )
 
 
 @pytest.mark.parametrize("dtype_name", DTYPES)

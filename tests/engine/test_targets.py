@@ -8,12 +8,19 @@ diffusers + transformers) holds the model.
 from __future__ import annotations
 
 import pytest
-from support import full_size, tiny_models
 
 from lib_lora.common.errors import UserError
 from lib_lora.engine.lora_module import lora_shapes
-from lib_lora.engine.targets import check_family, select_targets, text_encoder_naming, text_encoder_targets, unet_naming, unet_targets
+from lib_lora.engine.targets import (
+    check_family,
+    select_targets,
+    text_encoder_naming,
+    text_encoder_targets,
+    unet_naming,
+    unet_targets,
+)
 from lib_lora.formats.kohya import KnownStem, known_stems, kohya_stem
+from support import full_size, tiny_models
 
 
 def _stems(family: str, targets, naming: dict[str, str]) -> dict[str, tuple]:
@@ -32,7 +39,11 @@ def _expected(family: str, component: str, conv: bool) -> set[str]:
     for stem, info in stems.items():
         if info.component != component or (info.conv and not conv):
             continue
-        if component == "unet" and family == "sd1" and not (stem.startswith(("lora_unet_down_blocks", "lora_unet_up_blocks", "lora_unet_mid_block"))):
+        if (
+            component == "unet"
+            and family == "sd1"
+            and not (stem.startswith(("lora_unet_down_blocks", "lora_unet_up_blocks", "lora_unet_mid_block")))
+        ):
             continue  # the compvis-style aliases kohya_stem never produces
         if component == "unet" and not conv and _is_resnet_linear(stem, info):
             continue
@@ -42,7 +53,18 @@ def _expected(family: str, component: str, conv: bool) -> set[str]:
 
 def _is_resnet_linear(stem: str, info: KnownStem) -> bool:
     """ResNet Linear/1x1 layers (time_emb_proj, conv_shortcut), targeted only with a conv rank."""
-    return any(part in stem for part in ("_resnets_", "time_emb_proj", "conv_shortcut", "_in_layers_", "_out_layers_", "_emb_layers_", "skip_connection"))
+    return any(
+        part in stem
+        for part in (
+            "_resnets_",
+            "time_emb_proj",
+            "conv_shortcut",
+            "_in_layers_",
+            "_out_layers_",
+            "_emb_layers_",
+            "skip_connection",
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +105,10 @@ def test_sd15_conv_rank_adds_86_modules(sd15_ldm) -> None:
     assert stems["lora_unet_down_blocks_0_resnets_0_conv1"][1] == ((4, 320, 3, 3), (320, 4, 1, 1))
     conv_rank = {s for s, (t, _) in stems.items() if t.conv_rank}
     assert len(conv_rank) == 22 * 2 + 3 + 3  # conv1/conv2 of 22 resnets, 3 down + 3 up samplers
-    assert "lora_unet_down_blocks_1_resnets_0_conv_shortcut" in stems and "lora_unet_down_blocks_0_downsamplers_0_conv" in stems
+    assert (
+        "lora_unet_down_blocks_1_resnets_0_conv_shortcut" in stems
+        and "lora_unet_down_blocks_0_downsamplers_0_conv" in stems
+    )
     assert "lora_unet_up_blocks_0_upsamplers_0_conv" in stems and "lora_unet_mid_block_resnets_1_time_emb_proj" in stems
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support import full_size, tiny_models
 
 from lib_lora.formats import keymap
+from support import full_size, tiny_models
 
 SD1 = keymap.SD1_LAYOUT
 SDXL = keymap.SDXL_LAYOUT
@@ -46,7 +46,10 @@ def test_every_diffusers_sdxl_tensor_has_an_sgm_name_and_round_trips() -> None:
         ("input_blocks.0.0", "conv_in"),
         ("time_embed.2", "time_embedding.linear_2"),
         ("input_blocks.1.1.proj_in", "down_blocks.0.attentions.0.proj_in"),
-        ("input_blocks.8.1.transformer_blocks.0.attn2.to_out.0", "down_blocks.2.attentions.1.transformer_blocks.0.attn2.to_out.0"),
+        (
+            "input_blocks.8.1.transformer_blocks.0.attn2.to_out.0",
+            "down_blocks.2.attentions.1.transformer_blocks.0.attn2.to_out.0",
+        ),
         ("input_blocks.3.0.op", "down_blocks.0.downsamplers.0.conv"),
         ("input_blocks.10.0.in_layers.2", "down_blocks.3.resnets.0.conv1"),
         ("middle_block.1.proj_out", "mid_block.attentions.0.proj_out"),
@@ -89,6 +92,11 @@ def test_openclip_text_tower_converts_to_transformers_clip_exactly() -> None:
 
 def test_openclip_module_paths() -> None:
     assert keymap.openclip_to_hf("transformer.resblocks.3.attn:v") == "text_model.encoder.layers.3.self_attn.v_proj"
-    assert keymap.openclip_to_hf("transformer.resblocks.3.attn.out_proj") == "text_model.encoder.layers.3.self_attn.out_proj"
-    assert keymap.openclip_to_hf("transformer.resblocks.31.mlp.c_proj.bias") == "text_model.encoder.layers.31.mlp.fc2.bias"
+    assert (
+        keymap.openclip_to_hf("transformer.resblocks.3.attn.out_proj")
+        == "text_model.encoder.layers.3.self_attn.out_proj"
+    )
+    assert (
+        keymap.openclip_to_hf("transformer.resblocks.31.mlp.c_proj.bias") == "text_model.encoder.layers.31.mlp.fc2.bias"
+    )
     assert keymap.hf_text_path("encoder.layers.0.mlp.fc1") == "text_model.encoder.layers.0.mlp.fc1"

@@ -104,7 +104,11 @@ class OpenCLIPBlock(nn.Module):
         self.ln_1 = nn.LayerNorm(width)
         self.attn = nn.MultiheadAttention(width, heads)
         self.ln_2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(OrderedDict([("c_fc", nn.Linear(width, mlp_width)), ("gelu", nn.GELU()), ("c_proj", nn.Linear(mlp_width, width))]))
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [("c_fc", nn.Linear(width, mlp_width)), ("gelu", nn.GELU()), ("c_proj", nn.Linear(mlp_width, width))]
+            )
+        )
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         y = self.ln_1(x)
@@ -121,7 +125,14 @@ class OpenCLIPTransformer(nn.Module):
 class OpenCLIPText(nn.Module):
     """The parts of an open_clip CLIP model the webui's SDXL bigG embedder uses (sequence-first)."""
 
-    def __init__(self, width: int = TE_HIDDEN, layers: int = TE_LAYERS, heads: int = TE_HEADS, mlp_width: int = TE_FF, proj: int = TE_HIDDEN) -> None:
+    def __init__(
+        self,
+        width: int = TE_HIDDEN,
+        layers: int = TE_LAYERS,
+        heads: int = TE_HEADS,
+        mlp_width: int = TE_FF,
+        proj: int = TE_HIDDEN,
+    ) -> None:
         super().__init__()
         self.token_embedding = nn.Embedding(VOCAB, width)
         self.positional_embedding = nn.Parameter(torch.randn(MAX_TOKENS, width) * 0.01)
@@ -180,7 +191,9 @@ def diffusers_sd1_unet_config(context_dim: int = TE_HIDDEN) -> dict:
     }  # fmt: skip
 
 
-def diffusers_sdxl_unet_config(context_dim: int = 2 * TE_HIDDEN, adm_in_channels: int = SDXL_ADM, time_dim: int = 8) -> dict:
+def diffusers_sdxl_unet_config(
+    context_dim: int = 2 * TE_HIDDEN, adm_in_channels: int = SDXL_ADM, time_dim: int = 8
+) -> dict:
     """The diffusers config equivalent to :func:`ldm_sdxl_unet` (``text_time`` vector conditioning:
     ``adm_in_channels`` = pooled width + 6 * ``time_dim``)."""
     return {
