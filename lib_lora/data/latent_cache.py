@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,11 +199,21 @@ class LatentCache:
         total = len(todo)
         done = written = fallback_count = 0
         events.progress(STAGE, 0, total)
+
+        def submit(batch: list[int]) -> list[Future]:
+            return [pool.submit(self._load, image_paths[i], plan.sizes[i], plan.choices[i]) for i in batch]
+
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            for batch in batches:
-                if stop is not None:
+            upcoming = submit(batches[0]) if batches else []
+            for number, batch in enumerate(batches):
+                if stop is not None and stop.requested:
+                    for future in upcoming:
+                        future.cancel()
                     stop.raise_if_requested()
-                loaded = list(pool.map(lambda i: self._load(image_paths[i], plan.sizes[i], plan.choices[i]), batch))
+                current = upcoming
+                # decode the next batch while this one is encoded
+                upcoming = submit(batches[number + 1]) if number + 1 < len(batches) else []
+                loaded = [future.result() for future in current]
                 images = torch.stack([t.image for t in loaded])
                 latents = self._run(self.encode, images)
                 flipped = self._run(self.encode, torch.flip(images, dims=[3])) if flip_aug else None

@@ -194,3 +194,16 @@ def test_image_changed_since_the_scan_is_a_clear_error(plan) -> None:
     write_image(plan.scan.items[0].path, (123, 77))
     with pytest.raises(UserError, match="scan the dataset again"):
         LatentCache(FakeVae(), "v").prepare(plan)
+
+
+def test_same_stem_images_do_not_share_a_disk_file(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "ds", {"1_x": [("a.png", (256, 256), "x"), ("a.jpg", (256, 256), "y")]})
+    plan = assign_buckets(scan_dataset(root), BucketManager(SETTINGS), 1)
+    events = RecordingEvents()
+    cache = LatentCache(FakeVae(), "v", to_disk=True)
+    report = cache.prepare(plan, events=events)
+    assert report.written == 1 and report.encoded == 2
+    assert any("share a cache file name" in w for w in events.texts("warning"))
+    for item in range(2):
+        assert torch.equal(cache.get(item), _expected(plan, item))
+    assert not torch.equal(cache.get(0), cache.get(1))
