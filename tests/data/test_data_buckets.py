@@ -98,7 +98,9 @@ def test_without_buckets_one_bucket_cover_resize(entry: dict) -> None:
         assert choice.resized[0] >= choice.bucket[0] and choice.resized[1] >= choice.bucket[1]
 
 
-@pytest.mark.parametrize("case", GOLDEN["datasets"], ids=lambda c: f"{c['config']}-{c['no_upscale']}-b{c['batch_size']}")
+@pytest.mark.parametrize(
+    "case", GOLDEN["datasets"], ids=lambda c: f"{c['config']}-{c['no_upscale']}-b{c['batch_size']}"
+)
 def test_bucket_info_and_batches_match_sd_scripts(case: dict) -> None:
     manager = BucketManager(_settings(CONFIGS[case["config"]], case["no_upscale"]))
     sizes = [(w, h) for w, h, _ in case["images"]]
