@@ -1,0 +1,295 @@
+"""An onnxruntime session for one tagger, with the execution provider chosen explicitly.
+
+Providers: CUDA when onnxruntime-gpu and a GPU work, else DirectML when present, else the CPU, and
+a warning that says *why* no GPU is used (a silent CPU fallback is the most reported complaint of
+the existing taggers). Input name, size and batch dimension are read from the model: a fixed
+batch-1 export is fed one image at a time, never reshaped. ``onnxruntime`` is imported lazily.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from lib_lora.common.errors import UserError
+from lib_lora.events import Events
+from lib_lora.tagger.labels import Labels, Prediction, TagOptions, predict_tags, read_labels
+from lib_lora.tagger.models import DEFAULT_MODEL, ModelFiles, ModelSpec, resolve_model
+from lib_lora.tagger.preprocess import prepare_image
+
+CUDA, DIRECTML, CPU = "CUDAExecutionProvider", "DmlExecutionProvider", "CPUExecutionProvider"
+DEVICES = ("auto", "cuda", "directml", "cpu")
+_GPU_PACKAGE = {CUDA: "onnxruntime-gpu", DIRECTML: "onnxruntime-directml"}
+_DEVICE_NAME = {CUDA: "CUDA", DIRECTML: "DirectML", CPU: "CPU"}
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def _installed_ort_packages() -> list[str]:
+    names = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino")
+    found = []
+    for name in names:
+        try:
+            importlib.metadata.distribution(name)
+            found.append(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def check_onnxruntime_version(spec: ModelSpec | None, ort_version: str) -> UserError | None:
+    """The error for a registry model that needs a newer onnxruntime (v3 taggers: >= 1.17), else None."""
+    if spec is None or not spec.min_onnxruntime:
+        return None
+    if _version_tuple(ort_version) >= _version_tuple(spec.min_onnxruntime):
+        return None
+    return UserError(
+        f"The tagger {spec.name} needs onnxruntime >= {spec.min_onnxruntime}, but onnxruntime {ort_version} is installed.",
+        "Upgrade it (pip install -U onnxruntime, or onnxruntime-gpu for an NVIDIA GPU).",
+    )
+
+
+@dataclass(frozen=True)
+class ProviderPlan:
+    providers: list[str]  # what to ask onnxruntime for, best first
+    warning: str | None  # why no GPU will be used (None when one is requested or the CPU was asked for)
+
+
+def plan_providers(
+    device: str, available: Sequence[str], ort_version: str = "", packages: Sequence[str] = ()
+) -> ProviderPlan:
+    """Choose the execution providers for ``device`` ("auto", "cuda", "directml", "cpu")."""
+    device = device.lower()
+    if device == "dml":
+        device = "directml"
+    if device not in DEVICES:
+        raise UserError(f"The tagger device must be one of {', '.join(DEVICES)} (got {device!r}).")
+    if device == "cpu":
+        return ProviderPlan([CPU], None)
+    wanted = {"cuda": [CUDA], "directml": [DIRECTML], "auto": [CUDA, DIRECTML]}[device]
+    for provider in wanted:
+        if provider in available:
+            return ProviderPlan([provider, CPU], None)
+    build = f"onnxruntime {ort_version}".strip()
+    if "onnxruntime" in packages and "onnxruntime-gpu" in packages:
+        why = (
+            "both onnxruntime and onnxruntime-gpu are installed and the CPU package shadows the GPU one; "
+            "uninstall both, then install onnxruntime-gpu alone"
+        )
+    elif device == "auto":
+        why = (
+            f"this {build} build has no GPU provider (install onnxruntime-gpu for an NVIDIA GPU, "
+            "onnxruntime-directml on Windows)"
+        )
+    else:
+        provider = wanted[0]
+        why = f"this {build} build has no {provider} (install {_GPU_PACKAGE[provider]} instead of onnxruntime)"
+    asked = "" if device == "auto" else f"{_DEVICE_NAME[wanted[0]]} was asked for but "
+    return ProviderPlan([CPU], f"Tagging runs on the CPU: {asked}{why}.")
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    name: str
+    size: int
+    batch: int | None  # a fixed batch dimension, or None when dynamic
+
+
+def read_input(session: object, model_name: str) -> ModelInput:
+    """Validate the session's input/output against the WD contract (NHWC float32, one square input)."""
+    inputs = session.get_inputs()  # type: ignore[attr-defined]
+    outputs = session.get_outputs()  # type: ignore[attr-defined]
+    contract = "a WD tagger takes one float32 input [batch, size, size, 3] (NHWC) and returns [batch, labels]"
+    if len(inputs) != 1:
+        raise UserError(f"{model_name} is not a WD tagger: it has {len(inputs)} inputs, but {contract}.")
+    shape = list(inputs[0].shape)
+    square = len(shape) == 4 and isinstance(shape[1], int) and shape[1] == shape[2] and shape[1] > 0
+    if not square or shape[3] != 3 or inputs[0].type != "tensor(float)":
+        raise UserError(f"{model_name} is not a WD tagger: its input is {inputs[0].type} {shape}, but {contract}.")
+    if not outputs or len(outputs[0].shape) != 2:
+        found = outputs[0].shape if outputs else "no output"
+        raise UserError(f"{model_name} is not a WD tagger: its output is {found}, but {contract}.")
+    batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+    return ModelInput(inputs[0].name, int(shape[1]), batch)
+
+
+class Tagger:
+    """One loaded tagger: the ORT session, its labels and its input contract.
+
+    ``predict`` takes prepared images (``[N, size, size, 3]``) and returns ``[N, labels]`` scores;
+    ``tag`` takes PIL images and returns :class:`Prediction` objects. Safe to call from one thread
+    at a time (the batch job runs inference in one thread).
+    """
+
+    def __init__(
+        self,
+        files: ModelFiles,
+        *,
+        device: str = "auto",
+        threads: int = 0,
+        events: Events | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        events = events or Events()
+        self.files = files
+        self.name = files.name
+        self.labels: Labels = read_labels(files.labels_path)
+        too_old = check_onnxruntime_version(files.spec, ort.__version__)
+        if too_old is not None:
+            raise too_old
+        plan = plan_providers(device, ort.get_available_providers(), ort.__version__, _installed_ort_packages())
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # this session's chatter; provider load errors still print
+        try:
+            self.session = ort.InferenceSession(
+                os.fspath(files.model_path), sess_options=options, providers=plan.providers
+            )
+        except Exception as exc:
+            raise self._load_error(exc, ort.__version__) from None
+        self.providers: list[str] = list(self.session.get_providers())
+        self.warnings: list[str] = []  # why no GPU is used; repeated each time the tagger is reused
+        if plan.warning:
+            self.warnings.append(plan.warning)
+        elif plan.providers[0] != CPU and self.providers[0] != plan.providers[0]:
+            requested = plan.providers[0]
+            self.warnings.append(
+                f"Tagging runs on the CPU: {requested} failed to start "
+                f"({self._gpu_failure_hint(requested, ort.__version__)})."
+            )
+        for text in self.warnings:
+            events.warning(text)
+        self.input: ModelInput = read_input(self.session, f"The model {files.model_path}")
+        self.output_name: str = self.session.get_outputs()[0].name
+        n_out = self.session.get_outputs()[0].shape[1]
+        if isinstance(n_out, int) and n_out != len(self.labels):
+            raise self._label_mismatch(n_out)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _gpu_failure_hint(provider: str, ort_version: str) -> str:
+        if provider == CUDA:
+            cuda = "CUDA 12 and cuDNN 9" if _version_tuple(ort_version) >= (1, 19) else "the CUDA/cuDNN its docs name"
+            return (
+                f"onnxruntime-gpu {ort_version} needs {cuda} and a working NVIDIA driver; "
+                "onnxruntime's own message above names the missing library"
+            )
+        return "the DirectML device could not be opened"
+
+    def _load_error(self, exc: Exception, ort_version: str) -> UserError:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        path = self.files.model_path
+        lowered = text.lower()
+        if "protobuf" in lowered or "invalid_protobuf" in lowered or "parse" in lowered:
+            return UserError(f"{path} is not a valid ONNX model file (onnxruntime could not parse it).")
+        hint = None
+        if "opset" in lowered or "ir_version" in lowered or "unsupported model" in lowered:
+            hint = "WD v3 taggers need onnxruntime >= 1.17; upgrade onnxruntime (or onnxruntime-gpu)."
+        return UserError(f"onnxruntime {ort_version} could not load the tagger {path}: {text}", hint)
+
+    def _label_mismatch(self, n_out: int) -> UserError:
+        return UserError(
+            f"{self.files.labels_path} lists {len(self.labels)} tags but the model {self.files.model_path} "
+            f"has {n_out} outputs; they do not belong together.",
+            "Use the selected_tags.csv that came with this model.onnx.",
+        )
+
+    @property
+    def size(self) -> int:
+        return self.input.size
+
+    @property
+    def device(self) -> str:
+        return _DEVICE_NAME.get(self.providers[0], self.providers[0]) if self.providers else "CPU"
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Scores ``[N, labels]`` for prepared images ``[N, size, size, 3]`` (float32, BGR, 0..255)."""
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim == 3:
+            batch = batch[None]
+        n = batch.shape[0]
+        fixed = self.input.batch
+        with self._lock:
+            if fixed is None:
+                chunks = [batch]
+            else:
+                chunks = []
+                for start in range(0, n, fixed):
+                    chunk = batch[start : start + fixed]
+                    if chunk.shape[0] < fixed:  # pad the last chunk; the padding's scores are dropped
+                        pad = np.zeros((fixed - chunk.shape[0], *chunk.shape[1:]), dtype=np.float32)
+                        chunk = np.concatenate([chunk, pad])
+                    chunks.append(chunk)
+            outputs = [self.session.run([self.output_name], {self.input.name: c})[0] for c in chunks]
+        scores = np.concatenate(outputs)[:n]
+        if scores.ndim != 2 or scores.shape[1] != len(self.labels):
+            raise self._label_mismatch(scores.shape[-1])
+        return scores.astype(np.float32, copy=False)
+
+    def tag(self, images: Sequence[Image.Image], options: TagOptions | None = None) -> list[Prediction]:
+        """Tag PIL images (e.g. one image in the UI); the caption tags are in ``Prediction.tags``."""
+        options = options or TagOptions()
+        if not images:
+            return []
+        scores = self.predict(np.stack([prepare_image(image, self.size) for image in images]))
+        return [predict_tags(row, self.labels, options) for row in scores]
+
+    def close(self) -> None:
+        """Drop the session (frees its memory; VRAM on a GPU)."""
+        self.__dict__.pop("session", None)
+
+
+_CACHE: dict[tuple, Tagger] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_tagger(
+    model: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    device: str = "auto",
+    threads: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    allow_download: bool = True,
+    endpoint: str | None = None,
+    events: Events | None = None,
+) -> Tagger:
+    """The tagger for ``model`` (registry name or local folder), loaded once and kept until
+    :func:`unload_taggers`. Downloads the model on first use unless ``allow_download`` is False."""
+    files = resolve_model(model, cache_dir=cache_dir, allow_download=allow_download, endpoint=endpoint, events=events)
+    key = (device.lower(), threads) + tuple(
+        (os.fspath(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in (files.model_path, files.labels_path)
+    )
+    with _CACHE_LOCK:
+        tagger = _CACHE.get(key)
+        if tagger is None:
+            tagger = Tagger(files, device=device, threads=threads, events=events)
+            _CACHE[key] = tagger
+        elif events is not None:
+            for text in tagger.warnings:
+                events.warning(text)
+        return tagger
+
+
+def unload_taggers() -> int:
+    """Release every cached tagger session; returns how many were released."""
+    with _CACHE_LOCK:
+        count = len(_CACHE)
+        for tagger in _CACHE.values():
+            tagger.close()
+        _CACHE.clear()
+    return count
