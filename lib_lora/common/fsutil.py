@@ -12,7 +12,7 @@ import errno
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -49,10 +49,14 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+def atomic_open(
+    path: str | os.PathLike, mode: str = "wb", encoding: str | None = None, durable: bool = True
+) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on a clean exit it replaces ``path`` atomically.
 
     On an exception the temporary file is removed and ``path`` is left exactly as it was.
+    ``durable=False`` skips the fsyncs (file and folder): the replacement is still atomic for
+    readers, but may not survive a power cut; for batches that flush once at the end (``sync_files``).
     """
     if "w" not in mode:
         raise ValueError("atomic_open is for writing")
@@ -70,7 +74,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
         with os.fdopen(fd, mode, encoding=encoding, newline="" if "b" not in mode else None) as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         _copy_mode(target, tmp)
         replace_with_retry(tmp, target)
     except BaseException as exc:
@@ -79,7 +84,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
         if isinstance(exc, OSError) and not isinstance(exc, UserError):
             raise _write_error(target, exc) from exc
         raise
-    _fsync_dir(folder)
+    if durable:
+        _fsync_dir(folder)
 
 
 def _copy_mode(target: Path, tmp: Path) -> None:
@@ -104,16 +110,37 @@ def _write_error(target: Path, exc: OSError) -> UserError:
     return UserError(f"Cannot write {target}: {exc.strerror or exc}.")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
     """Write ``data`` to ``path`` atomically."""
-    with atomic_open(path, "wb") as handle:
+    with atomic_open(path, "wb", durable=durable) as handle:
         handle.write(data)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8", durable: bool = True) -> None:
     """Write ``text`` to ``path`` atomically (no newline translation)."""
-    with atomic_open(path, "w", encoding=encoding) as handle:
+    with atomic_open(path, "w", encoding=encoding, durable=durable) as handle:
         handle.write(text)
+
+
+def sync_files(paths: Sequence[str | os.PathLike]) -> None:
+    """Make files written with ``durable=False`` durable: one ``os.sync()`` where it exists, else an
+    fsync per file (and folder)."""
+    if hasattr(os, "sync"):
+        os.sync()
+        return
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    for folder in {Path(p).parent for p in paths}:
+        _fsync_dir(folder)
 
 
 def is_temp_file(path: str | os.PathLike) -> bool:
