@@ -69,15 +69,11 @@ def write_backup(
         "saved_at": now.isoformat(timespec="microseconds"),
         "files": [{"caption": rel, "action": "modified" if raw is not None else "created"} for rel, raw in entries],
     }
-    with atomic_open(path, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+    with atomic_open(path, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as zf:
         for rel, raw in entries:
             if raw is not None:
-                info = zipfile.ZipInfo(rel, date_time=stamp)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                zf.writestr(info, raw, compresslevel=1)
-        info = zipfile.ZipInfo(MANIFEST_NAME, date_time=stamp)
-        info.compress_type = zipfile.ZIP_DEFLATED
-        zf.writestr(info, json.dumps(manifest, ensure_ascii=False, indent=1))
+                zf.writestr(zipfile.ZipInfo(rel, date_time=stamp), raw)
+        zf.writestr(zipfile.ZipInfo(MANIFEST_NAME, date_time=stamp), json.dumps(manifest, ensure_ascii=False))
     return path
 
 

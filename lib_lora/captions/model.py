@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +36,14 @@ def normalize_tag(tag: str) -> str:
     return " ".join(tag.split())
 
 
+# whitespace that needs more than split_tags' trimming: tabs and other spaces, or runs of spaces
+_ODD_SPACE = re.compile(r"[^\S \n\r]| {2,}")
+
+
 def parse_caption(text: str) -> Tags:
     """Tags of a caption text: commas and line breaks separate; empty tags and stray spaces vanish."""
+    if _ODD_SPACE.search(text) is None:
+        return tuple(split_tags(text))
     return tuple(t for t in (normalize_tag(part) for part in split_tags(text)) if t)
 
 
@@ -316,11 +323,17 @@ def read_caption_file(path: Path) -> tuple[bytes | None, str | None]:
         return None, f"Caption {path} cannot be read ({exc.strerror or exc}): it is left untouched."
 
 
-def load_item(root_prefix: int, image: Path, options: LoadOptions) -> CaptionItem:
-    """Read one image's caption (and sidecar); ``root_prefix`` is ``len(str(root)) + 1``."""
+def load_item(
+    root_prefix: int, image: Path, options: LoadOptions, siblings: frozenset[str] | None = None
+) -> CaptionItem:
+    """Read one image's caption (and sidecar); ``root_prefix`` is ``len(str(root)) + 1``.
+    ``siblings``: the casefolded names in the image's folder, when known (saves failed opens)."""
     rel = str(image)[root_prefix:].replace(os.sep, "/")
     cap = caption_path(image, options.caption_extension)
-    raw, problem = read_caption_file(cap)
+    if siblings is None or cap.name.casefold() in siblings:
+        raw, problem = read_caption_file(cap)
+    else:
+        raw, problem = None, None
     item = CaptionItem(rel=rel, image=image, caption_file=cap, tags=(), saved_tags=(), disk_raw=None)
     if problem is not None:
         item.problem = problem
@@ -328,8 +341,17 @@ def load_item(root_prefix: int, image: Path, options: LoadOptions) -> CaptionIte
         item.set_disk_state(raw)
         item.tags = item.saved_tags
     if options.read_confidences:
-        item.confidences = read_confidences(image.with_name(image.stem + TAGGER_SIDECAR_SUFFIX))
+        sidecar = image.stem + TAGGER_SIDECAR_SUFFIX
+        if siblings is None or sidecar.casefold() in siblings:
+            item.confidences = read_confidences(image.with_name(sidecar))
     return item
+
+
+def _folder_names(folder: Path) -> frozenset[str] | None:
+    try:
+        return frozenset(name.casefold() for name in os.listdir(folder))
+    except OSError:
+        return None
 
 
 def check_dataset_folder(root: str | os.PathLike) -> Path:
@@ -360,10 +382,14 @@ def load_dataset(
     items: list[CaptionItem] = []
     problems: list[FileProblem] = []
     total = len(images)
+    listings: dict[Path, frozenset[str] | None] = {}
     for i, image in enumerate(images):
         if stop is not None and i % 256 == 0:
             stop.raise_if_requested()
-        item = load_item(prefix, image, options)
+        folder = image.parent
+        if folder not in listings:
+            listings[folder] = _folder_names(folder)
+        item = load_item(prefix, image, options, listings[folder])
         if item.problem:
             problems.append(FileProblem(item.caption_rel, item.problem))
             events.warning(item.problem)

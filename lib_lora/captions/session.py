@@ -48,7 +48,7 @@ from lib_lora.captions.ops import (
     run_operation,
 )
 from lib_lora.common.errors import UserError
-from lib_lora.common.fsutil import atomic_write_bytes
+from lib_lora.common.fsutil import atomic_write_bytes, sync_files
 from lib_lora.common.tags import dedupe_tags
 from lib_lora.events import Events, StopToken
 
@@ -524,14 +524,17 @@ class CaptionSession:
                     break
                 item = self.items[i]
                 try:
-                    atomic_write_bytes(item.caption_file, data)
+                    # the backup is already durable: one flush at the end instead of two fsyncs per file
+                    atomic_write_bytes(item.caption_file, data, durable=False)
                 except UserError as exc:
                     result.failed.append(FileProblem(item.caption_rel, f"{exc} The edit is kept; nothing was lost."))
                     continue
-                item.set_disk_state(data)
+                # what was written parses back to exactly these tags (every edit keeps them normalised)
+                item.disk_raw, item.saved_tags = data, item.tags
                 (result.written if raw is not None else result.created).append(item.caption_rel)
                 if n % 500 == 499:
                     events.progress("saving captions", n + 1, len(plan))
+            sync_files([self.items[i].caption_file for i, _, _ in plan])
             events.progress("saving captions", len(plan), len(plan))
             self._version += 1
             self._report(result, events)

@@ -312,3 +312,58 @@ def test_suggested_common_tags_skip_the_activation_tag(tmp_path: Path) -> None:
     session = CaptionSession.open(make_dataset(tmp_path / "ds", files))
     assert [t.tag for t in session.suggest_common_tags(0.9)] == ["green eyes", "red hair"]
     assert [t.tag for t in session.suggest_common_tags(0.5, exclude=())] == ["green eyes", "irene", "red hair", "smile"]
+
+
+def test_caption_created_on_disk_for_a_captionless_image_is_a_conflict(root: Path) -> None:
+    session = CaptionSession.open(root)
+    session.edit("10_irene/c.png", "irene, solo")
+    (root / "10_irene/c.txt").write_text("written by the tagger meanwhile", encoding="utf-8")
+    result = session.save()
+    assert [c.reason for c in result.unresolved] == [
+        f"Caption {root / '10_irene/c.txt'} was created on disk since the dataset was loaded."
+    ]
+    assert caption_text(root, "10_irene/c.txt") == "written by the tagger meanwhile"
+
+
+def test_changed_on_disk_lists_edits_made_elsewhere_even_without_own_edits(root: Path) -> None:
+    session = CaptionSession.open(root)
+    assert session.changed_on_disk() == []
+    (root / "1_bg/d.txt").write_text("other", encoding="utf-8")
+    (root / "10_irene/c.txt").write_text("new", encoding="utf-8")
+    assert session.changed_on_disk() == ["10_irene/c.png", "1_bg/d.png"]
+    assert session.check_disk() == []  # no unsaved edits there: nothing would be overwritten
+    session.reload(["1_bg/d.png"])
+    assert session.item("1_bg/d.png").tags == ("other",)
+    assert session.changed_on_disk() == ["10_irene/c.png"]
+
+
+def test_discard_changes_is_undoable(root: Path) -> None:
+    session = CaptionSession.open(root)
+    session.add_tags("solo", "end")
+    assert session.discard_changes(["1_bg/d.png"]).changed == 1
+    assert session.dirty_count == 3
+    session.discard_changes()
+    assert session.dirty_count == 0
+    session.undo()
+    assert session.dirty_count == 3
+
+
+def test_move_to_front_and_sort_on_the_session(root: Path) -> None:
+    session = CaptionSession.open(root)
+    session.set_filter(TagFilter.build(include="1girl"))
+    session.sort("alpha")
+    session.move_to_front("irene, 1girl")
+    assert [session.items[i].caption for i in session.visible()] == [
+        "1girl, ^_^, long_hair, long_hair, smile",
+        "irene, 1girl, blue_eyes",
+    ]
+
+
+def test_history_is_bounded(root: Path) -> None:
+    session = CaptionSession(CaptionSession.open(root).dataset, history_limit=3)
+    for i in range(5):
+        session.edit(0, f"tag{i}")
+    assert len(session.history()[0]) == 3
+    while session.undo():
+        pass
+    assert session.item(0).tags == ("tag1",)
