@@ -24,9 +24,10 @@ from lib_lora.common.tags import join_tags, split_tags, underscores_to_spaces
 from lib_lora.events import Events, StopToken
 
 DEFAULT_CAPTION_EXTENSION = ".txt"
-# The tagger writes its confidences beside the image as ``<stem>.tags.json``:
-# {"model": str, "tags": {tag: confidence, ...}, "ratings": {...}}
-TAGGER_SIDECAR_SUFFIX = ".tags.json"
+# The tagger (lib_lora.tagger.batch.CONFIDENCES_SUFFIX; captions may not import it) writes its scores
+# beside the image as ``<stem>.tagger.json``: {"model": str, "ratings": {...}, "general": {tag: score},
+# "character": {tag: score}, "tags": [caption tags]}. A ``"tags"`` mapping {tag: score} is read too.
+TAGGER_SIDECAR_SUFFIX = ".tagger.json"
 
 Tags = tuple[str, ...]
 
@@ -289,16 +290,21 @@ def read_confidences(path: Path) -> dict[str, float] | None:
             data = json.loads(handle.read().decode("utf-8-sig"))
     except (OSError, ValueError):
         return None
-    tags = data.get("tags") if isinstance(data, dict) else None
-    if not isinstance(tags, dict):
+    if not isinstance(data, dict):
         return None
     out: dict[str, float] = {}
-    for tag, value in tags.items():
-        if not isinstance(tag, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
+    for key in ("general", "character", "tags"):
+        scores = data.get(key)
+        if not isinstance(scores, dict):
             continue
-        name = normalize_tag(tag)
-        if name:
-            out[name] = float(value)
+        for tag, value in scores.items():
+            if not isinstance(tag, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            name = normalize_tag(tag)
+            if name:
+                out.setdefault(name, float(value))
+    if not out:
+        return None
     # the caption may spell a tag with spaces or underscores: answer both
     for name, value in list(out.items()):
         out.setdefault(underscores_to_spaces(name), value)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lib_lora.captions import BACKUP_DIR_NAME, list_backups, read_backup
+from lib_lora.captions import BACKUP_DIR_NAME, TAGGER_SIDECAR_SUFFIX, list_backups, read_backup
 from lib_lora.cli import main
 from support.captions_data import make_dataset, snapshot
 
@@ -216,3 +216,11 @@ def test_verb_runs_as_a_module(tagged: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["images"] == 5
+
+
+def test_sort_by_tagger_confidence_keeps_the_activation_tag_first(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "ds", {"a.png": "smile, 1girl, long_hair, by hand"})
+    scores = {"model": "wd", "general": {"1girl": 0.99, "long_hair": 0.8, "smile": 0.4}, "character": {}}
+    (root / f"a{TAGGER_SIDECAR_SUFFIX}").write_text(json.dumps(scores))
+    assert run_cli(str(root), "--add-front", "irene", "--underscores-to-spaces", "--sort", "confidence") == 0
+    assert (root / "a.txt").read_text() == "irene, 1girl, long hair, smile, by hand"

@@ -85,20 +85,31 @@ def test_missing_dataset_folder_is_a_user_error(tmp_path: Path) -> None:
 
 
 def test_tagger_confidences_read_from_sidecar(tmp_path: Path) -> None:
-    root = make_dataset(tmp_path / "ds", {"a.png": "1girl, long hair", "b.png": "x", "c.png": "y", "d.png": "z"})
-    sidecar = {"model": "wd", "tags": {"1girl": 0.99, "long_hair": 0.8, "bad": "high"}, "ratings": {"general": 0.9}}
+    names = "abcdef"
+    root = make_dataset(tmp_path / "ds", {f"{n}.png": "1girl, long hair" for n in names})
+    # as the tagger writes it: scores per category, the caption's tags as a list
+    sidecar = {
+        "model": "wd",
+        "ratings": {"general": 0.9},
+        "general": {"1girl": 0.99, "long_hair": 0.8, "bad": "high", "flag": True},
+        "character": {"hu_tao_(genshin_impact)": 0.95},
+        "tags": ["1girl", "long hair"],
+    }
     (root / f"a{TAGGER_SIDECAR_SUFFIX}").write_text(json.dumps(sidecar))
-    (root / f"b{TAGGER_SIDECAR_SUFFIX}").write_text("{not json")
-    (root / f"c{TAGGER_SIDECAR_SUFFIX}").write_text(json.dumps(["a list"]))
+    (root / f"b{TAGGER_SIDECAR_SUFFIX}").write_text(json.dumps({"model": "wd", "tags": {"smile": 0.5}}))
+    (root / f"c{TAGGER_SIDECAR_SUFFIX}").write_text("{not json")
+    (root / f"d{TAGGER_SIDECAR_SUFFIX}").write_text(json.dumps(["a list"]))
+    (root / f"e{TAGGER_SIDECAR_SUFFIX}").write_bytes(b"\xff\xfe")
     items = {i.rel: i for i in load_dataset(root).items}
     a = items["a.png"]
     assert a.confidence("1girl") == 0.99
     assert a.confidence("long hair") == 0.8  # the caption may use spaces where the tagger used underscores
     assert a.confidence("long_hair") == 0.8
-    assert a.confidence("bad") is None
-    assert items["b.png"].confidences is None
-    assert items["c.png"].confidences is None
-    assert items["d.png"].confidences is None
+    assert a.confidence("hu tao (genshin impact)") == 0.95
+    assert a.confidence("bad") is None and a.confidence("flag") is None
+    assert items["b.png"].confidence("smile") == 0.5
+    for name in "cdef":
+        assert items[f"{name}.png"].confidences is None
     assert load_dataset(root, LoadOptions(read_confidences=False)).items[0].confidences is None
 
 
