@@ -389,6 +389,7 @@ def load_dataset(
     problems: list[FileProblem] = []
     total = len(images)
     listings: dict[Path, frozenset[str] | None] = {}
+    owners: dict[str, str] = {}  # caption path (casefolded) -> the first image using it
     for i, image in enumerate(images):
         if stop is not None and i % 256 == 0:
             stop.raise_if_requested()
@@ -396,6 +397,13 @@ def load_dataset(
         if folder not in listings:
             listings[folder] = _folder_names(folder)
         item = load_item(prefix, image, options, listings[folder])
+        owner = owners.setdefault(item.caption_rel.casefold(), item.rel)
+        if owner != item.rel and item.problem is None:
+            # a.png and a.jpg both read a.txt: only the first one edits it, so one save never writes it twice
+            item.problem = (
+                f"Images {owner} and {item.rel} share the caption {item.caption_file}: "
+                f"it is edited through {owner} only (rename one of the images to give it its own caption)."
+            )
         if item.problem:
             problems.append(FileProblem(item.caption_rel, item.problem))
             events.warning(item.problem)

@@ -133,6 +133,15 @@ def test_caption_that_is_a_folder_is_reported(tmp_path: Path) -> None:
     assert "is a folder" in ds.problems[0].message
 
 
+def test_two_images_sharing_one_caption_edit_it_through_the_first(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "ds", {"a.jpg": None, "a.png": "1girl"})
+    ds = load_dataset(root)
+    first, second = ds.items
+    assert (first.rel, first.locked, first.tags) == ("a.jpg", False, ("1girl",))
+    assert second.locked and second.tags == ("1girl",)
+    assert "share the caption" in ds.problems[0].message
+
+
 def test_stop_token_stops_loading(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "ds", {"a.png": "x"})
     token = StopToken()
