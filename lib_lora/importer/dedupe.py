@@ -448,6 +448,9 @@ def preference(a: ImageInfo, b: ImageInfo, pixel_identical: bool = False) -> int
             score -= 100
         elif a.format == "JPEG" and b.format == "PNG":
             score += 100
+    elif a.pixels == b.pixels and {a.format, b.format} == {"PNG", "JPEG"}:
+        # same size, not the same pixels: the lossless copy is the less degraded one (a tie-break)
+        score += 5 if a.format == "PNG" else -5
     return score
 
 

@@ -40,7 +40,14 @@ from lib_lora.importer.clients import (
     parse_ratings,
     skip_reason,
 )
-from lib_lora.importer.http import NETWORK_ERRORS, HttpClient, NetworkError, describe_error, looks_like_html
+from lib_lora.importer.http import (
+    NETWORK_ERRORS,
+    HttpClient,
+    HttpError,
+    NetworkError,
+    describe_error,
+    looks_like_html,
+)
 
 ARCHIVE_NAME = "booru-archive.json"
 PART_SUFFIX = ".part"
@@ -329,7 +336,7 @@ def fetch_to_part(
         headers = {"Range": f"bytes={have}-"} if have else {}
         try:
             response, resp_headers, _ = http.open(url, headers)
-        except NetworkError as exc:
+        except (NetworkError, HttpError) as exc:  # unreachable, or 5xx/429 until the retries ran out
             raise DownloadFailed(str(exc), network=True) from exc
         status = response.status
         total: int | None = None

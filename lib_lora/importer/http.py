@@ -219,6 +219,17 @@ def is_cloudflare_challenge(status: int, headers: Mapping[str, str], body: bytes
     )
 
 
+def interruptible_sleep(seconds: float, check: Callable[[], None]) -> None:
+    """Sleep ``seconds`` in short slices, calling ``check`` (which may raise) between them."""
+    end = time.monotonic() + seconds
+    while True:
+        check()
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            return
+        time.sleep(min(remaining, 0.25))
+
+
 class RateLimiter:
     """At most one request per ``min_interval`` seconds per host."""
 
@@ -297,13 +308,7 @@ class HttpClient:
         if self._sleep_fn is not None:
             self._sleep_fn(seconds)
         else:
-            end = time.monotonic() + seconds
-            while True:
-                self.check_stop()
-                remaining = end - time.monotonic()
-                if remaining <= 0:
-                    break
-                time.sleep(min(remaining, 0.25))
+            interruptible_sleep(seconds, self.check_stop)
         self.check_stop()
 
     def check_stop(self) -> None:
@@ -367,9 +372,16 @@ class HttpClient:
                     )
                 if status == 403:
                     return _BufferedResponse(status, response.headers, body), lowered, attempt
-                last_problem = f"HTTP {status}" + (f" ({_server_message(body)})" if _server_message(body) else "")
+                server = _server_message(body)
+                last_problem = f"HTTP {status}" + (f" ({server})" if server else "")
                 if attempt > self.retries:
-                    return _BufferedResponse(status, response.headers, body), lowered, attempt
+                    raise HttpError(
+                        f"{host} kept answering {last_problem} (tried {attempt} times).",
+                        status,
+                        redact_url(url),
+                        server,
+                        "The site may be down or busy; run the same command again later (finished files are kept).",
+                    )
                 if status == 429:
                     self.retry_after_wait(lowered, url, attempt)
                 else:

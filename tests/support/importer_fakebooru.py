@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
 from PIL import Image
 
 FREE_METATAGS = {
@@ -114,6 +115,7 @@ class FakeBooru:
         max_limit: int | None = None,
         credentials: dict[str, str] | None = None,
         depth_cap: int | None = None,
+        account_tag_limit: int | None = None,
     ) -> None:
         assert kind in ("danbooru", "gelbooru", "gelbooru02", "moebooru"), kind
         self.kind = kind
@@ -121,6 +123,7 @@ class FakeBooru:
         self.max_limit = max_limit
         self.credentials = credentials or {}  # login/user_id -> api key
         self.depth_cap = depth_cap
+        self.account_tag_limit = account_tag_limit  # Danbooru tag limit of logged-in users (None: unlimited)
         self.requests: list[RecordedRequest] = []
         self.api_faults: deque[Fault] = deque()
         self.file_faults: dict[str, deque[Fault]] = {}
@@ -344,7 +347,8 @@ class _Handler(BaseHTTPRequestHandler):
         tags = query.get("tags", "")
         counted = [t for t in tags.split() if t.lstrip("-~").partition(":")[0] not in FREE_METATAGS
                    or not t.lstrip("-~").partition(":")[1]]  # fmt: skip
-        if not logged_in and len(counted) > 2:
+        limit_for_user = booru.account_tag_limit if logged_in else 2
+        if limit_for_user is not None and len(counted) > limit_for_user:
             self._json({"success": False, "error": "PostQuery::TagLimitError",
                         "message": "You cannot search for more than 2 tags at a time."}, 422)  # fmt: skip
             return
@@ -492,3 +496,58 @@ class _Handler(BaseHTTPRequestHandler):
             url = self.booru.file_url(post)
             item.update({"md5": post.md5, "file_url": url, "jpeg_url": url, "sample_url": url, "preview_url": url})
         return item
+
+
+# ---------------------------------------------------------------------------------------------
+# ready-made data and helpers for the importer tests
+IRENE = "irene_(kanniiepan)"
+
+
+def irene_posts() -> tuple[list[FakePost], list[FakePost]]:
+    """(every post the fake site has, the visible still images a search for IRENE must import).
+
+    45 visible stills (PNG and JPEG, ids 1001...), plus posts the importer must leave out: hidden
+    (no file_url/md5), deleted, banned, a video, an ugoira zip, a gif, and posts of another
+    character.
+    """
+    from support.importer_images import image_bytes
+
+    visible = []
+    for n in range(45):
+        fmt = "JPEG" if n % 3 == 0 else "PNG"
+        visible.append(
+            FakePost(
+                id=1001 + n * 2,
+                data=image_bytes(n, fmt, size=(96 + (n % 5) * 8, 80)),
+                ext="jpg" if fmt == "JPEG" else "png",
+                general=["1girl", "solo", "long_hair", "o_o" if n % 2 else "^_^", "looking_at_viewer"],
+                character=[IRENE],
+                copyright=["original"],
+                artist=["kanniiepan"],
+                meta=["highres", "commentary_request", "bad_id"],
+                rating="gs"[n % 2],
+                score=n,
+            )
+        )
+    others = [
+        FakePost(2001, image_bytes(501), character=[IRENE], general=["1girl"], hidden=True),
+        FakePost(2003, image_bytes(502), character=[IRENE], general=["1girl"], hidden=True),
+        FakePost(2005, image_bytes(503), character=[IRENE], general=["1girl"], hidden=True),
+        FakePost(2007, image_bytes(504), character=[IRENE], general=["1girl"], deleted=True),
+        FakePost(2009, image_bytes(505), character=[IRENE], general=["1girl"], deleted=True),
+        FakePost(2011, image_bytes(506), character=[IRENE], general=["1girl"], banned=True),
+        FakePost(2013, b"\x00\x00\x00\x18ftypmp42 fake video", ext="mp4", character=[IRENE]),
+        FakePost(2015, b"PK\x03\x04 fake ugoira", ext="zip", character=[IRENE]),
+        FakePost(2017, image_bytes(507, "GIF"), ext="gif", character=[IRENE]),
+    ]
+    unrelated = [FakePost(3001 + k, image_bytes(600 + k), character=["someone_else"]) for k in range(5)]
+    return visible + others + unrelated, visible
+
+
+def patch_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Make every pause of the importer's HTTP client instant; returns the list of pauses asked for."""
+    import lib_lora.importer.http as http_module
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(http_module, "interruptible_sleep", lambda seconds, check: sleeps.append(seconds))
+    return sleeps
