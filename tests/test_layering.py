@@ -21,7 +21,7 @@ PURE = {"common", "events", "config", "engine", "formats", "data", "tagger", "ca
 RULES: dict[str, tuple[set[str], set[str]]] = {
     "common": (set(), set()),
     "events": ({"common"}, set()),
-    "config": ({"common"}, set()),
+    "config": ({"common"}, {"tomli"}),  # tomli: the TOML reader on Python 3.10
     "engine": (
         {"common", "events", "config"},
         # optimizers are optional and imported lazily, by name, in engine/optim.py only

@@ -62,13 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
         )
         verb_parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
         module.add_arguments(verb_parser)
-        verb_parser.set_defaults(_run=module.run)
+        verb_parser.set_defaults(_run=module.run, _accepts_extra=getattr(module, "ACCEPTS_EXTRA", False))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "_accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args._extra = extra
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

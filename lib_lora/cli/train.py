@@ -1,0 +1,142 @@
+"""``train``: train a LoRA headless, with sd-scripts' setting names."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = """Train a LoRA. Settings come from a kohya-style TOML file, a preset and --KEY VALUE
+overrides (sd-scripts' names, e.g. --network_dim 16 --learning_rate 1e-4), in that order of
+precedence: defaults < preset < TOML < command line.
+
+Examples:
+  python -m lib_lora train --preset character --train_data_dir data --pretrained_model_name_or_path tiny-sd15
+  python -m lib_lora train my.toml --max_train_epochs 10
+  python -m lib_lora train my.toml --resume output/mylora-state
+
+Ctrl-C stops after the current step, saves the LoRA so far and a state to resume from.
+"""
+
+ACCEPTS_EXTRA = True  # --KEY VALUE settings are parsed by this verb
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="a TOML file with sd-scripts' keys (sections are flattened)")
+    parser.add_argument("--preset", help="character, style, concept or sdxl-8gb")
+    parser.add_argument("--resume", metavar="DIR", help="continue a stopped run from its <name>-state folder")
+    parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
+    parser.add_argument("--list-settings", action="store_true", help="list every setting with its default and help")
+
+
+def _overrides(extra: list[str]) -> dict[str, str]:
+    from lib_lora.common.errors import UserError
+    from lib_lora.config import FIELDS, normalize_key, unknown_key_error
+
+    values: dict[str, str] = {}
+    i = 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--"):
+            raise UserError(f"Unexpected argument {token!r}: settings are given as --KEY VALUE.")
+        key = normalize_key(token[2:])
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif (
+            key in FIELDS
+            and str(FIELDS[key].type).startswith("bool")
+            and (i + 1 == len(extra) or extra[i + 1].startswith("--"))
+        ):
+            value = "true"
+            i += 1
+        else:
+            if i + 1 >= len(extra):
+                raise UserError(f"--{key} needs a value.")
+            value = extra[i + 1]
+            i += 2
+        if key not in FIELDS:
+            raise unknown_key_error(key)
+        values[key] = value
+    return values
+
+
+def _list_settings() -> None:
+    from dataclasses import fields
+
+    from lib_lora.config import TrainConfig
+
+    for f in fields(TrainConfig):
+        print(f"{f.name} = {f.default!r}\n    {f.metadata['help']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_settings:
+        _list_settings()
+        return 0
+    import signal
+
+    import torch
+    from tqdm import tqdm
+
+    from lib_lora.config import build_config, load_toml
+    from lib_lora.events import Events, StopToken
+    from lib_lora.jobs.train import prepare, train
+    from lib_lora.standalone.models import load_model, peek_family
+
+    values = load_toml(args.config) if args.config else {}
+    values.update(_overrides(args._extra))
+    draft = build_config(values, preset=args.preset, check=False)
+    family = peek_family(draft.pretrained_model_name_or_path, draft.model_family)
+    cfg = build_config(values, preset=args.preset, family=family)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    class CliEvents(Events):
+        bar: tqdm | None = None
+
+        def message(self, level: str, text: str) -> None:
+            prefix = {"warning": "warning: ", "error": "error: "}.get(level, "")
+            (self.bar.write if self.bar else print)(prefix + text)
+
+        def step(self, info) -> None:
+            if self.bar is None:
+                self.bar = tqdm(total=info.total_steps, initial=info.step - 1, unit="step", dynamic_ncols=True)
+            self.bar.update(info.step - self.bar.n)
+            self.bar.set_postfix(
+                epoch=info.epoch, loss=f"{info.avg_loss:.4f}", lr=f"{max(info.lrs.values(), default=0):.2e}"
+            )
+
+        def progress(self, stage: str, done: int, total: int, text: str = "") -> None:
+            if total and (done == total or done % max(1, total // 10) == 0):
+                print(f"{stage}: {done}/{total} {text}".rstrip())
+
+    events = CliEvents()
+    stop = StopToken()
+
+    def on_sigint(signum, frame) -> None:
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.request("Ctrl-C")
+        events.message("info", "Stopping after this step (Ctrl-C again to abort without saving)...")
+
+    bundle = load_model(
+        cfg.pretrained_model_name_or_path, device=device, family=cfg.model_family, v_prediction=cfg.v_parameterization,
+        clip_skip=cfg.clip_skip, mixed_precision=cfg.mixed_precision,
+    )  # fmt: skip
+    plan = prepare(cfg, bundle, events, stop, args.resume)
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        renderer = None
+        if cfg.sample_every_n_epochs and cfg.sample_prompts:
+            from lib_lora.standalone.sampler import live_renderer
+
+            renderer = live_renderer(bundle, sampler=cfg.sample_sampler)
+        result = train(cfg, bundle, events, stop, resume=args.resume, renderer=renderer, plan=plan)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if events.bar:
+            events.bar.close()
+    for saved in result.files:
+        print(f"{saved.kind:>7}: {saved.path}")
+    if result.status == "stopped":
+        print(f"stopped at step {result.steps}; resume with: --resume {result.state_dir}")
+    print(f"log: {result.log_path}")
+    return 0

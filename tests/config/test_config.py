@@ -1,0 +1,121 @@
+"""Settings: kohya names, validation before any work, presets, TOML files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lib_lora.config import ConfigError, TrainConfig, build_config, load_toml, parse_resolution, preset_values, to_toml
+
+BASE = {"train_data_dir": "data"}
+
+
+def test_unknown_key_names_the_closest_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"Unknown setting 'learnig_rate'\. Did you mean: learning_rate\?"):
+        build_config({**BASE, "learnig_rate": 1e-4})
+    with pytest.raises(ConfigError, match="network_dim"):
+        build_config({**BASE, "network_dims": 8})
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"learning_rate": -1e-4}, "learning_rate = -0.0001 is not valid: it must be at least 0"),
+        ({"network_dim": 0}, "network_dim = 0 is not valid: it must be at least 1"),
+        ({"train_batch_size": "two"}, "train_batch_size = 'two' is not valid: it must be a int"),
+        ({"network_dim": 4.5}, "network_dim = 4.5 is not valid"),
+        ({"mixed_precision": "fp8"}, "mixed_precision = 'fp8' is not valid: choose one of auto, no, fp16, bf16"),
+        ({"resolution": "500"}, "multiple of 8"),
+        ({"resolution": "abc"}, "resolution 'abc' is not valid"),
+        ({"random_crop": True}, "random_crop cannot be used with cache_latents"),
+        ({"network_train_unet_only": True, "network_train_text_encoder_only": True}, "cannot both be on"),
+        ({"output_name": "a/b"}, "output_name = 'a/b' is not valid"),
+        ({"min_timestep": 500, "max_timestep": 100}, "min_timestep (500) must be below max_timestep (100)"),
+        ({"caption_dropout_rate": 1.5}, "at most 1"),
+        ({"lr_scheduler": "cosine_annealing"}, "lr_scheduler = 'cosine_annealing' is not valid"),
+        ({"network_args": ("conv_dims=4",)}, "network_args entry 'conv_dims=4' is not supported"),
+        ({"min_snr_gamma": 0}, "greater than 0"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_rule(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({**BASE, **values})
+    assert message in str(info.value)
+
+
+def test_empty_dataset_folder_is_refused() -> None:
+    with pytest.raises(ConfigError, match="train_data_dir is empty"):
+        build_config({})
+
+
+def test_values_are_coerced_from_strings() -> None:
+    cfg = build_config({**BASE, "network_dim": "16", "network_alpha": "8", "flip_aug": "true", "clip_skip": "", "resolution": "768,512"})
+    assert cfg.network_dim == 16 and cfg.network_alpha == 8.0 and cfg.flip_aug is True and cfg.clip_skip is None
+    assert cfg.resolution_wh == (768, 512)
+    assert parse_resolution("640") == (640, 640) and parse_resolution((512, 768)) == (512, 768)
+
+
+def test_network_args_fill_conv_and_dropout_fields() -> None:
+    cfg = build_config({**BASE, "network_args": ["conv_dim=8", "conv_alpha=4", "rank_dropout=0.1", "module_dropout=0.05"]})
+    assert (cfg.conv_dim, cfg.conv_alpha, cfg.rank_dropout, cfg.module_dropout) == (8, 4.0, 0.1, 0.05)
+
+
+def test_character_preset_is_the_guides() -> None:
+    cfg = build_config(BASE, preset="character", family="sd1")
+    assert (cfg.lr_scheduler, cfg.lr_scheduler_num_cycles) == ("cosine_with_restarts", 5)
+    assert cfg.learning_rate == cfg.unet_lr == 1.6e-4 and cfg.text_encoder_lr == 6.5e-5
+    assert (cfg.network_dim, cfg.network_alpha) == (32, 16)
+    assert (cfg.resolution_wh, cfg.train_batch_size, cfg.clip_skip) == ((512, 512), 2, 2)
+    assert (cfg.max_train_epochs, cfg.save_every_n_epochs) == (50, 5)
+    assert (cfg.enable_bucket, cfg.min_bucket_reso, cfg.max_bucket_reso, cfg.bucket_reso_steps) == (True, 320, 1280, 64)
+    assert cfg.optimizer_type == "AdamW"
+
+
+def test_presets_adapt_to_sdxl_and_values_win_over_presets() -> None:
+    xl = build_config(BASE, preset="character", family="sdxl")
+    assert xl.resolution_wh == (1024, 1024) and xl.clip_skip is None and xl.min_bucket_reso == 512
+    style = build_config({**BASE, "network_dim": 64}, preset="style")
+    assert style.network_dim == 64 and style.network_alpha == 128
+    assert preset_values("concept", "sd1")["max_train_epochs"] == 30
+    with pytest.raises(ConfigError, match="Unknown preset 'anime'"):
+        build_config(BASE, preset="anime")
+
+
+def test_toml_sections_are_flattened_as_sd_scripts_does(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        'pretrained_model_name_or_path = "tiny-sd15"\n'
+        "[dataset_arguments]\ntrain_data_dir = \"data\"\nresolution = \"512,768\"\n"
+        "[network_arguments]\nnetwork_dim = 16\nnetwork_args = [\"conv_dim=4\"]\n"
+        "[optimizer_arguments]\noptimizer_args = [\"weight_decay=0.1\", \"betas=0.9,0.99\"]\n"
+        "[training_arguments]\nxformers = true\n",
+        encoding="utf-8",
+    )
+    values = load_toml(path)
+    cfg = build_config(values)
+    assert cfg.network_dim == 16 and cfg.conv_dim == 4 and cfg.resolution_wh == (512, 768)
+    assert cfg.optimizer_args == ("weight_decay=0.1", "betas=0.9,0.99")
+
+
+def test_bad_toml_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("network_dim = = 4\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_toml(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_toml(tmp_path / "missing.toml")
+
+
+def test_to_toml_round_trips(tmp_path: Path) -> None:
+    cfg = build_config({**BASE, "caption_prefix": 'say "hi"', "optimizer_args": ["weight_decay=0.1"]}, preset="character")
+    path = tmp_path / "out.toml"
+    path.write_text(to_toml(cfg), encoding="utf-8")
+    assert build_config(load_toml(path)) == cfg
+
+
+def test_every_setting_has_help_and_a_group() -> None:
+    from dataclasses import fields
+
+    for f in fields(TrainConfig):
+        assert f.metadata["help"] and f.metadata["group"], f.name
