@@ -1,0 +1,95 @@
+"""What the tab needs from whoever hosts it (the webui or the standalone app)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from lib_lora.events import Events, StopToken
+from lib_lora.jobs.manager import JobManager
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model training would use, as the Train sub-tab shows it."""
+
+    loaded: bool
+    name: str = ""
+    family: str | None = None  # "sd1" | "sdxl" (or "sd2"/other when refused)
+    v_prediction: bool = False
+    clip_skip: int | None = None
+    problem: str | None = None  # why training is refused (SD2, --lowvram, no model ...), None when OK
+    demo: bool = False  # a built-in tiny demo model
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """Defaults the host's settings page provides."""
+
+    default_preset: str = "character"
+    tagger_model: str = "wd-v1-4-swinv2-tagger-v2"
+    tagger_threshold: float = 0.35
+    tagger_character_threshold: float = 0.85
+    sample_every_n_epochs: int = 0
+
+
+@dataclass(frozen=True)
+class GridRequest:
+    """An epoch x prompt grid: every LoRA file against every prompt, same seed."""
+
+    lora_files: list[Path]
+    prompts: list[str]
+    negative_prompt: str = ""
+    weight: float = 1.0
+    seed: int = 1234
+    width: int | None = None  # None: the host's current txt2img values
+    height: int | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    sampler: str | None = None
+
+
+@dataclass
+class GridResult:
+    images: list[Any]  # PIL images, row-major: for each LoRA file, every prompt
+    row_labels: list[str]
+    column_labels: list[str]
+    grid: Any = None  # the assembled grid image
+    saved_to: Path | None = None
+    infotexts: list[str] = field(default_factory=list)
+
+
+class UIHost(Protocol):
+    kind: str  # "webui" | "standalone"
+    jobs: JobManager
+
+    def model_info(self) -> ModelInfo: ...
+
+    def settings(self) -> HostSettings: ...
+
+    def output_dir_choices(self) -> dict[str, str]:
+        """Label -> folder, e.g. {"Lora folder": ".../models/Lora", "additional-networks": ...}."""
+        ...
+
+    def default_output_dir(self) -> str: ...
+
+    def train(self, cfg: Any, events: Events, stop: StopToken) -> Any:
+        """Run ``jobs.train.train`` on the host's model with its sample renderer; restore the model
+        afterwards whatever happens. Called inside a JobManager job."""
+        ...
+
+    def plan(self, cfg: Any, events: Events) -> Any:
+        """``jobs.train.prepare`` against the host's model (for the live bucket table / checks)."""
+        ...
+
+    def render_grid(self, request: GridRequest, events: Events, stop: StopToken) -> GridResult: ...
+
+    def refresh_loras(self) -> None:
+        """Make newly written LoRA files visible in the host's LoRA lists."""
+        ...
+
+    def wrap_long_handler(self, fn: Callable, n_outputs: int) -> Callable:
+        """Wrap a long gradio handler (webui: ``wrap_gradio_gpu_call`` with progress; standalone: as is)."""
+        ...
