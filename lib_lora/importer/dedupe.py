@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
+import math
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from lib_lora.common.errors import UserError
 from lib_lora.common.fsutil import atomic_write_text, replace_with_retry
@@ -50,11 +52,19 @@ AUTO_DISTANCE = 2
 MAX_DISTANCE = 16  # Hydrus: "not much useful beyond 8", 14 is about garbage
 SIDECAR_SUFFIXES = (".txt", ".caption", ".json", ".npz")
 
-# local check (layer 4): both pictures at 64x64, 8x8 tiles of 8x8 pixels
-_CHECK_SIZE = 64
+# local check (layer 4): both pictures at the same small size (32-128 px, set by the smaller image),
+# slightly blurred, compared in 8x8-pixel tiles; resizing and re-encoding stay under the threshold,
+# edits, recolours and crops do not
 _TILE = 8
-MAX_TILE_DIFFERENCE = 10.0  # mean absolute RGB difference (0-255) allowed in the worst tile
+_BLUR_AT_64 = 1.5  # Gaussian sigma at 64 px, scaled with the size
 MAX_ASPECT_DIFFERENCE = 0.02  # relative
+
+
+def max_tile_difference(size: int) -> float:
+    """Allowed mean absolute RGB difference (0-255) in the worst tile: 7 at 128 px, 10 at 32 px
+    (small pictures carry more resampling and JPEG noise per tile)."""
+    return 7.0 + 3.0 * (128 - size) / 96
+
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
@@ -101,7 +111,8 @@ def phash_grey(grey: Image.Image) -> int:
     without the DC term, bit = value > median, row by row, first bit most significant.
     """
     small = np.asarray(grey.resize((32, 32), Image.BOX), dtype=np.float64)
-    coefficients = (_DCT8 @ small @ _DCT8.T).ravel()
+    # rounding removes floating-point noise: a flat picture has exactly zero AC terms (a blank hash)
+    coefficients = np.round((_DCT8 @ small @ _DCT8.T).ravel(), 6)
     median = np.median(coefficients[1:])
     bits = coefficients > median
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
@@ -140,37 +151,74 @@ def _chunk_bounds(chunks: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def find_pairs(hashes: Sequence[int] | np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _flip_masks(width: int, radius: int) -> list[int]:
+    """Every ``width``-bit mask with at most ``radius`` bits set (0 first)."""
+    masks = [0]
+    for r in range(1, radius + 1):
+        masks += [sum(1 << b for b in bits) for bits in itertools.combinations(range(width), r)]
+    return masks
+
+
+def _search_plan(n: int, max_distance: int) -> tuple[int, int]:
+    """(chunks, radius per chunk) for the multi-index search: ``chunks * (radius + 1) > max_distance``
+    guarantees that a pair within ``max_distance`` is within ``radius`` on some chunk. Picks the
+    cheapest by an estimate of probes (n * chunks * masks) plus candidates (pairs * chunks * masks / 2^width)."""
+    best: tuple[float, int, int] | None = None
+    for radius in range(3):
+        chunks = min(64, -(-(max_distance + 1) // (radius + 1)))
+        width = 64 // chunks
+        if radius > width:
+            continue
+        masks = sum(math.comb(width, r) for r in range(radius + 1))
+        cost = n * chunks * masks + (n * n / 2) * chunks * masks / 2.0**width
+        if best is None or cost < best[0]:
+            best = (cost, chunks, radius)
+    assert best is not None
+    return best[1], best[2]
+
+
+def find_pairs(
+    hashes: Sequence[int] | np.ndarray, max_distance: int, plan: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs ``i < j`` with ``hamming(hashes[i], hashes[j]) <= max_distance``.
 
-    Multi-index hashing: the 64 bits are cut into ``max_distance + 1`` chunks; two hashes that
-    differ in at most ``max_distance`` bits agree exactly on at least one chunk (pigeonhole), so
-    only hashes sharing a chunk value are compared. Returns ``(i, j, distance)`` arrays sorted by
-    distance, then i, then j.
+    Multi-index hashing: the 64 bits are cut into chunks; two hashes within ``max_distance`` bits
+    are within a small radius on at least one chunk (pigeonhole), so each hash is looked up only
+    among the hashes whose chunk value is that close (a sorted index per chunk, probed with every
+    flip mask of the radius) instead of being compared with every other hash. Returns
+    ``(i, j, distance)`` arrays sorted by distance, then i, then j. ``plan`` = (chunks, radius)
+    overrides the automatic choice (it must satisfy ``chunks * (radius + 1) > max_distance``).
     """
     h = np.asarray(hashes, dtype=np.uint64)
     n = len(h)
     empty = np.zeros(0, dtype=np.int64)
     if n < 2 or max_distance < 0:
         return empty, empty, empty
-    firsts: list[np.ndarray] = []
-    seconds: list[np.ndarray] = []
-    for shift, width in _chunk_bounds(min(max_distance + 1, 64)):
-        keys = (h >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+    chunks, radius = plan or _search_plan(n, max_distance)
+    if chunks * (radius + 1) <= max_distance:
+        raise ValueError(f"plan {plan} cannot find every pair within {max_distance}")
+    codes: list[np.ndarray] = []
+    everyone = np.arange(n, dtype=np.int64)
+    for shift, width in _chunk_bounds(chunks):
+        keys = ((h >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
-        # equal keys are contiguous once sorted: pair each with the ones k places further on
-        for k in range(1, n):
-            same = np.nonzero(sorted_keys[:-k] == sorted_keys[k:])[0]
-            if same.size == 0:
-                break
-            a, b = order[same], order[same + k]
-            firsts.append(np.minimum(a, b))
-            seconds.append(np.maximum(a, b))
-    if not firsts:
+        for mask in _flip_masks(width, radius):
+            probe = keys ^ mask
+            lo = np.searchsorted(sorted_keys, probe, side="left")
+            counts = np.searchsorted(sorted_keys, probe, side="right") - lo
+            total = int(counts.sum())
+            if total == 0:
+                continue
+            first = np.repeat(everyone, counts)
+            starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+            second = order[starts + np.arange(total)]
+            keep = first < second
+            codes.append(first[keep] * n + second[keep])
+    if not codes:
         return empty, empty, empty
-    codes = np.unique(np.concatenate(firsts).astype(np.int64) * n + np.concatenate(seconds))
-    i, j = codes // n, codes % n
+    unique = np.unique(np.concatenate(codes))
+    i, j = unique // n, unique % n
     distance = popcount64(h[i] ^ h[j]).astype(np.int64)
     keep = distance <= max_distance
     i, j, distance = i[keep], j[keep], distance[keep]
@@ -382,7 +430,7 @@ class _PixelCache:
 
     def __init__(self) -> None:
         self._digest: dict[Path, str] = {}
-        self._thumb: dict[Path, np.ndarray] = {}
+        self._thumb: dict[tuple[Path, int], np.ndarray] = {}
 
     def digest(self, info: ImageInfo) -> str:
         """md5 of the decoded pixels (mode and size included)."""
@@ -395,15 +443,23 @@ class _PixelCache:
             self._digest[info.path] = hashlib.md5(payload).hexdigest()
         return self._digest[info.path]
 
-    def thumb(self, info: ImageInfo) -> np.ndarray:
-        if info.path not in self._thumb:
-            self._thumb[info.path] = np.asarray(_load_rgb(info.path, _CHECK_SIZE), dtype=np.float32)
-        return self._thumb[info.path]
+    def thumb(self, info: ImageInfo, size: int) -> np.ndarray:
+        key = (info.path, size)
+        if key not in self._thumb:
+            small = _load_rgb(info.path, size).filter(ImageFilter.GaussianBlur(_BLUR_AT_64 * size / 64))
+            self._thumb[key] = np.asarray(small, dtype=np.float32)
+        return self._thumb[key]
 
     def same_pixels(self, a: ImageInfo, b: ImageInfo) -> bool:
         if (a.width, a.height) != (b.width, b.height) or a.alpha != b.alpha:
             return False
         return self.digest(a) == self.digest(b)
+
+
+def check_size(a: ImageInfo, b: ImageInfo) -> int:
+    """The side (multiple of 8, 32-128 px) at which a pair is compared: no larger than the smaller image."""
+    smallest = min(a.width, a.height, b.width, b.height)
+    return max(32, min(128, smallest // 8 * 8))
 
 
 def tile_difference(a: np.ndarray, b: np.ndarray, tile: int = _TILE) -> float:
@@ -424,8 +480,9 @@ def local_check(a: ImageInfo, b: ImageInfo, cache: _PixelCache | None = None) ->
     ratio_a, ratio_b = a.width / max(1, a.height), b.width / max(1, b.height)
     if abs(ratio_a - ratio_b) / max(ratio_a, ratio_b) > MAX_ASPECT_DIFFERENCE:
         return False, f"different aspect ratios ({a.width}x{a.height} vs {b.width}x{b.height}: a crop?)"
-    worst = tile_difference(cache.thumb(a), cache.thumb(b))
-    if worst > MAX_TILE_DIFFERENCE:
+    size = check_size(a, b)
+    worst = tile_difference(cache.thumb(a, size), cache.thumb(b, size))
+    if worst > max_tile_difference(size):
         return False, f"part of the picture differs (an edit or recolour? worst tile {worst:.0f}/255)"
     return True, ""
 
