@@ -53,6 +53,7 @@ ARCHIVE_NAME = "booru-archive.json"
 PART_SUFFIX = ".part"
 _CHUNK = 64 * 1024
 _MAX_CONSECUTIVE_NETWORK_FAILURES = 5
+_ARCHIVE_EVERY = 20  # archive writes: every 20 new files and at the end (the file grows with the dataset)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,7 +366,7 @@ def fetch_to_part(
                     length = _int_or_none(resp_headers.get("content-length"))
                     total = have + length if length is not None else None
             else:
-                raise DownloadFailed(f"HTTP {status}")
+                raise DownloadFailed(f"HTTP {status}" + (" (the file is gone)" if status in (404, 410) else ""))
             content_type = resp_headers.get("content-type", "").lower()
             if content_type.startswith(("text/", "application/json")):
                 sample = response.read(512) or b""
@@ -378,10 +379,10 @@ def fetch_to_part(
         size = have + received
         complete = broke is None and (total is None or size >= total)
         if complete:
-            if total is not None and size > total:
-                raise DownloadFailed(f"received {size} bytes, more than the announced {total}")
-            if expected_size and size != expected_size and total is None:
-                raise DownloadFailed(f"received {size} bytes, the site lists {expected_size}")
+            if (total is not None and size > total) or (expected_size and total is None and size != expected_size):
+                part.unlink(missing_ok=True)
+                expected = total if total is not None else expected_size
+                raise DownloadFailed(f"received {size} bytes instead of {expected}", bad_content=True)
             return size
         reason = broke or f"connection closed after {size} of {total} bytes"
         if attempt > http.retries:
@@ -616,7 +617,8 @@ def download_posts(
             network_failures = 0
             archive.add(post.key, md5, _rel(imported.image, dataset))
             present[md5] = imported.image
-            archive.save()
+            if len(result.downloaded) % _ARCHIVE_EVERY == _ARCHIVE_EVERY - 1:
+                archive.save()  # now and then; a file saved meanwhile is recognised by its md5 name
             result.downloaded.append(imported)
             events.progress("downloading", index + 1, total, imported.image.name)
     except StopRequested:

@@ -362,7 +362,7 @@ class HttpClient:
                 continue
             status = response.status
             lowered = _lower_headers(response.headers)
-            if status == 429 or status >= 500 or (status == 403 and "cf-mitigated" in lowered):
+            if status == 429 or status >= 500 or status == 403:
                 body = _read_some(response)
                 if is_cloudflare_challenge(status, lowered, body):
                     raise CloudflareChallenge(

@@ -376,3 +376,25 @@ def test_full_disk_while_writing_a_caption_leaves_no_half_pair(
     assert code == 2 and "the disk is full" in _only_error_line(err)
     names = sorted(p.name for p in (tmp_path / "ds" / "1_Irene").iterdir())
     assert names == sorted([f"{visible[0].md5}.{visible[0].ext}", f"{visible[0].md5}.txt"])
+
+
+def test_cli_caption_and_filter_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patch_sleep(monkeypatch)
+    posts = [
+        FakePost(1, image_bytes(1), character=[IRENE], general=["1girl", "smile"], artist=["kanniiepan"], rating="g"),
+        FakePost(2, image_bytes(2), character=[IRENE], general=["1girl", "comic"], rating="g"),
+        FakePost(3, image_bytes(3), character=[IRENE], general=["1girl"], rating="e"),
+    ]
+    with FakeBooru("danbooru", posts) as booru:
+        argv = ["import", "danbooru", IRENE, "--out", str(tmp_path), "--repeats", "4", "--rating", "g",
+                "--exclude", "comic,monochrome", "--trigger", "ireneLoRA", "--artist-tags", "--rating-tags",
+                "--base-url", booru.base_url, "--json"]  # fmt: skip
+        code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["folder"] == str(tmp_path / "4_irene")  # the name defaults to the first tag, qualifier dropped
+    assert result["skipped"] == {"rating": 1, "excluded tag": 1}
+    caption = (tmp_path / "4_irene" / f"{posts[0].md5}.txt").read_text()
+    assert caption == "ireneLoRA, 1girl, irene (kanniiepan), kanniiepan, smile, safe"
