@@ -15,8 +15,10 @@ JSON.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import html
+import io
 import json
 import socket
 import struct
@@ -42,6 +44,20 @@ _GELBOORU_RATINGS = {"g": "general", "s": "sensitive", "q": "questionable", "e":
 _OLD_RATINGS = {"g": "safe", "s": "safe", "q": "questionable", "e": "explicit"}
 
 
+@functools.lru_cache(maxsize=1024)
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+@functools.lru_cache(maxsize=1024)
+def _size(data: bytes) -> tuple[int, int]:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception:
+        return 0, 0
+
+
 @dataclass
 class FakePost:
     id: int
@@ -63,21 +79,13 @@ class FakePost:
     def md5(self) -> str:
         if self.md5_override:
             return self.md5_override
-        return hashlib.md5(self.data or b"").hexdigest()
+        return _md5(self.data or b"")
 
     def all_tags(self) -> list[str]:
         return self.general + self.character + self.copyright + self.artist + self.meta
 
     def size(self) -> tuple[int, int]:
-        if not self.data:
-            return 0, 0
-        import io
-
-        try:
-            with Image.open(io.BytesIO(self.data)) as image:
-                return image.size
-        except Exception:
-            return 0, 0
+        return _size(self.data or b"")
 
 
 @dataclass
@@ -136,7 +144,7 @@ class FakeBooru:
     def __enter__(self) -> FakeBooru:
         handler = type("Handler", (_Handler,), {"booru": self})
         self._server = _QuietServer(("127.0.0.1", 0), handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 

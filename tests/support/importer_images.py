@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def encode(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
     return buffer.getvalue()
 
 
+@functools.lru_cache(maxsize=512)
 def image_bytes(seed: int, fmt: str = "PNG", size: tuple[int, int] = (160, 120)) -> bytes:
     """Encoded bytes of :func:`smooth_image` (``fmt`` PNG, JPEG, WEBP, GIF)."""
     image = smooth_image(seed, size)
@@ -103,10 +105,19 @@ def planted_dataset(root: Path) -> dict[str, set[str]]:
     # an unreadable file
     (style / "broken.png").write_bytes((subset / "c.png").read_bytes()[:200])
     return {
-        "moved": {"10_irene/a_small.png", "10_irene/a.jpg", "10_irene/b.png", "5_style/c_copy.png",
-                  "10_irene/d_q60.jpg", "5_style/flat_again.bmp"},  # fmt: skip
+        "moved": {
+            "10_irene/a_small.png",
+            "10_irene/a.jpg",
+            "10_irene/b.png",
+            "5_style/c_copy.png",
+            "10_irene/d_q60.jpg",
+            "5_style/flat_again.bmp",
+        },  # fmt: skip
         "kept": {"10_irene/a.png", "10_irene/b.jpg", "10_irene/c.png", "10_irene/d.jpg", "5_style/flat.png"},
-        "review": {"10_irene/e.png|10_irene/e_crop.png", "10_irene/f.png|10_irene/f_tint.png",
-                   "5_style/g.png|5_style/g_white.png"},  # fmt: skip
+        "review": {
+            "10_irene/e.png|10_irene/e_crop.png",
+            "10_irene/f.png|10_irene/f_tint.png",
+            "5_style/g.png|5_style/g_white.png",
+        },  # fmt: skip
         "skipped": {"5_style/broken.png"},
     }
