@@ -127,7 +127,6 @@ class SearchResult:
     query: str
     posts: list[Post]
     skipped: dict[str, int]
-    pages: int = 0
     stopped: bool = False
 
     def skipped_text(self) -> str:
@@ -500,7 +499,7 @@ def iter_matching_posts(
     """Posts that pass ``filters``, up to ``limit``; counts the others in ``skipped``."""
     seen: set[int] = set()
     count = 0
-    page_size = max(20, limit)
+    page_size = client.max_page_size  # full pages: fewer requests when many posts are left out
     for batch in client.pages(query, page_size):
         new = 0
         for post in batch:
