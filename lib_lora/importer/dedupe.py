@@ -848,20 +848,21 @@ def apply(scan_result: DedupeScan, events: Events | None = None, stop: StopToken
         return result
     duplicates = scan_result.duplicates
     root = scan_result.root
-    for n, duplicate in enumerate(duplicates):
-        if stop is not None and stop.requested:
-            events.info("Stopped; the files moved so far are listed in the report.")
-            break
-        target = move_to_duplicates(root, duplicate.image.path)
-        duplicate.moved_to = target
-        result.moved.append((duplicate.image.path, target))
-        events.progress("moving", n + 1, len(duplicates), duplicate.image.rel)
-    if duplicates or scan_result.review:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        report = root / DUPLICATES_DIR / f"dedupe-report-{stamp}.json"
-        report = _free_target(report, ())
-        atomic_write_text(report, json.dumps(result.to_dict(), indent=1) + "\n")
-        result.report = report
+    try:
+        for n, duplicate in enumerate(duplicates):
+            if stop is not None and stop.requested:
+                events.info("Stopped; the files moved so far are listed in the report.")
+                break
+            target = move_to_duplicates(root, duplicate.image.path)
+            duplicate.moved_to = target
+            result.moved.append((duplicate.image.path, target))
+            events.progress("moving", n + 1, len(duplicates), duplicate.image.rel)
+    finally:  # the report lists what was moved, even when a move failed half-way
+        if duplicates or scan_result.review:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            report = _free_target(root / DUPLICATES_DIR / f"dedupe-report-{stamp}.json", ())
+            atomic_write_text(report, json.dumps(result.to_dict(), indent=1) + "\n")
+            result.report = report
     if result.moved:
         events.info(f"Moved {len(result.moved)} duplicate(s) to {root / DUPLICATES_DIR}.")
     return result
