@@ -57,7 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--exclude-tags", default="", metavar="T,...", help="tags never written (any case; re:REGEX for a pattern)"
     )
-    parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per inference call (default 8)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="images per inference call (default: 4 on CPU, 16 on GPU)",
+    )
     parser.add_argument("--keep-underscores", action="store_true", help="write long_hair instead of long hair")
     parser.add_argument("--escape", action="store_true", help="escape parentheses (for prompts; not for training)")
     parser.add_argument("--ratings", action="store_true", help="also write the most likely rating tag")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,6 +140,7 @@ class Tagger:
         device: str = "auto",
         threads: int = 0,
         events: Events | None = None,
+        session_config: Mapping[str, str] | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -156,6 +157,8 @@ class Tagger:
         if threads > 0:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3  # this session's chatter; provider load errors still print
+        for key, value in (session_config or {}).items():  # e.g. session.intra_op.allow_spinning
+            options.add_session_config_entry(key, value)
         try:
             self.session = ort.InferenceSession(
                 os.fspath(files.model_path), sess_options=options, providers=plan.providers

@@ -166,7 +166,7 @@ def test_nothing_to_do_does_not_load_a_model(tmp_path: Path) -> None:
 
 def test_bad_options_and_folders(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="batch size must be at least 1"):
-        TagFolderOptions(tmp_path, batch_size=0)
+        TagFolderOptions(tmp_path, batch_size=-1)
     with pytest.raises(UserError, match="existing-caption policy"):
         TagFolderOptions(tmp_path, existing="replace")
     with pytest.raises(UserError, match="does not exist"):
@@ -184,8 +184,9 @@ def test_fixed_batch_model_tags_a_folder_the_same(tmp_path: Path) -> None:
 def test_progress_and_summary_events(tmp_path: Path, tagger: Tagger) -> None:
     make_images(tmp_path, ["red", "blue", "green"])
     events = RecordingEvents()
-    result = tag_folder(TagFolderOptions(tmp_path, batch_size=2), events, tagger=tagger)
+    result = tag_folder(TagFolderOptions(tmp_path), events, tagger=tagger)
     assert events.last_progress[:3] == ("tagging", 3, 3)
+    assert "on CPU (batch 4," in events.texts("info")[0]  # the automatic CPU batch size
     assert result.images_per_second > 0
     assert events.texts("info")[-1].startswith("Tagged 3 images in")
     doc = result.to_json()
