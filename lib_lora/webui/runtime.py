@@ -1,0 +1,185 @@
+"""The webui's queue lock and ``shared.state`` around our jobs, and the progress bar text.
+
+Lock order is always the webui's ``queue_lock`` first, then the JobManager's own lock: a job
+started from a handler wrapped by ``call_queue.wrap_gradio_gpu_call`` (which already holds the
+queue lock and called ``state.begin``) runs as it is; a job started anywhere else (the HTTP API, a
+background thread) takes the queue lock and begins/ends ``shared.state`` itself. txt2img and
+img2img (UI and API) wait while either holds the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import html
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from lib_lora.events import Events, SampleImage, StepInfo, StopToken
+from lib_lora.jobs.manager import JobManager, JobStatus
+
+_local = threading.local()
+
+# txt2img components captured by ``on_after_component`` (elem_id -> component)
+TXT2IMG_ELEM_IDS = (
+    "txt2img_prompt", "txt2img_neg_prompt", "txt2img_sampling", "txt2img_scheduler", "txt2img_steps",
+    "txt2img_cfg_scale", "txt2img_width", "txt2img_height", "txt2img_seed",
+)  # fmt: skip
+txt2img_components: dict[str, Any] = {}
+
+
+def holding_queue() -> bool:
+    """True inside a wrapped handler or a job that already holds the webui's queue lock."""
+    return getattr(_local, "depth", 0) > 0
+
+
+def mark_queue_held(fn: Callable) -> Callable:
+    """For functions run by ``wrap_gradio_gpu_call`` (which holds the lock): jobs they start run inline."""
+
+    @functools.wraps(fn)
+    def inner(*args: Any, **kwargs: Any) -> Any:
+        _local.depth = getattr(_local, "depth", 0) + 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _local.depth -= 1
+
+    return inner
+
+
+def reset_state_flags(state: Any) -> None:
+    """What ``call_queue.wrap_gradio_call`` resets after every call (an interrupt meant for us must
+    not stop the next txt2img)."""
+    state.skipped = False
+    state.interrupted = False
+    state.stopping_generation = False
+    state.job_count = 0
+    state.job = ""
+
+
+@contextlib.contextmanager
+def gpu_section(job: str) -> Iterator[None]:
+    """Hold the queue lock and ``shared.state`` for ``job`` unless this thread already does."""
+    if holding_queue():
+        yield
+        return
+    from modules import call_queue, shared
+
+    with call_queue.queue_lock:
+        _local.depth = getattr(_local, "depth", 0) + 1
+        shared.state.begin(job=job)
+        try:
+            yield
+        finally:
+            _local.depth -= 1
+            try:
+                shared.state.end()
+            finally:
+                reset_state_flags(shared.state)
+
+
+class WebuiJobManager(JobManager):
+    """JobManager whose jobs run under the webui's queue lock and ``shared.state``.
+
+    ``run`` (and so ``submit``'s thread) takes the queue lock before the manager's own lock, the
+    same order a wrapped gradio handler uses, so the tab and the HTTP API never deadlock.
+    """
+
+    def run(self, kind: str, title: str, fn: Any, inner: Events | None = None, job: Any = None) -> JobStatus:
+        with gpu_section(f"lora_trainer:{kind}"):
+            return super().run(kind, title, fn, inner, job)
+
+
+def interrupt_aware(stop: StopToken) -> StopToken:
+    """A token that fires on ``stop`` or on the webui's Interrupt (``shared.state.interrupted``:
+    txt2img's button, ``POST /sdapi/v1/interrupt``)."""
+    from modules import shared
+
+    def poll() -> bool:
+        if stop.requested:
+            token.reason = stop.reason or token.reason
+            return True
+        if getattr(shared.state, "interrupted", False):
+            token.reason = token.reason or "interrupted from the webui"
+            return True
+        return False
+
+    token = StopToken(poll)
+    return token
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(max(0.0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def step_text(info: StepInfo, num_epochs: int | None = None) -> str:
+    """One line for the progress bar: epoch, step, loss, it/s, ETA."""
+    epochs = f"/{num_epochs}" if num_epochs else ""
+    return (
+        f"Epoch {info.epoch}{epochs} · step {info.step}/{info.total_steps} · loss {info.avg_loss:.4f} · "
+        f"{info.steps_per_second:.2f} it/s · ETA {format_eta(info.eta_seconds)}"
+    )
+
+
+class StateEvents(Events):
+    """Maps job callbacks onto ``shared.state`` so the webui's progress bar shows them:
+    ``job_count`` = total, ``job_no`` = done, ``textinfo`` = one line, samples as live previews."""
+
+    def __init__(self, num_epochs: int | None = None) -> None:
+        self.num_epochs = num_epochs
+        self._training_started = False
+
+    def _state(self) -> Any:
+        from modules import shared
+
+        return shared.state
+
+    def progress(self, stage: str, done: int, total: int, text: str = "") -> None:
+        state = self._state()
+        state.job_count = max(1, total)
+        state.job_no = min(done, state.job_count)
+        state.sampling_step = state.sampling_steps = 0
+        state.textinfo = html.escape(f"{stage}: {done}/{total} {text}".strip())
+
+    def step(self, info: StepInfo) -> None:
+        state = self._state()
+        if not self._training_started:
+            # the ETA the progress API computes runs from time_start; start it with training
+            self._training_started = True
+            state.time_start = time.time() - info.seconds
+        state.job_count = max(1, info.total_steps)
+        state.job_no = info.step
+        state.sampling_step = state.sampling_steps = 0
+        state.textinfo = html.escape(step_text(info, self.num_epochs))
+
+    def sample(self, info: SampleImage) -> None:
+        try:
+            from PIL import Image
+
+            with Image.open(info.path) as image:
+                image.load()
+                self._state().assign_current_image(image.copy())
+        except Exception:  # a live preview is a nicety; never fail training for it
+            pass
+
+
+@contextlib.contextmanager
+def preserved_progress() -> Iterator[None]:
+    """Keep our progress fields while the webui's own processing (samples) changes them."""
+    from modules import shared
+
+    state = shared.state
+    keys = ("job_no", "job_count", "sampling_step", "sampling_steps", "textinfo", "job")
+    saved = {key: getattr(state, key, None) for key in keys}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(state, key, value)
