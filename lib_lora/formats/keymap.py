@@ -265,3 +265,87 @@ def convert_openclip_text_state_dict(state: dict) -> dict:
             else:
                 out[openclip_to_hf(name)] = tensor
     return out
+
+
+# -- VAE (ldm AutoencoderKL -> diffusers AutoencoderKL) ------------------------------------------
+
+VAE_LEVELS = 4  # every SD1.x / SD2.x / SDXL VAE: 4 resolution levels, x8 downsampling
+_VAE_RESNET_LDM_TO_DIFFUSERS = {"nin_shortcut": "conv_shortcut"}  # norm1/conv1/norm2/conv2 are the same
+_VAE_ATTENTION_LDM_TO_DIFFUSERS = {
+    "norm": "group_norm",
+    "q": "to_q",
+    "k": "to_k",
+    "v": "to_v",
+    "proj_out": "to_out.0",
+}
+_VAE_MID = {"block_1": "resnets.0", "block_2": "resnets.1", "attn_1": "attentions.0"}
+
+
+def _vae_inner(rest: list[str], table: dict[str, str], path: str) -> list[str]:
+    if not rest:
+        raise KeyError(f"no VAE mapping for {path!r}")
+    head = table.get(rest[0], rest[0])
+    return head.split(".") + rest[1:]
+
+
+def vae_ldm_to_diffusers(path: str, levels: int = VAE_LEVELS) -> str:
+    """An ldm ``AutoencoderKL`` tensor/module path -> diffusers' ``AutoencoderKL``.
+
+    ``encoder.down.1.block.0.nin_shortcut.weight`` -> ``encoder.down_blocks.1.resnets.0.conv_shortcut.weight``;
+    ``decoder.up.3.upsample.conv`` -> ``decoder.up_blocks.0.upsamplers.0.conv`` (the decoder's level
+    index is reversed: ldm counts from the highest resolution, diffusers from the lowest);
+    ``encoder.mid.attn_1.q`` -> ``encoder.mid_block.attentions.0.to_q``; ``norm_out`` -> ``conv_norm_out``.
+    The mid-block attention's q/k/v/proj_out are 1x1 convs in ldm and Linear in diffusers: see
+    :func:`convert_vae_state_dict` for the tensor reshape.
+    """
+    parts = path.split(".")
+    top, rest = parts[0], parts[1:]
+    if top in ("quant_conv", "post_quant_conv"):
+        return path
+    if top not in ("encoder", "decoder") or not rest:
+        raise KeyError(f"no VAE mapping for {path!r}")
+    head = rest[0]
+    if head in ("conv_in", "conv_out"):
+        new = rest
+    elif head == "norm_out":
+        new = ["conv_norm_out", *rest[1:]]
+    elif head == "mid" and len(rest) > 1 and rest[1] in _VAE_MID:
+        table = _VAE_ATTENTION_LDM_TO_DIFFUSERS if rest[1] == "attn_1" else _VAE_RESNET_LDM_TO_DIFFUSERS
+        new = ["mid_block", *_VAE_MID[rest[1]].split("."), *_vae_inner(rest[2:], table, path)]
+    elif head in ("down", "up") and len(rest) > 3:
+        index, kind = int(rest[1]), rest[2]
+        if not 0 <= index < levels:
+            raise KeyError(f"no VAE mapping for {path!r} (level {index} of {levels})")
+        level = index if head == "down" else levels - 1 - index
+        blocks = f"{head}_blocks"
+        if kind == "block":
+            new = [blocks, str(level), "resnets", rest[3], *_vae_inner(rest[4:], _VAE_RESNET_LDM_TO_DIFFUSERS, path)]
+        elif kind == ("downsample" if head == "down" else "upsample"):
+            new = [blocks, str(level), f"{kind}rs", "0", *rest[3:]]
+        else:
+            raise KeyError(f"no VAE mapping for {path!r}")
+    else:
+        raise KeyError(f"no VAE mapping for {path!r}")
+    return ".".join([top, *new])
+
+
+def is_vae_attention_weight(diffusers_name: str) -> bool:
+    """A mid-block attention projection weight (a 1x1 conv in ldm, a Linear in diffusers)."""
+    return ".mid_block.attentions." in diffusers_name and diffusers_name.endswith(
+        tuple(f"{proj}.weight" for proj in ("to_q", "to_k", "to_v", "to_out.0"))
+    )
+
+
+def convert_vae_state_dict(state: dict, levels: int = VAE_LEVELS) -> dict:
+    """Rename an ldm VAE state dict (``encoder.*``, ``decoder.*``, ``quant_conv.*``,
+    ``post_quant_conv.*``) to diffusers' names; the attention 1x1 conv weights [C, C, 1, 1] become
+    Linear weights [C, C]. Other tensors (e.g. a training loss's ``loss.*``) are left out."""
+    out = {}
+    for name, tensor in state.items():
+        if name.split(".", 1)[0] not in ("encoder", "decoder", "quant_conv", "post_quant_conv"):
+            continue
+        new = vae_ldm_to_diffusers(name, levels)
+        if is_vae_attention_weight(new) and tensor.dim() == 4:
+            tensor = tensor[:, :, 0, 0]
+        out[new] = tensor
+    return out
