@@ -1,6 +1,6 @@
 """Write a small generated demo dataset (N_name folders, varied aspect ratios) to try the workflow.
 
-Three folders (10_redfox, 6_bluebird, 4_greenleaf) of coloured drawings in portrait, landscape and
+Three folders (3_redfox, 2_bluebird, 2_greenleaf) of coloured drawings in portrait, landscape and
 square sizes; the same images every time. Without captions the tagger writes them; with
 --captions simple each image gets its folder's name and a few words.
 

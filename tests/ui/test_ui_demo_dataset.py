@@ -48,7 +48,7 @@ def test_demo_dataset_is_a_valid_varied_deterministic_dataset(tmp_path: Path) ->
 def test_simple_captions(tmp_path: Path) -> None:
     result = write_demo_dataset(tmp_path / "d", captions="simple")
     assert len(result.captions) == len(result.images)
-    text = (tmp_path / "d" / "10_redfox" / "redfox_01.txt").read_text(encoding="utf-8")
+    text = (tmp_path / "d" / "3_redfox" / "redfox_01.txt").read_text(encoding="utf-8")
     assert text.startswith("redfox, red theme")
 
 
