@@ -1,0 +1,111 @@
+"""The caption editor for a front end: open a session, thumbnails the browser can fetch.
+
+The editing itself is :class:`lib_lora.captions.CaptionSession` (one per user); this module only
+re-exports what a UI needs and makes small thumbnails, so a large dataset does not send full-size
+images to the browser and files outside the app's folder can be shown (the thumbnails live in
+the system's temp folder, which Gradio serves).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from lib_lora.captions import (
+    CONFLICT_CHOICES,
+    SEARCH_MODES,
+    SORT_KEYS,
+    CaptionSession,
+    LoadOptions,
+    SaveResult,
+    TagFilter,
+    summary_line,
+)
+from lib_lora.common.errors import UserError
+from lib_lora.events import Events, StopToken
+
+__all__ = [
+    "CONFLICT_CHOICES",
+    "SEARCH_MODES",
+    "SORT_KEYS",
+    "CaptionSession",
+    "SaveResult",
+    "TagFilter",
+    "open_session",
+    "summary_line",
+    "thumbnail",
+]
+
+THUMB_SIZE = 256
+_THUMB_DIR_NAME = "lib_lora-thumbnails"
+_LOCK = threading.Lock()
+
+
+def open_session(
+    root: str | os.PathLike,
+    caption_extension: str = ".txt",
+    events: Events | None = None,
+    stop: StopToken | None = None,
+) -> CaptionSession:
+    text = str(root or "").strip()
+    if not text:
+        raise UserError("No dataset folder chosen: choose it in the Dataset tab first.")
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise UserError(f"Dataset folder {path} does not exist." if not path.exists() else f"{path} is not a folder.")
+    return CaptionSession.open(path, LoadOptions(caption_extension=caption_extension or ".txt"), events, stop)
+
+
+def thumbnail_folder() -> Path:
+    # not a dot-folder: Gradio refuses to serve paths with a part starting with "."
+    folder = Path(tempfile.gettempdir()) / _THUMB_DIR_NAME
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _placeholder(size: int) -> Path:
+    path = thumbnail_folder() / f"unreadable-{size}.png"
+    if not path.exists():
+        image = Image.new("RGB", (size, size), (200, 200, 200))
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    return path
+
+
+def thumbnail(image: str | os.PathLike, size: int = THUMB_SIZE) -> Path:
+    """A JPEG at most ``size`` px on its longer side (cached by path, mtime and file size); a grey
+    placeholder for an image that cannot be read."""
+    image = Path(image)
+    try:
+        stat = image.stat()
+    except OSError:
+        return _placeholder(size)
+    key = hashlib.sha1(f"{image.resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{size}".encode()).hexdigest()[:24]
+    path = thumbnail_folder() / f"{key}.jpg"
+    if path.exists():
+        return path
+    try:
+        with Image.open(image) as opened:
+            opened.draft("RGB", (size, size))
+            picture = ImageOps.exif_transpose(opened)
+            picture.thumbnail((size, size))
+            if picture.mode in ("RGBA", "LA", "P"):
+                picture = picture.convert("RGBA")
+                background = Image.new("RGB", picture.size, (255, 255, 255))
+                background.paste(picture, mask=picture.getchannel("A"))
+                picture = background
+            elif picture.mode != "RGB":
+                picture = picture.convert("RGB")
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            picture.save(tmp, format="JPEG", quality=85)
+        with _LOCK:
+            os.replace(tmp, path)
+    except Exception:  # a corrupt image gets the placeholder, never breaks the gallery
+        return _placeholder(size)
+    return path

@@ -1,0 +1,107 @@
+"""Booru import and duplicate review for a front end (thin layer over ``lib_lora.importer``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from lib_lora.common.errors import UserError
+from lib_lora.events import Events, StopToken
+from lib_lora.importer import dedupe
+from lib_lora.importer.booru_tags import CaptionOptions
+from lib_lora.importer.download import ImportOptions, ImportResult, import_booru
+
+SITES = ("danbooru", "gelbooru", "safebooru", "yandere", "konachan", "moebooru")
+RATINGS = ("g", "s", "q", "e")
+DUPLICATES_DIR = dedupe.DUPLICATES_DIR
+DedupeScan = dedupe.DedupeScan
+ReviewPair = dedupe.ReviewPair
+
+
+def _whole(value: object, what: str, minimum: int = 1) -> int:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number.is_integer() or number < minimum:
+        raise UserError(f"{what} must be a whole number of at least {minimum} (got {value!r}).")
+    return int(number)
+
+
+@dataclass(frozen=True)
+class ImportRequest:
+    """What the import panel collects."""
+
+    site: str
+    tags: str
+    dataset: str
+    name: str
+    repeats: int = 10
+    limit: int = 50
+    ratings: tuple[str, ...] = ()  # g s q e; empty = all
+    captions: str = "booru"  # booru | none
+    user: str = ""
+    api_key: str = ""
+    base_url: str = ""
+
+    def options(self) -> ImportOptions:
+        if not (self.dataset or "").strip():
+            raise UserError("No dataset folder chosen: choose it in the Dataset tab first.")
+        if self.site not in SITES:
+            raise UserError(f"Site {self.site!r} is not known; choose one of {', '.join(SITES)}.")
+        options = ImportOptions(
+            site=self.site,
+            tags=self.tags or "",
+            out=Path(os.path.expanduser(self.dataset.strip())),
+            name=self.name or "",
+            repeats=_whole(self.repeats, "Repeats"),
+            limit=_whole(self.limit, "The number of images"),
+            ratings=",".join(self.ratings),
+            captions=self.captions,
+            caption=CaptionOptions(),
+            base_url=(self.base_url or "").strip() or None,
+            api_key=(self.api_key or "").strip() or None,
+            user=(self.user or "").strip() or None,
+        )
+        options.validate()
+        return options
+
+
+def run_import(request: ImportRequest, events: Events | None = None, stop: StopToken | None = None) -> ImportResult:
+    return import_booru(request.options(), events, stop)
+
+
+def import_summary(result: ImportResult) -> str:
+    parts = [f"{len(result.downloaded)} downloaded", f"{len(result.already_have)} already there"]
+    if result.failed:
+        parts.append(f"{len(result.failed)} failed (first: {result.failed[0][1]})")
+    if result.stopped:
+        parts.append("stopped before the end")
+    return f"Imported into {result.folder}: " + ", ".join(parts) + "."
+
+
+def scan_duplicates(
+    folder: str | os.PathLike, distance: int = dedupe.DEFAULT_DISTANCE, events: Events | None = None,
+    stop: StopToken | None = None,
+) -> dedupe.DedupeScan:  # fmt: skip
+    """Find duplicate groups and review pairs (nothing moves)."""
+    text = str(folder or "").strip()
+    if not text:
+        raise UserError("No dataset folder chosen: choose it in the Dataset tab first.")
+    distance = _whole(distance, "The distance", 0)
+    options = dedupe.DedupeOptions(distance=distance, auto_distance=min(dedupe.AUTO_DISTANCE, distance))
+    return dedupe.scan(Path(text).expanduser(), options, events, stop)
+
+
+def move_exact_duplicates(scan: dedupe.DedupeScan, events: Events | None = None) -> dedupe.DedupeResult:
+    """Move the scan's certain duplicates (the groups) to ``_duplicates/``, with a report."""
+    return dedupe.apply(scan, events)
+
+
+def move_to_duplicates(root: str | os.PathLike, image: str | os.PathLike) -> Path:
+    return dedupe.move_to_duplicates(root, image)
+
+
+def keep_both(root: str | os.PathLike, a: str | os.PathLike, b: str | os.PathLike) -> None:
+    dedupe.keep_both(root, a, b)
