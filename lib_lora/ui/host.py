@@ -91,5 +91,41 @@ class UIHost(Protocol):
         ...
 
     def wrap_long_handler(self, fn: Callable, n_outputs: int) -> Callable:
-        """Wrap a long gradio handler (webui: ``wrap_gradio_gpu_call`` with progress; standalone: as is)."""
+        """Wrap a long gradio handler (webui: ``wrap_gradio_gpu_call`` with progress; standalone:
+        Gradio's own ``gr.Progress``).
+
+        The tab calls it for Start (train), Render grid (test) and Start tagging. ``fn`` takes the
+        task id (a hidden textbox's value, ``"task(...)"`` once :meth:`long_handler_js` set it) as
+        its first argument, then the inputs, and returns ``n_outputs`` values whose last one is an
+        HTML string (the webui appends its "Time taken" line there; on an exception the wrapper
+        returns ``n_outputs - 1`` unchanged updates plus the error HTML)."""
+        ...
+
+    # -- optional: the tab falls back to the defaults given here when a host lacks them --------------
+
+    def long_handler_js(self, kind: str) -> str | None:
+        """JavaScript (a function name or ``(...) => ...`` source) run in the browser before a long
+        handler of ``kind`` ("train" | "grid" | "tag") starts: the webui's sets ``arguments[0]`` to a
+        fresh task id and calls ``requestProgress``; it must return the (possibly changed)
+        arguments. Default: None (no JS)."""
+        ...
+
+    def job_events(self) -> Events | None:
+        """Extra listener for every job the tab runs (``JobManager.run(..., inner=...)``), e.g. the
+        standalone host forwards progress to Gradio's progress bar. Default: None."""
+        ...
+
+    def txt2img_outputs(self) -> list[Any]:
+        """Components "send to txt2img" updates besides the tab's own (the webui's txt2img prompt
+        and negative prompt boxes). Default: []."""
+        ...
+
+    def send_to_txt2img_js(self) -> str | None:
+        """JavaScript run on "send to txt2img" (the webui switches to the txt2img tab; it must
+        return its arguments). Default: None."""
+        ...
+
+    def send_to_txt2img(self, prompt: str, negative_prompt: str) -> tuple[list[Any], str]:
+        """Updates for :meth:`txt2img_outputs` (same length) and a message for the tab's status.
+        Default: ``([], "... copy the prompt ...")``."""
         ...

@@ -1,0 +1,75 @@
+"""The "Train LoRA" tab: four sub-tabs in workflow order, built against a :class:`UIHost`.
+
+``build_tab(host)`` returns ``(blocks, tab)``: the webui registers ``blocks`` with
+``on_ui_tabs`` (elem_id ``lora_trainer``, so the page wraps it in ``#tab_lora_trainer``); the
+standalone app renders it inside its own page. ``tab`` gives tests the components and handlers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from lib_lora.ui.dataset_panel import DatasetPanel
+from lib_lora.ui.editor_panel import EditorPanel
+from lib_lora.ui.host import UIHost
+from lib_lora.ui.test_panel import TestPanel
+from lib_lora.ui.train_panel import TrainPanel
+
+ELEM_ID = "lora_trainer"
+TITLE = "Train LoRA"
+STYLE_CSS = Path(__file__).resolve().parents[2] / "style.css"
+
+
+def stylesheet() -> str:
+    """The tab's CSS (every rule under ``#tab_lora_trainer``); the webui loads style.css itself."""
+    try:
+        return STYLE_CSS.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+
+
+class TrainerTab:
+    def __init__(self, host: UIHost) -> None:
+        self.host = host
+        self.dataset = DatasetPanel(self)
+        self.editor = EditorPanel(self)
+        self.train = TrainPanel(self)
+        self.test = TestPanel(self)
+
+    def build(self) -> gr.Blocks:
+        with gr.Blocks(analytics_enabled=False) as blocks:
+            with gr.Tabs(elem_id="lora_trainer_tabs"):
+                with gr.Tab("Dataset", elem_id="lora_trainer_tab_dataset") as self.dataset_tab:
+                    self.dataset.build()
+                with gr.Tab("Tag & edit", elem_id="lora_trainer_tab_tag") as self.tag_tab:
+                    self.editor.build()
+                with gr.Tab("Train", elem_id="lora_trainer_tab_train") as self.train_tab:
+                    self.train.build()
+                with gr.Tab("Test", elem_id="lora_trainer_tab_test") as self.test_tab:
+                    self.test.build()
+            self.dataset.wire()
+            self.editor.wire()
+            self.train.wire()
+            self.test.wire()
+            self.tag_tab.select(self.editor.provider_html, None, [self.editor.provider])
+            self.train_tab.select(self.train.refresh_model, None, [self.train.model_info, self.train.start])
+        self.blocks = blocks
+        return blocks
+
+    def caption_extension_input(self) -> Any:
+        form = self.train.form.components
+        return form["caption_extension"] if "caption_extension" in form else gr.State(".txt")
+
+
+def build_tab(host: UIHost) -> tuple[gr.Blocks, TrainerTab]:
+    tab = TrainerTab(host)
+    return tab.build(), tab
+
+
+def on_ui_tabs(host: UIHost) -> list[tuple[gr.Blocks, str, str]]:
+    """What the webui's ``on_ui_tabs`` callback returns."""
+    blocks, _ = build_tab(host)
+    return [(blocks, TITLE, ELEM_ID)]

@@ -1,0 +1,318 @@
+"""The tab built in-process against a fake host; handlers called directly as Gradio would."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import fields
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from lib_lora.config import TrainConfig
+from lib_lora.data.demo import write_demo_dataset
+from lib_lora.ui.forms import NOT_IN_FORM
+from lib_lora.ui.host import ModelInfo
+from lib_lora.ui.tab import build_tab
+from support.ui_host import FakeHost, write_fake_lora
+from support.ui_tab import Select, form_args, subset_args, unchanged, value
+
+pytestmark = pytest.mark.ui
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return write_demo_dataset(tmp_path / "data", captions="simple").root
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> FakeHost:
+    return FakeHost(tmp_path)
+
+
+@pytest.fixture
+def tab(host: FakeHost):
+    _, tab = build_tab(host)
+    return tab
+
+
+def _text(html: str) -> str:
+    return re.sub(r"<[^>]+>", " ", html or "")
+
+
+def _ancestor_labels(component) -> list[str]:
+    labels, node = [], component
+    while node is not None:
+        labels.append(getattr(node, "label", None) or "")
+        node = getattr(node, "parent", None)
+    return labels
+
+
+# -- structure ------------------------------------------------------------------------------------
+
+
+def test_form_has_every_setting_with_its_label_and_help_and_labels_are_unique(tab) -> None:
+    form = tab.train.form.components
+    for f in fields(TrainConfig):
+        if f.name in NOT_IN_FORM:
+            assert f.name not in form
+            continue
+        component = form[f.name]
+        assert component.label == (f.metadata["label"] or f.name)
+        assert component.info == f.metadata["help"]
+        folded = "Advanced settings" in _ancestor_labels(component)
+        assert folded == bool(f.metadata["advanced"]), f.name
+    labels = [b.label for b in tab.blocks.blocks.values() if getattr(b, "label", None)]
+    assert [label for label, n in Counter(labels).items() if n > 1] == []
+
+
+def test_long_handlers_go_through_the_host_wrapper_with_html_last(host: FakeHost, tab) -> None:
+    # tagging (1 output), training (1), the grid (2: image + status HTML last)
+    assert host.wrapped == [1, 1, 2]
+    assert isinstance(tab.test.result, gr.HTML) and isinstance(tab.train.result, gr.HTML)
+
+
+def test_webui_host_hides_clip_skip(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path)
+    host.kind = "webui"
+    _, tab = build_tab(host)
+    assert "clip_skip" not in tab.train.form.components
+
+
+# -- Dataset ----------------------------------------------------------------------------------------
+
+
+def test_dataset_refresh_lists_folders_and_buckets(tab, dataset: Path) -> None:
+    names = tab.dataset.bucket_names()
+    overview, buckets, status = tab.dataset.refresh(str(dataset), *subset_args(tab, names))
+    assert all(name in overview for name in ("3_redfox", "2_bluebird", "2_greenleaf"))
+    assert "12 images in 3 folders, 29 with repeats" in _text(overview)
+    assert "steps per epoch" in buckets and "<table" in buckets
+
+
+def test_bucket_table_follows_resolution_and_batch(tab, dataset: Path) -> None:
+    names = tab.dataset.bucket_names()
+    big = tab.dataset.refresh_buckets(str(dataset), *subset_args(tab, names, resolution="512", train_batch_size=1))
+    small = tab.dataset.refresh_buckets(str(dataset), *subset_args(tab, names, resolution="256", train_batch_size=1))
+    batch4 = tab.dataset.refresh_buckets(str(dataset), *subset_args(tab, names, resolution="512", train_batch_size=4))
+    assert big != small
+    steps = [int(re.search(r"(\d+) steps per epoch", _text(h)).group(1)) for h in (big, batch4)]
+    assert steps[0] > steps[1]
+    bad = tab.dataset.refresh_buckets(str(dataset), *subset_args(tab, names, resolution="abc"))
+    assert "lt-error" in bad and "resolution" in bad
+
+
+def test_dataset_errors_are_shown_and_change_nothing(tab, tmp_path: Path) -> None:
+    names = tab.dataset.bucket_names()
+    overview, _, _ = tab.dataset.refresh("", *subset_args(tab, names))
+    assert "No dataset folder chosen" in overview
+    plain = tmp_path / "plain"
+    (plain / "mychar").mkdir(parents=True)
+    write_demo_dataset(tmp_path / "tmpdemo")
+    (tmp_path / "tmpdemo" / "3_redfox" / "redfox_01.png").rename(plain / "mychar" / "a.png")
+    overview, _, _ = tab.dataset.refresh(str(plain), *subset_args(tab, names))
+    assert "10_mychar" in overview and "lt-error" in overview
+    # a demo into a folder that is not empty: refused, nothing written
+    before = sorted(p.name for p in plain.rglob("*"))
+    out = tab.dataset.make_demo(str(plain), *subset_args(tab, names))
+    assert len(out) == 3 and "not empty" in out[2] and unchanged(out[0]) and unchanged(out[1])
+    assert sorted(p.name for p in plain.rglob("*")) == before
+
+
+def test_create_training_folder(tab, tmp_path: Path) -> None:
+    names = tab.dataset.bucket_names()
+    root = tmp_path / "new"
+    overview, _, status = tab.dataset.create(str(root), "mychar", 10, *subset_args(tab, names))
+    assert (root / "10_mychar").is_dir() and "Created" in status and "10_mychar" in overview
+    out = tab.dataset.create(str(root), "mychar", 5, *subset_args(tab, names))
+    assert "already exists" in out[2] and not (root / "5_mychar").exists()
+    out = tab.dataset.create(str(root), "other", 0, *subset_args(tab, names))
+    assert "at least 1" in out[2] and not (root / "0_other").exists()
+
+
+# -- Tag & edit ---------------------------------------------------------------------------------------
+
+
+def _view(tab, state, **kw):
+    values = {"include": "", "include_mode": "and", "exclude": "", "exclude_mode": "or", "search": "", "search_mode": "contains", "page": 1, "per_page": 48}  # fmt: skip
+    values.update(kw)
+    return [state, *values.values()]
+
+
+def test_editor_batch_edit_undo_redo_save(tab, dataset: Path) -> None:
+    ed = tab.editor
+    out = ed.load(*_view(tab, None), str(dataset), ".txt")
+    assert len(out) == 8
+    session, gallery = out[0], out[1]
+    assert len(gallery) == 12 and all(Path(p).is_file() for p, _ in gallery)
+    assert "redfox" in out[3]  # the tag list
+    # add a tag to the red images only (the filter decides what a batch edit touches)
+    out = ed.add_tags(*_view(tab, session, include="redfox"), "mychar", "front")
+    assert "5 captions changed of 5 shown" in _text(out[7])
+    assert "5 captions will be written" in _text(out[5])
+    out = ed.undo(*_view(tab, session))
+    assert "No unsaved changes" in out[5]
+    out = ed.redo(*_view(tab, session))
+    assert session.dirty_count == 5
+    out = ed.save(*_view(tab, session), "ask")
+    assert "saved 5 captions" in _text(out[7])
+    text = (dataset / "3_redfox" / "redfox_01.txt").read_text(encoding="utf-8")
+    assert text.startswith("mychar, redfox")
+    assert (dataset / "2_bluebird" / "bluebird_01.txt").read_text(encoding="utf-8").startswith("bluebird")
+    assert list((dataset / ".caption-history").glob("*.zip"))
+
+
+def test_editor_reports_a_caption_changed_on_disk_and_keeps_it(tab, dataset: Path) -> None:
+    ed = tab.editor
+    session = ed.load(*_view(tab, None), str(dataset), ".txt")[0]
+    ed.remove_tags(*_view(tab, session), "red theme")
+    caption = dataset / "3_redfox" / "redfox_02.txt"
+    caption.write_text("edited elsewhere", encoding="utf-8")
+    out = ed.save(*_view(tab, session), "ask")
+    assert "changed on disk" in _text(out[7])
+    assert caption.read_text(encoding="utf-8") == "edited elsewhere"
+    out = ed.save(*_view(tab, session), "overwrite")
+    assert "red theme" not in caption.read_text(encoding="utf-8")
+
+
+def test_editor_per_image_edit_and_errors_keep_output_count(tab, dataset: Path) -> None:
+    ed = tab.editor
+    out = ed.add_tags(*_view(tab, None), "x", "front")  # nothing loaded
+    assert len(out) == 8 and all(unchanged(o) for o in out[:7]) and "Load the captions first" in out[7]
+    session = ed.load(*_view(tab, None), str(dataset), ".txt")[0]
+    out = ed.edit_caption(*_view(tab, session), None, "a, b")
+    assert "Select an image" in out[7]
+    rel, info, caption = ed.select_image(session, 1, 48, Select(1))
+    assert rel == session.items[session.visible()[1]].rel and caption
+    ed.edit_caption(*_view(tab, session), rel, "solo, red theme")
+    assert session.item(rel).caption == "solo, red theme"
+    out = ed.replace(*_view(tab, session), "(", "x", True, False)  # a bad regex
+    assert "lt-error" in out[7] and "Regular expression" in out[7]
+    out = ed.sort_tags(*_view(tab, session), "alpha", "x")
+    assert "lt-error" in out[7]
+
+
+def test_editor_suggestions_and_paging(tab, dataset: Path) -> None:
+    ed = tab.editor
+    session = ed.load(*_view(tab, None), str(dataset), ".txt")[0]
+    out = ed.show(*_view(tab, session, include="redfox", per_page=12))
+    # in every shown image: suggested; the folder's class token (redfox) is not
+    assert "red theme (5)" in _text(out[4]) and "redfox (" not in _text(out[4])
+    remove, status = ed.suggestions_to_remove(session)
+    assert value(remove) == "red theme, simple background"
+    out = ed.show(*_view(tab, session, page=2, per_page=12))
+    assert "Page 1 of 1" in _text(out[2])  # clamped
+    assert ed.turn_page(3, -1) == 2 and ed.turn_page(1, -1) == 1
+
+
+def test_tagging_with_a_local_tiny_tagger(tab, tmp_path: Path) -> None:
+    from support.tagger_tiny import write_tiny_tagger
+
+    data = write_demo_dataset(tmp_path / "untagged").root
+    model = write_tiny_tagger(tmp_path / "tiny-tagger", size=64)
+    args = ["task(1)", str(data), "wd-v1-4-swinv2-tagger-v2", str(model), 0.35, 0.85, False, False, "skip", "mychar", "", 4]
+    result = tab.editor.start_tagging(*args)
+    assert "12 captions written" in _text(result)
+    caption = (data / "3_redfox" / "redfox_01.txt").read_text(encoding="utf-8")
+    assert caption.startswith("mychar, ")
+    assert "done" in tab.editor.poll_tagging()
+    # a local folder that does not exist: refused before anything runs
+    bad = list(args)
+    bad[3] = str(tmp_path / "missing")
+    assert "does not exist" in tab.editor.start_tagging(*bad)
+    assert "Tagging runs on the" in _text(tab.editor.provider_html())
+
+
+# -- Train ------------------------------------------------------------------------------------------
+
+
+def _run(tab, dataset: Path | str, **changes):
+    train = tab.train
+    return train.start_training("task(2)", str(dataset), "mylora", "Lora folder", "", *form_args(tab, **changes))
+
+
+def test_start_refuses_bad_input_and_changes_nothing(host: FakeHost, tab, dataset: Path) -> None:
+    assert "train_data_dir is empty" in _run(tab, "")
+    assert "network_dim = 0" in _run(tab, dataset, network_dim=0)
+    assert "learning_rate" in _run(tab, dataset, learning_rate="fast")
+    assert "does not exist" in _run(tab, dataset / "missing")
+    assert host.trained == [] and not host.out.exists()
+
+
+def test_refused_model_disables_start_and_refuses(tmp_path: Path, dataset: Path) -> None:
+    problem = "SD2 models are not supported; load an SD1.x or SDXL checkpoint."
+    host = FakeHost(tmp_path, ModelInfo(True, "v2-1.safetensors", "sd2", True, None, problem=problem))
+    _, tab = build_tab(host)
+    assert tab.train.start.interactive is False
+    info, start = tab.train.refresh_model()
+    assert problem in info and start["interactive"] is False
+    assert problem in _run(tab, dataset)
+    assert host.trained == []
+
+
+def test_training_run_live_view_and_files(host: FakeHost, tab, dataset: Path) -> None:
+    result = _run(tab, dataset, max_train_epochs=2, network_dim=8)
+    assert "Training finished" in result
+    cfg = host.trained[0]
+    assert cfg.network_dim == 8 and cfg.train_data_dir == str(dataset) and cfg.output_dir == str(host.out)
+    assert host.refreshed == 1
+    live, chart, epochs, gallery, count = tab.train.poll(0)
+    assert "done" in live and chart.count("<polyline") == 2
+    assert "mylora-000001.safetensors" in epochs and "mylora-000002.safetensors" in epochs
+    assert len(value(gallery)) == 2 and count == 2
+    assert unchanged(tab.train.poll(2)[3])  # the gallery is only resent when samples change
+
+
+def test_stop_saves(host: FakeHost, tab, dataset: Path) -> None:
+    host.step_delay = 0.05
+    results = []
+    worker = threading.Thread(target=lambda: results.append(_run(tab, dataset, max_train_epochs=50)))
+    worker.start()
+    deadline = time.time() + 10
+    while not (host.jobs.current("train") and host.jobs.current("train").step >= 2) and time.time() < deadline:
+        time.sleep(0.02)
+    assert "Stopping" in tab.train.stop_training()
+    worker.join(10)
+    assert "Stopped at step" in results[0]
+    assert list(host.out.glob("mylora-step*.safetensors"))
+    assert "No training is running" in tab.train.stop_training()
+
+
+def test_presets_and_estimate(tab, dataset: Path) -> None:
+    out = tab.train.apply_preset("style")
+    n = len(tab.train.form.components)
+    assert len(out) == n + 2
+    updates = dict(zip(tab.train.form.names, out[:n]))
+    assert value(updates["network_dim"]) == 128
+    assert "Preset style applied" in out[-1]
+    names = tab.train.estimate_names()
+    text = _text(tab.train.update_estimate(str(dataset), *subset_args(tab, names)))
+    assert "steps per epoch" in text and "1,000-2,000 steps" in text and "Estimated VRAM need" in text
+
+
+# -- Test -------------------------------------------------------------------------------------------
+
+
+def test_epoch_grid_and_send_to_txt2img(host: FakeHost, tab, dataset: Path) -> None:
+    _run(tab, dataset, max_train_epochs=2)
+    write_fake_lora(host.out / "mylora-000009.safetensors", 9, 27, session="old-run")
+    (host.out / "mylora-000009.safetensors").touch()
+    time.sleep(0.01)
+    for path in sorted(host.out.glob("mylora-0000*.safetensors"))[:2]:
+        path.touch()  # the newest run is the one with the newest file
+    epochs, send_epoch, prompts, status = tab.test.list_epochs("mylora", "Lora folder", "", str(dataset), "")
+    labels = value(epochs)
+    assert labels == ["mylora-000001 (epoch 1, step 3)", "mylora-000002 (epoch 2, step 6)"]
+    assert value(prompts).splitlines()[0].startswith("redfox, ")
+    image, result = tab.test.render_grid("task(3)", "mylora", "Lora folder", "", labels, "redfox\nsolo", "", 0.8, 7, "", "", "", "")
+    assert image.size[0] > 0 and "2 files x 2 prompts" in _text(result)
+    request = host.grids[0]
+    assert [p.name for p in request.lora_files] == ["mylora-000001.safetensors", "mylora-000002.safetensors"]
+    assert request.weight == 0.8 and request.seed == 7 and request.width is None
+    prompt, message, *_ = tab.test.send_to_txt2img(labels[1], "redfox\nsolo", "", 0.8)
+    assert prompt == "redfox, <lora:mylora-000002:0.8>"
+    image, result = tab.test.render_grid("task(4)", "mylora", "Lora folder", "", [], "x", "", 1, 1, "", "", "", "")
+    assert unchanged(image) and "Pick at least one epoch" in result
