@@ -220,11 +220,15 @@ def run_loop(
                 if settings.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
                 if scaler:
+                    scale_before = scaler.get_scale()
                     scaler.step(optimizer)
                     scaler.update()
+                    skipped = scaler.get_scale() < scale_before  # inf/NaN grads: no optimizer step
                 else:
                     optimizer.step()
-                scheduler.step()
+                    skipped = False
+                if not skipped:  # as accelerate (and so sd-scripts): the schedule follows real steps
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 position.step += 1
                 last_loss = accumulated

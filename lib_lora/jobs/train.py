@@ -146,7 +146,7 @@ def prepare(
     schedule = Schedule.plan(
         plan.steps_per_epoch, cfg.gradient_accumulation_steps, cfg.max_train_epochs, cfg.max_train_steps
     )
-    optim.check_available(cfg.optimizer_type, cfg.optimizer_args)
+    _check_optimizer(cfg, schedule)
     if cfg.network_weights:
         _, _, summary = read_lora_file(cfg.network_weights)
         check_file_family(cfg.network_weights, summary.family, family)
@@ -158,6 +158,24 @@ def prepare(
     return TrainPlan(
         cfg, family, scan, plan, schedule, seed, resolve_mixed_precision(cfg.mixed_precision, bundle.device), warnings
     )
+
+
+def _check_optimizer(cfg: TrainConfig, schedule: Schedule) -> None:
+    """Build the optimizer and schedule once on a dummy parameter: a missing package or a bad
+    optimizer argument is reported before any work."""
+    dummy = [{"params": [torch.zeros(1, requires_grad=True)], "lr": cfg.learning_rate}]
+    info = optim.build_optimizer(
+        cfg.optimizer_type,
+        dummy,
+        cfg.learning_rate,
+        cfg.optimizer_args,
+        lr_scheduler=cfg.lr_scheduler,
+        max_grad_norm=cfg.max_grad_norm,
+    )
+    optim.schedule_spec(
+        info.forced_scheduler or cfg.lr_scheduler, num_training_steps=schedule.total_steps, num_warmup_steps=cfg.lr_warmup_steps,
+        num_cycles=cfg.lr_scheduler_num_cycles, power=cfg.lr_scheduler_power,
+    )  # fmt: skip
 
 
 def build_network(cfg: TrainConfig, bundle: ModelBundle) -> LoRANetwork:
@@ -356,7 +374,7 @@ def _write_state(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_network(network, tmp / "network.safetensors", {"ss_network_module": "networks.lora"}, save_precision="float")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    torch.save(optim.optimizer_state(optimizer, scheduler), tmp / "optimizer.pt")
     state = {
         "version": STATE_VERSION, "position": position.as_dict(), "seed": seed, "session": session,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.as_dict().items()},
@@ -435,20 +453,26 @@ def train(
         load_network_weights(network, cfg.network_weights)
         events.info(f"starting from {cfg.network_weights}")
     param_groups = network.param_groups(cfg.unet_lr, cfg.text_encoder_lr, cfg.learning_rate)
-    built = optim.build_optimizer(cfg.optimizer_type, param_groups, cfg.learning_rate, cfg.optimizer_args)
+    built = optim.build_optimizer(
+        cfg.optimizer_type,
+        param_groups,
+        cfg.learning_rate,
+        cfg.optimizer_args,
+        lr_scheduler=cfg.lr_scheduler,
+        max_grad_norm=cfg.max_grad_norm,
+    )
     for warning in built.warnings:
         events.warning(warning)
     scheduler_name = built.forced_scheduler or cfg.lr_scheduler
     scheduler = optim.build_scheduler(
         scheduler_name, built.optimizer, num_training_steps=plan.schedule.total_steps, num_warmup_steps=cfg.lr_warmup_steps,
-        num_cycles=cfg.lr_scheduler_num_cycles, power=cfg.lr_scheduler_power,
+        num_cycles=cfg.lr_scheduler_num_cycles, power=cfg.lr_scheduler_power, initial_lr=built.scheduler_initial_lr,
     )  # fmt: skip
     position = Position()
     session = {"id": random.randrange(1 << 32), "started": time.time()}
     if state:
         saved = torch.load(Path(resume) / "optimizer.pt", map_location="cpu", weights_only=True)
-        built.optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
+        optim.load_optimizer_state(built, scheduler, saved)
         position = Position(**state["position"])
         session = state["session"]
         events.info(f"resuming at epoch {position.epoch + 1}, step {position.step} of {plan.schedule.total_steps}")
@@ -494,7 +518,7 @@ def train(
             log_handle.flush()
 
         def save_state(pos: Position) -> None:
-            _write_state(state_dir, network, built.optimizer, scheduler, pos, seed, cfg, session)
+            _write_state(state_dir, network, built, scheduler, pos, seed, cfg, session)
 
         def after_epoch(epoch: int, step: int) -> None:
             if renderer and cfg.sample_every_n_epochs and epoch % cfg.sample_every_n_epochs == 0:
