@@ -1,0 +1,3 @@
+"""modules/extensions.py: the list of installed extensions (objects with name, path, enabled)."""
+
+extensions: list = []
