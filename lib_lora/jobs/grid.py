@@ -17,6 +17,7 @@ from lib_lora.common.fsutil import atomic_write_bytes
 
 LABEL_WIDTH = 170
 HEADER_HEIGHT = 56
+MIN_CELL = 192  # smaller images are enlarged (nearest neighbour) to at least this
 
 
 def _font(size: int = 14) -> ImageFont.ImageFont:
@@ -33,6 +34,9 @@ def assemble_grid(
     rows, cols = len(row_labels), len(column_labels)
     if rows * cols != len(images) or not images:
         raise UserError(f"A {rows} x {cols} grid needs {rows * cols} images, got {len(images)}.")
+    scale = max(1, -(-MIN_CELL // max(1, min(min(i.width, i.height) for i in images))))
+    if scale > 1:  # tiny images (a demo model's) are enlarged so the grid stays readable
+        images = [i.resize((i.width * scale, i.height * scale), Image.NEAREST) for i in images]
     cell_w = max(image.width for image in images)
     cell_h = max(image.height for image in images)
     label_w = LABEL_WIDTH if rows > 1 or row_labels[0] else 0

@@ -272,13 +272,10 @@ class EditorPanel:
             inner=host_events(self.host),
         )  # fmt: skip
         dataset_info.forget_scan(folder)
-        warnings = [text for level, text in status.messages if level == "warning"]
         if status.state == "failed":
             return html.error(status.error or "Tagging failed.")
         level = "ok" if status.state == "done" else "warning"
-        return html.message(tagging.summary(status.result), level) + "".join(
-            html.message(w, "warning") for w in warnings
-        )
+        return html.message(tagging.summary(status.result), level)  # warnings: in the progress panel above
 
     def poll_tagging(self) -> str:
         return job_html(self.host.jobs.current("tag"), "Not tagged yet.")

@@ -33,6 +33,8 @@ class HostSettings:
     tagger_threshold: float = 0.35
     tagger_character_threshold: float = 0.85
     sample_every_n_epochs: int = 0
+    # settings the form starts with, over the default preset's (e.g. small values for a demo model)
+    form_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

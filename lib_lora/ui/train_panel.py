@@ -96,8 +96,13 @@ class TrainPanel:
         initial = preset_values(preset, self.family)
         if settings.sample_every_n_epochs:
             initial["sample_every_n_epochs"] = settings.sample_every_n_epochs
+        initial.update(getattr(settings, "form_defaults", None) or {})
         self.form = build_settings_form(hidden, initial)
-        self.estimate = gr.HTML(elem_id="lora_trainer_estimate")
+        try:
+            first_estimate = self._estimate_html("", {**TrainConfig().as_dict(), **initial})
+        except UserError as exc:
+            first_estimate = html.error(str(exc))
+        self.estimate = gr.HTML(first_estimate, elem_id="lora_trainer_estimate")
         with gr.Row():
             self.check_button = gr.Button("Check settings", elem_id="lora_trainer_check")
             self.start = gr.Button(

@@ -213,7 +213,20 @@ def test_tagging_with_a_local_tiny_tagger(tab, tmp_path: Path) -> None:
 
     data = write_demo_dataset(tmp_path / "untagged").root
     model = write_tiny_tagger(tmp_path / "tiny-tagger", size=64)
-    args = ["task(1)", str(data), "wd-v1-4-swinv2-tagger-v2", str(model), 0.35, 0.85, False, False, "skip", "mychar", "", 4]
+    args = [
+        "task(1)",
+        str(data),
+        "wd-v1-4-swinv2-tagger-v2",
+        str(model),
+        0.35,
+        0.85,
+        False,
+        False,
+        "skip",
+        "mychar",
+        "",
+        4,
+    ]
     result = tab.editor.start_tagging(*args)
     assert "12 captions written" in _text(result)
     caption = (data / "3_redfox" / "redfox_01.txt").read_text(encoding="utf-8")
@@ -307,7 +320,9 @@ def test_epoch_grid_and_send_to_txt2img(host: FakeHost, tab, dataset: Path) -> N
     labels = value(epochs)
     assert labels == ["mylora-000001 (epoch 1, step 3)", "mylora-000002 (epoch 2, step 6)"]
     assert value(prompts).splitlines()[0].startswith("redfox, ")
-    image, result = tab.test.render_grid("task(3)", "mylora", "Lora folder", "", labels, "redfox\nsolo", "", 0.8, 7, "", "", "", "")
+    image, result = tab.test.render_grid(
+        "task(3)", "mylora", "Lora folder", "", labels, "redfox\nsolo", "", 0.8, 7, "", "", "", ""
+    )
     assert image.size[0] > 0 and "2 files x 2 prompts" in _text(result)
     request = host.grids[0]
     assert [p.name for p in request.lora_files] == ["mylora-000001.safetensors", "mylora-000002.safetensors"]

@@ -1,0 +1,315 @@
+"""The standalone app: the "Train LoRA" tab served by Gradio without the webui.
+
+:class:`StandaloneHost` implements ``lib_lora.ui.host.UIHost`` over ``standalone.models.load_model``:
+a single-file SD1.x/SDXL ``.safetensors`` checkpoint, or with none the built-in ``tiny-sd15`` demo
+model. The checkpoint is checked when the host is made (a bad path or a ``.ckpt`` is refused at
+once) and its weights are loaded on first use, so the page opens quickly; a problem found later is
+shown in the tab and training is refused. Long handlers show Gradio's own progress bar; samples and
+the Test grid come from the standalone sampler with the LoRA applied from the saved files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from lib_lora.common.errors import UserError
+from lib_lora.events import Events, StepInfo, StopToken
+from lib_lora.jobs.grid import assemble_grid, save_grid
+from lib_lora.jobs.manager import JobManager
+from lib_lora.ui.compat import queue_kwargs
+from lib_lora.ui.host import GridRequest, GridResult, HostSettings, ModelInfo
+from lib_lora.ui.tab import TITLE, build_tab, stylesheet
+
+DEMO_MODEL = "tiny-sd15"
+FAMILY_DEFAULT_SIZE = {"sd1": 512, "sdxl": 1024}
+DEMO_SIZE = 128  # the tiny models' images are noise; keep them quick
+DEFAULT_STEPS = 20
+DEFAULT_CFG = 7.0
+# the form's starting values with the demo model: small and quick on a CPU
+DEMO_FORM = {
+    "resolution": "128", "min_bucket_reso": 64, "max_bucket_reso": 256, "train_batch_size": 4, "network_dim": 8,
+    "network_alpha": 4, "max_train_epochs": 4, "save_every_n_epochs": 1, "clip_skip": None,
+}  # fmt: skip
+
+
+class GradioProgress(Events):
+    """Forwards progress and training steps to the ``gr.Progress`` of the handler running in this
+    thread (set by :meth:`StandaloneHost.wrap_long_handler`); silent elsewhere."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def bind(self, progress: Any) -> None:
+        self._local.progress = progress
+
+    def unbind(self) -> None:
+        self._local.progress = None
+
+    def _send(self, value: Any, desc: str) -> None:
+        progress = getattr(self._local, "progress", None)
+        if progress is None:
+            return
+        try:
+            progress(value, desc=desc)
+        except Exception:  # a closed connection must not break the job
+            self._local.progress = None
+
+    def progress(self, stage: str, done: int, total: int, text: str = "") -> None:
+        if total:
+            self._send((done, total), f"{stage} {text}".strip())
+
+    def step(self, info: StepInfo) -> None:
+        self._send(
+            (info.step, info.total_steps),
+            f"epoch {info.epoch} · step {info.step}/{info.total_steps} · loss {info.avg_loss:.4f}",
+        )
+
+
+class _OffsetProgress(Events):
+    """Progress of one grid row shown as part of the whole grid."""
+
+    def __init__(self, inner: Events, offset: int, total: int) -> None:
+        self.inner, self.offset, self.total = inner, offset, total
+
+    def progress(self, stage: str, done: int, total: int, text: str = "") -> None:
+        self.inner.progress(stage, self.offset + done, self.total, text)
+
+    def message(self, level: str, text: str) -> None:
+        self.inner.message(level, text)
+
+
+class StandaloneHost:
+    """``UIHost`` for the standalone app (see the module docstring)."""
+
+    kind = "standalone"
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | None = None,
+        lora_dir: str | os.PathLike = "lora",
+        device: str | None = None,
+        settings: HostSettings | None = None,
+    ) -> None:
+        self.checkpoint = str(checkpoint) if checkpoint else None
+        self.demo = self.checkpoint is None
+        self.lora_dir = str(Path(lora_dir).expanduser().resolve())
+        self.device = device
+        self.jobs = JobManager()
+        self._settings = settings or HostSettings(form_defaults=DEMO_FORM if self.demo else {})
+        self._progress = GradioProgress()
+        self._bundle: Any = None
+        self._bundle_key: tuple | None = None
+        self._load_error: str | None = None
+        self._lock = threading.Lock()
+        self._family: str | None = "sd1" if self.demo else None
+        self._v_prediction = False
+        if self.checkpoint:
+            self._inspect()
+
+    # ------------------------------------------------------------------ the model
+    def _inspect(self) -> None:
+        """Check the checkpoint file now (cheap: its header); UserError for a bad path or type."""
+        from lib_lora.standalone.checkpoint import check_model_path, inspect_checkpoint
+
+        check_model_path(self.checkpoint)
+        info = inspect_checkpoint(self.checkpoint)
+        self._family, self._v_prediction = info.family, info.v_prediction
+
+    @property
+    def model_name(self) -> str:
+        return DEMO_MODEL if self.demo else Path(self.checkpoint or "").name
+
+    def model_info(self) -> ModelInfo:
+        problem = self._load_error
+        if not self.demo and problem is None:
+            from lib_lora.standalone.checkpoint import check_model_path
+
+            try:
+                check_model_path(self.checkpoint)
+            except UserError as exc:
+                problem = str(exc)
+        return ModelInfo(
+            loaded=problem is None,
+            name=self.model_name,
+            family=self._family,
+            v_prediction=self._v_prediction,
+            clip_skip=None,
+            problem=problem,
+            demo=self.demo,
+        )
+
+    def bundle(self, cfg: Any = None) -> Any:
+        """The loaded model (loaded on first use; reloaded only when the precision changes)."""
+        from lib_lora.standalone.models import load_model
+
+        info = self.model_info()
+        if info.problem:
+            raise UserError(info.problem)
+        dtype = None
+        if cfg is not None and getattr(cfg, "mixed_precision", "auto") == "no":
+            dtype = "fp32"
+        key = (dtype,)
+        with self._lock:
+            if self._bundle is None or self._bundle_key != key:
+                self._bundle = None
+                try:
+                    self._bundle = load_model(
+                        self.checkpoint or DEMO_MODEL, device=self.device, dtype=dtype,
+                        clip_skip=getattr(cfg, "clip_skip", None),
+                    )  # fmt: skip
+                except Exception as exc:  # shown in the tab; training stays refused until restart
+                    reason = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+                    self._load_error = f"The model {self.model_name} could not be loaded: {reason}"
+                    raise UserError(self._load_error) from None
+                self._bundle_key = key
+                self._family = self._bundle.family
+                self._v_prediction = self._bundle.v_prediction
+            bundle = self._bundle
+        if cfg is not None and hasattr(bundle, "set_text_options"):
+            bundle.set_text_options(clip_skip=cfg.clip_skip, max_token_length=cfg.max_token_length or 75)
+        return bundle
+
+    # ------------------------------------------------------------------ UIHost
+    def settings(self) -> HostSettings:
+        return self._settings
+
+    def output_dir_choices(self) -> dict[str, str]:
+        return {f"LoRA folder ({self.lora_dir})": self.lora_dir}
+
+    def default_output_dir(self) -> str:
+        return self.lora_dir
+
+    def plan(self, cfg: Any, events: Events) -> Any:
+        from lib_lora.jobs.train import prepare
+
+        return prepare(cfg, self.bundle(cfg), events)
+
+    def _renderer(self, bundle: Any, cfg: Any) -> Callable | None:
+        if not (cfg.sample_every_n_epochs and cfg.sample_prompts):
+            return None
+        from lib_lora.standalone import sampler
+
+        live = getattr(sampler, "live_renderer", None)
+        if live is not None:
+            return live(bundle, sampler=cfg.sample_sampler)
+
+        def render(prompt: Any, seed: int) -> Any:
+            return sampler.generate(
+                bundle, [prompt.prompt], negative=prompt.negative, seed=seed, steps=prompt.steps,
+                cfg=prompt.cfg_scale, width=prompt.width, height=prompt.height,
+            )[0]  # fmt: skip
+
+        return render
+
+    def train(self, cfg: Any, events: Events, stop: StopToken) -> Any:
+        from lib_lora.jobs.train import train
+
+        bundle = self.bundle(cfg)
+        return train(cfg, bundle, events, stop, renderer=self._renderer(bundle, cfg))
+
+    def render_grid(self, request: GridRequest, events: Events, stop: StopToken) -> GridResult:
+        from lib_lora.standalone.sampler import generate
+
+        if not request.lora_files or not request.prompts:
+            raise UserError("The grid needs at least one LoRA file and one prompt.")
+        bundle = self.bundle()
+        default = DEMO_SIZE if self.demo else FAMILY_DEFAULT_SIZE.get(bundle.family, 512)
+        width, height = request.width or default, request.height or default
+        steps = request.steps or DEFAULT_STEPS
+        cfg_scale = DEFAULT_CFG if request.cfg_scale is None else request.cfg_scale
+        images = []
+        per_row = len(request.prompts) * steps
+        total = per_row * len(request.lora_files)
+        for row, path in enumerate(request.lora_files):
+            stop.raise_if_requested()
+            row_events = _OffsetProgress(events, row * per_row, total)
+            row_images = generate(
+                bundle, request.prompts, negative=request.negative_prompt, seed=request.seed, steps=steps,
+                cfg=cfg_scale, width=width, height=height, lora=[(path, request.weight)], events=row_events, stop=stop,
+            )  # fmt: skip
+            if len(row_images) < len(request.prompts):
+                raise UserError("Stopped before the grid was finished.")
+            images += row_images
+        rows = [Path(p).stem for p in request.lora_files]
+        grid = assemble_grid(images, rows, list(request.prompts))
+        name = rows[0].rsplit("-", 1)[0] if "-" in rows[0] else rows[0]
+        saved = save_grid(grid, Path(request.lora_files[0]).parent, name)
+        infotexts = [
+            f"{prompt}, <lora:{stem}:{request.weight:g}>; seed {request.seed + i}, {steps} steps, CFG {cfg_scale:g}, {width}x{height}"
+            for stem in rows
+            for i, prompt in enumerate(request.prompts)
+        ]
+        return GridResult(images, rows, list(request.prompts), grid, saved, infotexts)
+
+    def refresh_loras(self) -> None:
+        """Nothing lists LoRA files here besides the tab itself."""
+
+    def wrap_long_handler(self, fn: Callable, n_outputs: int) -> Callable:
+        """``fn`` with Gradio's progress bar: gradio passes ``gr.Progress`` as the first argument
+        (a positional parameter with a Progress default), the events of this thread feed it."""
+        events = self._progress
+
+        def with_progress(progress=gr.Progress(), *args: Any) -> Any:  # noqa: B008 - gradio's own pattern
+            events.bind(progress)
+            try:
+                return fn(*args)
+            finally:
+                events.unbind()
+
+        with_progress.__name__ = getattr(fn, "__name__", "long_handler")
+        return with_progress
+
+    def long_handler_js(self, kind: str) -> str | None:
+        return None
+
+    def job_events(self) -> Events | None:
+        return self._progress
+
+    def txt2img_outputs(self) -> list[Any]:
+        return []
+
+    def send_to_txt2img_js(self) -> str | None:
+        return None
+
+    def send_to_txt2img(self, prompt: str, negative_prompt: str) -> tuple[list[Any], str]:
+        return [], "The standalone app has no txt2img: copy the prompt above into your generator (webui, ComfyUI...)."
+
+
+def build_app(host: StandaloneHost) -> gr.Blocks:
+    """The page: a title, the model notice and the tab (inside ``#tab_lora_trainer`` as in the webui)."""
+    info = host.model_info()
+    with gr.Blocks(title=TITLE, css=stylesheet(), analytics_enabled=False) as app:
+        notice = f"Model: **{info.name}**"
+        if info.demo:
+            notice += (
+                " — the built-in **demo** model (tiny, random weights: training and testing work, the images "
+                "are noise). Start with `--checkpoint FILE.safetensors` to train on a real SD1.x/SDXL model."
+            )
+        gr.Markdown(f"## {TITLE}\n{notice}", elem_id="lora_trainer_header")
+        with gr.Tabs(), gr.Tab(TITLE, elem_id="tab_lora_trainer"):
+            _, tab = build_tab(host)
+    app.queue(**queue_kwargs(8))
+    app.lora_trainer_tab = tab  # type: ignore[attr-defined]
+    return app
+
+
+def launch(
+    host: StandaloneHost, server_name: str = "127.0.0.1", port: int = 7870, block: bool = True, quiet: bool = False
+) -> gr.Blocks:
+    """Build and serve the app; with ``block`` wait until Ctrl-C."""
+    app = build_app(host)
+    app.launch(
+        server_name=server_name, server_port=port, prevent_thread_lock=True, show_api=False, quiet=quiet,
+        inbrowser=False, share=False,
+    )  # fmt: skip
+    if block:
+        with contextlib.suppress(KeyboardInterrupt):
+            app.block_thread()
+    return app

@@ -1,0 +1,135 @@
+"""The small helpers behind the tab: VRAM estimate, epoch listing, grid layout, requests, chart, forms."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lib_lora.common.errors import UserError
+from lib_lora.config import build_config, preset_values
+from lib_lora.jobs import dataset_info, epochs, grid, importing, tagging, vram
+from lib_lora.ui import compat, html
+from support.ui_host import write_fake_lora
+
+
+def test_vram_estimate_follows_the_settings() -> None:
+    base = vram.estimate("sd1", 512, 512, batch_size=1, network_dim=32)
+    assert vram.estimate("sd1", 512, 512, batch_size=4, network_dim=32).total_gib > base.total_gib
+    assert vram.estimate("sd1", 512, 512, gradient_checkpointing=True).total_gib < base.total_gib
+    assert vram.estimate("sd1", 768, 768).total_gib > base.total_gib
+    sdxl = vram.estimate("sdxl", 1024, 1024, network_dim=8, train_text_encoder=False, gradient_checkpointing=True)
+    assert sdxl.total_gib > base.total_gib
+    assert 4 < base.total_gib < 9  # SD1.5 at 512, batch 1: the 6-8 GB cards people train on
+    tight = vram.estimate("sdxl", 1024, 1024, available_gib=8.0, device_name="RTX 3070")
+    assert tight.fits is False and "will probably not fit" in tight.text() and "estimate" in tight.text()
+    assert vram.estimate("sd1", 512, 512, available_gib=24.0).fits is True
+
+
+def test_lora_files_of_the_newest_run(tmp_path: Path) -> None:
+    for epoch in (1, 2):
+        write_fake_lora(tmp_path / f"char-{epoch:06d}.safetensors", epoch, epoch * 10, session="new")
+    write_fake_lora(tmp_path / "char-000005.safetensors", 5, 50, session="old")
+    write_fake_lora(tmp_path / "other-000001.safetensors", 1, 10, session="new")
+    (tmp_path / "char-000003.safetensors").write_bytes(b"\x00\x01half-written")
+    now = time.time()
+    os.utime(tmp_path / "char-000005.safetensors", (now - 100, now - 100))
+    found = epochs.list_lora_files(tmp_path, "char")
+    assert [f.path.name for f in found] == ["char-000001.safetensors", "char-000002.safetensors"]
+    assert found[1].label == "char-000002 (epoch 2, step 20)"
+    every = epochs.list_lora_files(tmp_path, "char", newest_run_only=False)
+    assert len(every) == 3  # the damaged file is never offered
+    assert epochs.list_lora_files(tmp_path / "missing", "char") == []
+
+
+def test_default_prompts(tmp_path: Path) -> None:
+    from lib_lora.data.demo import write_demo_dataset
+
+    data = write_demo_dataset(tmp_path / "d", captions="simple").root
+    prompts = epochs.default_prompts("redfox", data, count=3)
+    assert prompts[0].startswith("redfox, ") and prompts[1] == "redfox"
+    assert len(prompts[0].split(", ")) == 4
+    assert epochs.default_prompts("", "") == []
+
+
+def test_grid_layout_and_save(tmp_path: Path) -> None:
+    images = [Image.new("RGB", (256, 256), (i * 40, 0, 0)) for i in range(6)]
+    picture = grid.assemble_grid(images, ["a-000001", "a-000002"], ["p1", "p2", "p3"])
+    assert picture.size == (grid.LABEL_WIDTH + 3 * 256, grid.HEADER_HEIGHT + 2 * 256)
+    assert picture.getpixel((grid.LABEL_WIDTH + 256 + 10, grid.HEADER_HEIGHT + 10)) == (40, 0, 0)
+    small = grid.assemble_grid([Image.new("RGB", (64, 64))], ["x"], ["y"])
+    assert small.width >= grid.MIN_CELL
+    with pytest.raises(UserError, match="needs 4 images"):
+        grid.assemble_grid(images[:3], ["a", "b"], ["p", "q"])
+    path = grid.save_grid(picture, tmp_path, "a")
+    assert path.parent.name == "a-grids" and Image.open(path).size == picture.size
+    assert grid.save_grid(picture, tmp_path, "a") != path
+
+
+def test_create_dataset_rules(tmp_path: Path) -> None:
+    folder = dataset_info.create_dataset(tmp_path / "ds", "my char", "4")
+    assert folder.name == "4_my char" and folder.is_dir()
+    for name, repeats, message in (
+        ("", 1, "not valid"),
+        ("a/b", 1, "not valid"),
+        ("x", 1.5, "whole number"),
+        ("x", "many", "whole number"),
+        ("my char", 2, "already exists"),
+    ):
+        with pytest.raises(UserError, match=message):
+            dataset_info.create_dataset(tmp_path / "ds", name, repeats)
+    with pytest.raises(UserError, match="No dataset folder"):
+        dataset_info.create_dataset("", "x", 1)
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["4_my char"]
+
+
+def test_import_and_tag_requests_are_checked_before_any_work(tmp_path: Path) -> None:
+    good = importing.ImportRequest("danbooru", "irene_(kanniiepan)", str(tmp_path), "irene", 10, 20, ("g",))
+    options = good.options()
+    assert options.folder == tmp_path / "10_irene" and options.limit == 20
+    for change, message in (
+        ({"tags": " "}, "No tags"),
+        ({"site": "myspace"}, "not known"),
+        ({"limit": 0}, "at least 1"),
+        ({"name": "a/b"}, "folder name"),
+        ({"dataset": ""}, "No dataset folder"),
+    ):
+        with pytest.raises(UserError, match=message):
+            importing.ImportRequest(**{**good.__dict__, **change}).options()
+    request = tagging.TagRequest(str(tmp_path), local_model=str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="does not exist"):
+        request.options()
+    with pytest.raises(UserError, match="between 0 and 1"):
+        tagging.TagRequest(str(tmp_path), general_threshold=1.5).options()
+    assert tagging.TagRequest(str(tmp_path), activation_tag="a, b").options().tags.additional_tags == ("a", "b")
+    assert tagging.model_choices()[0] == tagging.DEFAULT_MODEL
+
+
+def test_loss_chart() -> None:
+    assert "appears when training starts" in html.loss_chart([])
+    losses = [(step, 1.0 / step) for step in range(1, 2001)]
+    svg = html.loss_chart(losses, total_steps=3000, epochs=[(1000, 1), (2000, 2)])
+    assert svg.startswith("<svg") and svg.count("<polyline") == 2 and svg.count("lt-epoch") == 2
+    raw = svg.split('class="lt-loss-raw"')[0].rsplit("<polyline points=", 1)[1]
+    assert len(raw.split()) <= 600  # long runs are thinned
+    assert "&lt;b&gt;" in html.message("<b>")
+
+
+def test_compat_and_form_values() -> None:
+    js = compat.js_kwargs("() => 1")
+    assert js == ({"_js": "() => 1"} if compat.GRADIO_MAJOR < 4 else {"js": "() => 1"})
+    assert compat.js_kwargs(None) == {}
+    assert compat.is_update(compat.update(value=1)) and not compat.is_update({"value": 1})
+
+    from lib_lora.ui.forms import from_component_value, to_component_value
+
+    values = preset_values("character", "sd1")
+    shown = {k: to_component_value(k, v) for k, v in values.items()}
+    back = {k: from_component_value(k, v) for k, v in shown.items()}
+    cfg = build_config({**back, "train_data_dir": "d"}, preset=None)
+    assert cfg.network_dim == 32 and cfg.lr_scheduler == "cosine_with_restarts" and cfg.clip_skip == 2
+    assert from_component_value("max_token_length", "default") is None
+    assert from_component_value("seed", "") is None and from_component_value("train_batch_size", 2.0) == 2

@@ -1,0 +1,116 @@
+"""The standalone host and ``serve``: bad checkpoints refused in the terminal and shown in the tab,
+Gradio's progress fed from jobs, the page built around the tab."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import gradio as gr
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lib_lora.cli import main
+from lib_lora.common.errors import UserError
+from lib_lora.data.demo import write_demo_dataset
+from lib_lora.events import StepInfo
+from lib_lora.standalone.app import StandaloneHost, build_app
+from support.ui_tab import form_args
+
+pytestmark = pytest.mark.ui
+
+
+def _header_only_sd1(path: Path) -> Path:
+    """A file whose header looks like an SD1 checkpoint but holds no usable weights."""
+    tensors = {
+        "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1, 4, 1, 1),
+        "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(1, 1),
+        "first_stage_model.encoder.conv_in.weight": torch.zeros(1, 3, 1, 1),
+    }
+    save_file(tensors, str(path))
+    return path
+
+
+def _lora_file(path: Path) -> Path:
+    save_file({"lora_unet_down.lora_down.weight": torch.zeros(1, 1)}, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda d: d / "missing.safetensors", "does not exist"),
+        (lambda d: (d / "model.ckpt").write_bytes(b"pickle") and d / "model.ckpt", "pickle checkpoint"),
+        (lambda d: _lora_file(d / "lora.safetensors"), "is a LoRA, not a model checkpoint"),
+        (
+            lambda d: (d / "junk.safetensors").write_bytes(b"not a model at all") and d / "junk.safetensors",
+            "safetensors",
+        ),
+    ],
+)
+def test_serve_refuses_a_bad_checkpoint_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make, expected: str
+) -> None:
+    path = make(tmp_path)
+    code = main(["serve", "--checkpoint", str(path), "--lora-dir", str(tmp_path / "lora"), "--port", "7999"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.strip().count("\n") == 0 and expected in err, err
+    assert not (tmp_path / "lora").exists()
+
+
+def test_a_model_that_fails_to_load_is_shown_in_the_tab_and_refused(tmp_path: Path) -> None:
+    checkpoint = _header_only_sd1(tmp_path / "broken.safetensors")
+    host = StandaloneHost(checkpoint, tmp_path / "lora")  # the header passes the quick check
+    assert host.model_info().problem is None and host.model_info().family == "sd1"
+    app = build_app(host)
+    tab = app.lora_trainer_tab
+    data = write_demo_dataset(tmp_path / "data").root
+    result = tab.train.start_training("task(1)", str(data), "x", "", "", *form_args(tab, max_train_epochs=1))
+    assert "could not be loaded" in result and "lt-error" in result
+    info, start = tab.train.refresh_model()
+    assert "could not be loaded" in info and start["interactive"] is False
+    assert not list((tmp_path / "lora").glob("*.safetensors"))
+
+
+def test_a_checkpoint_that_disappears_is_reported(tmp_path: Path) -> None:
+    checkpoint = _header_only_sd1(tmp_path / "model.safetensors")
+    host = StandaloneHost(checkpoint, tmp_path / "lora")
+    checkpoint.unlink()
+    info = host.model_info()
+    assert not info.loaded and "does not exist" in info.problem
+    with pytest.raises(UserError, match="does not exist"):
+        host.bundle()
+
+
+def test_long_handlers_feed_gradio_progress(tmp_path: Path) -> None:
+    host = StandaloneHost(None, tmp_path / "lora")
+    seen = []
+
+    def handler(task_id: str, value: int) -> str:
+        host.job_events().step(StepInfo(1, 3, 10, 0.5, 0.4, {}, 0.1, 2.0, 3.5))
+        host.job_events().progress("tagging", 2, 4, "")
+        return f"{task_id}:{value}"
+
+    wrapped = host.wrap_long_handler(handler, 1)
+    first = next(iter(inspect.signature(wrapped).parameters.values()))
+    assert isinstance(first.default, gr.Progress)  # gradio fills it in
+    assert wrapped(lambda value, desc=None: seen.append((value, desc)), "task(1)", 5) == "task(1):5"
+    assert seen[0][0] == (3, 10) and "loss 0.4000" in seen[0][1]
+    assert seen[1] == ((2, 4), "tagging")
+    host.job_events().progress("tagging", 3, 4)  # outside a handler: nowhere to go, no error
+    assert len(seen) == 2
+
+
+def test_app_page_wraps_the_tab_and_names_the_demo_model(tmp_path: Path) -> None:
+    host = StandaloneHost(None, tmp_path / "lora")
+    app = build_app(host)
+    ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
+    assert {"tab_lora_trainer", "lora_trainer_tabs", "lora_trainer_start"} <= ids
+    header = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "lora_trainer_header")
+    assert "demo" in header.value
+    info = host.model_info()
+    assert info.demo and info.loaded and info.name == "tiny-sd15"
+    # the demo starts the form small (quick on a CPU)
+    assert app.lora_trainer_tab.train.form.components["resolution"].value == "128"
