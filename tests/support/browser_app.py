@@ -1,0 +1,77 @@
+"""Run the standalone app (``python -m lib_lora serve``) in a subprocess and drive it with
+Playwright on Debian's chromium (never ``playwright install``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+CHROMIUM = os.environ.get("LIB_LORA_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]  # fmt: skip
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+
+
+def chromium_path() -> str:
+    path = CHROMIUM if os.path.isfile(CHROMIUM) else shutil.which("chromium")
+    if not path:
+        raise RuntimeError("The browser tests need Debian's chromium (apt-get install chromium); .ci/run installs it.")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"serve exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(
+        f"serve did not answer at {url} within {timeout:.0f} s:\n{log.read_text(errors='replace')[-3000:]}"
+    )
+
+
+@contextlib.contextmanager
+def serve(workdir: Path, *args: str) -> Iterator[tuple[str, Path]]:
+    """Start ``python -m lib_lora serve`` on a free loopback port; yields (url, log file)."""
+    port = free_port()
+    log = workdir / "serve.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    with open(log, "w") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lib_lora", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+            cwd=workdir, stdout=handle, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_for_http(url, process, log)
+        yield url, log
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
