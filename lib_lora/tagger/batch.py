@@ -318,6 +318,8 @@ def tag_folder(
                 done += len(items)
                 items, arrays = [], []
                 events.progress("tagging", done, total, image.name)
+        if not result.stopped and done:
+            events.progress("tagging", done, total, "")  # the last images may all have failed to decode
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
 

@@ -155,6 +155,15 @@ def test_unreadable_and_clashing_files_are_listed_and_left_alone(tmp_path: Path,
     assert warning.startswith("3 images were skipped:") and "broken.png" in warning
 
 
+def test_progress_reaches_the_total_when_the_last_images_are_broken(tmp_path: Path, tagger: Tagger) -> None:
+    make_images(tmp_path, ["red", "blue"])
+    (tmp_path / "zz_broken.png").write_bytes(b"")
+    events = RecordingEvents()
+    result = tag_folder(TagFolderOptions(tmp_path, batch_size=2), events, tagger=tagger)
+    assert (result.written, len(result.failed)) == (2, 1)
+    assert events.last_progress[:3] == ("tagging", 3, 3)
+
+
 def test_nothing_to_do_does_not_load_a_model(tmp_path: Path) -> None:
     images = make_images(tmp_path, ["red"])
     images["red"].with_suffix(".txt").write_text("done")
