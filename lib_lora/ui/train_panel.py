@@ -10,7 +10,7 @@ import gradio as gr
 
 from lib_lora.common.errors import UserError
 from lib_lora.config import PRESETS, TrainConfig, build_config, preset_values
-from lib_lora.jobs import dataset_info, vram
+from lib_lora.jobs import dataset_info, editor, vram
 from lib_lora.ui import html
 from lib_lora.ui.common import guarded, host_events, job_html, long_js, resolve_output_dir
 from lib_lora.ui.compat import hidden_progress, js_kwargs
@@ -269,7 +269,9 @@ class TrainPanel:
         table = html.table(EPOCH_HEADERS, rows, empty="No files saved yet.")
         samples = list(status.samples)
         if len(samples) != shown_samples:
-            gallery = gr.update(value=[(s["path"], f"epoch {s['epoch']}: {s['prompt']}") for s in samples])
+            # thumbnails live in the temp folder, which Gradio 3 and 4 both serve (the output folder may not be)
+            shown = [(str(editor.thumbnail(s["path"], 512)), f"epoch {s['epoch']}: {s['prompt']}") for s in samples]
+            gallery = gr.update(value=shown)
         else:
             gallery = gr.update()
         return [job_html(status, "No training yet."), chart, table, gallery, len(samples)]

@@ -252,6 +252,9 @@ def test_start_refuses_bad_input_and_changes_nothing(host: FakeHost, tab, datase
     assert "network_dim = 0" in _run(tab, dataset, network_dim=0)
     assert "learning_rate" in _run(tab, dataset, learning_rate="fast")
     assert "does not exist" in _run(tab, dataset / "missing")
+    empty = dataset.parent / "empty"
+    (empty / "10_nothing").mkdir(parents=True)
+    assert "No images in the training folders" in _run(tab, empty)
     assert host.trained == [] and not host.out.exists()
 
 

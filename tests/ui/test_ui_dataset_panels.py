@@ -1,0 +1,77 @@
+"""The Dataset sub-tab's import panel (against the fake booru) and duplicate-review panel."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from lib_lora.ui.tab import build_tab
+from support.importer_fakebooru import IRENE, FakeBooru, irene_posts, patch_sleep
+from support.importer_images import planted_dataset
+from support.ui_host import FakeHost
+
+pytestmark = pytest.mark.ui
+
+
+@pytest.fixture
+def tab(tmp_path: Path):
+    _, tab = build_tab(FakeHost(tmp_path))
+    return tab
+
+
+def _text(html: str) -> str:
+    return re.sub(r"<[^>]+>", " ", html or "")
+
+
+def test_import_panel_downloads_with_progress(tab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_sleep(monkeypatch)
+    posts, visible = irene_posts()
+    root = tmp_path / "dataset"
+    with FakeBooru("danbooru", posts) as booru:
+        args = ["danbooru", IRENE, str(root), "irene", 10, 6, [], "booru", "", "", booru.base_url]
+        result = tab.dataset.start_import(*args)
+        assert "6 downloaded" in _text(result), result
+        images = sorted((root / "10_irene").glob("*.png")) + sorted((root / "10_irene").glob("*.jpg"))
+        assert len(images) == 6
+        assert all(p.with_suffix(".txt").is_file() for p in images)
+        assert "done" in tab.dataset.poll_import()
+        again = tab.dataset.start_import(*args)
+        assert "0 downloaded, 6 already there" in _text(again)
+        bad = list(args)
+        bad[1] = "  "
+        assert "No tags" in tab.dataset.start_import(*bad)
+    assert "No import is running" in tab.dataset.stop_import()
+
+
+def test_duplicate_review_panel(tab, tmp_path: Path) -> None:
+    root = tmp_path / "dupes"
+    planted = planted_dataset(root)
+    state, summary, left, right, info = tab.dataset.scan_duplicates(str(root), 4)
+    scan = state["scan"]
+    assert f"{len(planted['moved'])} certain duplicates" in _text(summary)
+    assert len(scan.review) >= len(planted["review"])
+    assert Path(left).is_file() and Path(right).is_file() and "Pair 1 of" in _text(info)
+    # keep the first pair, move the right image of the second
+    state, summary, *_ = tab.dataset.keep_pair(state)
+    assert "Kept both" in _text(summary) and state["index"] == 1
+    second = scan.review[1]
+    state, summary, *_ = tab.dataset.move_pair_right(state)
+    assert "Moved" in _text(summary)
+    assert not second.b.path.exists() and (root / "_duplicates" / second.b.rel).is_file()
+    out = tab.dataset.show_previous(state)  # back on the decided pair: a second decision is refused
+    out = tab.dataset.move_pair_left(out[0])
+    assert "already decided" in out[1] and second.a.path.exists()
+    # the certain duplicates in one go
+    state, summary, *_ = tab.dataset.move_certain(state)
+    assert f"Moved {len(planted['moved'])} duplicates" in _text(summary)
+    for rel in planted["moved"]:
+        assert not (root / rel).exists() and (root / "_duplicates" / rel).exists()
+    for rel in planted["kept"]:
+        assert (root / rel).exists()
+    out = tab.dataset.move_certain(state)
+    assert "already moved" in _text(out[1])
+    # no scan yet: a message, same number of outputs
+    out = tab.dataset.keep_pair(None)
+    assert len(out) == 5 and "scan for duplicates first" in out[1].lower()
