@@ -1,0 +1,284 @@
+"""One click trains on the loaded model in the stand-in webui: the Start button's own function
+(wrapped by wrap_gradio_gpu_call), files + json + preview in the Lora folder, Stop / Interrupt /
+out-of-memory / any error, the model bit-identical afterwards, bad input refused, the epoch grid."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from support import webui_models as wm
+from support.webui_env import dataset, load_model, model_state, outputs, same_outputs, state_differences
+
+FAST = {
+    "resolution": "64", "enable_bucket": False, "max_train_epochs": 2, "save_every_n_epochs": 1,
+    "train_batch_size": 1, "network_dim": 2, "network_alpha": 1, "sample_every_n_epochs": 1,
+    "sample_prompts": "hutao, smile --w 64 --h 64 --s 2", "cache_latents": True, "shuffle_caption": False,
+    "mixed_precision": "no", "gradient_checkpointing": False, "seed": 1, "optimizer_type": "AdamW",
+    "learning_rate": 1e-3, "unet_lr": 1e-3, "text_encoder_lr": 1e-3, "lr_scheduler": "constant", "lr_warmup_steps": 0,
+}  # fmt: skip
+
+
+def click_fn(blocks: Any, button: Any, outputs: list[Any]) -> Any:
+    """The function gradio runs for ``button``'s click with these outputs (what the browser calls)."""
+    ids = [o._id for o in outputs]
+    for index, dependency in enumerate(blocks.dependencies):
+        if button._id in dependency["targets"] and dependency["outputs"] == ids:
+            return blocks.fns[index].fn
+    raise AssertionError("no such click handler")
+
+
+class Tab:
+    """The real tab built against the webui host, driven through its own handlers."""
+
+    def __init__(self, webui: Any) -> None:
+        from lib_lora.ui.tab import build_tab
+        from lib_lora.webui import register
+
+        self.webui = webui
+        self.host = register.get_host()
+        self.blocks, self.ui = build_tab(self.host)
+        self.start_fn = click_fn(self.blocks, self.ui.train.start, [self.ui.train.result])
+
+    def start(self, folder: Path | str, name: str = "hutao", **settings: Any) -> str:
+        from lib_lora.ui.forms import to_component_value
+
+        values = {**FAST, **settings}
+        form = self.ui.train.form.components
+        args = [to_component_value(k, values[k]) if k in values else c.value for k, c in form.items()]
+        return self.start_fn("task(test)", str(folder), name, "Lora folder", "", *args)
+
+    def start_in_thread(self, folder: Path, **settings: Any) -> tuple[threading.Thread, dict[str, Any]]:
+        out: dict[str, Any] = {}
+        thread = threading.Thread(target=lambda: out.setdefault("html", self.start(folder, **settings)))
+        thread.start()
+        return thread, out
+
+    def wait_for_step(self, step: int, thread: threading.Thread) -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline and thread.is_alive():
+            job = self.host.jobs.current("train")
+            if job is not None and job.step >= step:
+                return
+            time.sleep(0.05)
+        raise AssertionError("training did not reach the step")
+
+
+def trained_files(lora_dir: Path) -> list[str]:
+    return sorted(p.name for p in lora_dir.glob("*") if p.is_file() and not p.name.endswith(".jsonl"))
+
+
+@pytest.fixture
+def sd1(webui):
+    model = load_model(webui, wm.tiny_sd1(checkpoint_dir=str(webui.root)))
+    return model, outputs(model), model_state(model)
+
+
+def assert_restored(webui: Any, model: Any, before: dict, state: dict) -> None:
+    import ldm.modules.attention
+
+    assert same_outputs(before, outputs(model)) == []
+    assert state_differences(state, model_state(model)) == []
+    assert ldm.modules.attention.CrossAttention.forward is not webui.sd_hijack.attention_CrossAttention_forward
+    assert webui.shared.parallel_processing_allowed is True
+    assert webui.shared.state.interrupted is False
+    assert webui.processing.StableDiffusionProcessing.cached_c == [None, None]
+
+
+def test_start_trains_two_epochs_into_the_lora_folder(webui, sd1) -> None:
+    model, before, state = sd1
+    tab = Tab(webui)
+    folder = dataset(webui.root / "data", images=2, name="1_hutao")
+    gc_calls = webui.devices.gc_calls
+    html = tab.start(folder)
+    assert "Training finished" in html and "Time taken" in html
+    files = trained_files(webui.lora_dir)
+    assert files == [
+        "hutao-000001.json", "hutao-000001.preview.png", "hutao-000001.safetensors",
+        "hutao.json", "hutao.preview.png", "hutao.safetensors",
+    ]  # fmt: skip
+    info = json.loads((webui.lora_dir / "hutao.json").read_text(encoding="utf-8"))
+    assert info["sd version"] == "SD1" and info["activation text"] == "hutao"
+    # the built-in Lora sees the new files, and they apply with every key matched
+    assert {"hutao", "hutao-000001"} <= set(webui.networks.available_networks)
+    assert webui.shared.state.begun >= 1 and webui.devices.gc_calls > gc_calls
+    assert "Epoch 2/2" in webui.shared.state.textinfo and "it/s" in webui.shared.state.textinfo
+    assert_restored(webui, model, before, state)
+    p = webui.processing.StableDiffusionProcessingTxt2Img(
+        prompt="hutao <lora:hutao-000001:1>", seed=1, steps=2, width=64, height=64
+    )
+    assert webui.processing.process_images(p).images
+    assert [n.name for n in webui.networks.loaded_networks] == ["hutao-000001"]
+    assert webui.networks.unmatched["hutao-000001"] == []
+
+
+def test_stop_saves_and_restores_the_model(webui, sd1) -> None:
+    model, before, state = sd1
+    tab = Tab(webui)
+    folder = dataset(webui.root / "data", images=2, name="2_hutao")
+    thread, out = tab.start_in_thread(folder, max_train_epochs=20, sample_every_n_epochs=None)
+    tab.wait_for_step(1, thread)
+    assert "Stopping" in tab.ui.train.stop_training()  # the Stop button
+    thread.join(120)
+    assert "Stopped at step" in out["html"]
+    assert any(
+        name.startswith("hutao-step") and name.endswith(".safetensors") for name in trained_files(webui.lora_dir)
+    )
+    assert_restored(webui, model, before, state)
+
+
+def test_interrupt_from_txt2img_stops_training(webui, sd1) -> None:
+    model, before, state = sd1
+    tab = Tab(webui)
+    folder = dataset(webui.root / "data", images=2, name="2_hutao")
+    thread, out = tab.start_in_thread(folder, max_train_epochs=20, sample_every_n_epochs=None)
+    tab.wait_for_step(1, thread)
+    webui.shared.state.interrupt()  # txt2img's Interrupt button, POST /sdapi/v1/interrupt
+    thread.join(120)
+    assert "Stopped at step" in out["html"]
+    assert tab.host.jobs.current("train").state == "stopped"
+    assert_restored(webui, model, before, state)
+
+
+def _raise_on_call(module: torch.nn.Module, call: int, error: BaseException) -> Any:
+    calls = {"n": 0}
+
+    def hook(mod, args):
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == call:
+                raise error
+
+    return module.register_forward_pre_hook(hook)
+
+
+@pytest.mark.parametrize(
+    "where, error, words",
+    [
+        (
+            "unet",
+            torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+            "ran out of GPU memory",
+        ),
+        ("text", RuntimeError("something broke in a step"), "RuntimeError: something broke in a step"),
+    ],
+)
+def test_failure_inside_a_step_restores_the_model(webui, sd1, where: str, error: BaseException, words: str) -> None:
+    model, before, state = sd1
+    tab = Tab(webui)
+    folder = dataset(webui.root / "data", images=2, name="2_hutao")
+    module = model.model.diffusion_model.middle_block if where == "unet" else model.cond_stage_model.wrapped.transformer
+    handle = _raise_on_call(module, 2, error)
+    try:
+        html = tab.start(folder, sample_every_n_epochs=None)
+    finally:
+        handle.remove()
+    assert words in html
+    assert tab.host.jobs.current("train").state == "failed"
+    assert_restored(webui, model, before, state)
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("no dataset", "train_data_dir is empty"),
+        ("no images", "no images"),
+        ("out of range", "network_dim"),
+        ("no model", "No Stable Diffusion checkpoint is loaded"),
+        ("sd2", "SD2.x models are not supported"),
+        ("lowvram", "--lowvram"),
+    ],
+)
+def test_bad_input_gives_a_clear_message_and_changes_nothing(webui, case: str, words: str) -> None:
+    model = load_model(webui, wm.tiny_sd2() if case == "sd2" else wm.tiny_sd1())
+    if case == "no model":
+        webui.sd_models.model_data.set_sd_model(None)
+    if case == "lowvram":
+        webui.shared.cmd_opts.lowvram = True
+    before, state = outputs(model), model_state(model)
+    folder = dataset(webui.root / "data", images=1, name="1_hutao")
+    empty = webui.root / "empty" / "1_nothing"
+    empty.mkdir(parents=True)
+    tab = Tab(webui)
+    settings = {"network_dim": 0} if case == "out of range" else {}
+    target = {"no dataset": "", "no images": empty.parent}.get(case, folder)
+    html = tab.start(target, **settings)
+    assert "error" in html and words.lower() in html.lower()
+    assert not webui.lora_dir.exists() or trained_files(webui.lora_dir) == []
+    assert same_outputs(before, outputs(model)) == [] and state_differences(state, model_state(model)) == []
+
+
+def test_sdxl_trains_both_text_encoders_and_the_unet(webui) -> None:
+    from lib_lora.config import build_config
+    from lib_lora.formats import safetensors_io
+    from lib_lora.webui import register
+
+    model = load_model(webui, wm.tiny_sdxl(checkpoint_dir=str(webui.root)))
+    before, state = outputs(model), model_state(model)
+    host = register.get_host()
+    folder = dataset(webui.root / "data", images=2, name="1_hutao")
+    values = {
+        **FAST,
+        "train_data_dir": str(folder),
+        "output_name": "xl",
+        "max_train_epochs": 1,
+        "sample_every_n_epochs": None,
+    }
+    cfg = build_config(values, family="sdxl")
+    status = host.jobs.run("train", "xl", lambda events, stop: host.train(cfg, events, stop))
+    assert status.state == "done", status.error
+    tensors, metadata = safetensors_io.load(webui.lora_dir / "xl.safetensors")
+    assert metadata["ss_base_model_version"].startswith("sdxl")
+    assert {name.split(".")[0].split("_")[1] for name in tensors} == {"te1", "te2", "unet"}
+    # the UNet blocks whose sgm checkpoint flag was on still learnt (their ups moved off zero)
+    assert any(
+        t.abs().sum() > 0 for n, t in tensors.items() if n.startswith("lora_unet_") and n.endswith("lora_up.weight")
+    )
+    assert same_outputs(before, outputs(model)) == [] and state_differences(state, model_state(model)) == []
+
+
+def test_medvram_training_puts_the_hooks_back(webui) -> None:
+    from lib_lora.config import build_config
+    from lib_lora.webui import register
+
+    webui.shared.cmd_opts.medvram = True
+    model = wm.tiny_sd1(checkpoint_dir=str(webui.root))
+    webui.lowvram.setup_for_low_vram(model, True)
+    load_model(webui, model)
+    hooks = sum(len(m._forward_pre_hooks) for m in model.modules())
+    before, state = outputs(model), model_state(model)
+    host = register.get_host()
+    folder = dataset(webui.root / "data", images=1, name="1_hutao")
+    cfg = build_config({**FAST, "train_data_dir": str(folder), "output_name": "mv", "max_train_epochs": 1})
+    status = host.jobs.run("train", "mv", lambda events, stop: host.train(cfg, events, stop))
+    assert status.state == "done", status.error
+    assert sum(len(m._forward_pre_hooks) for m in model.modules()) == hooks
+    assert {"encode", "decode"} <= set(model.first_stage_model.__dict__)
+    assert same_outputs(before, outputs(model)) == [] and state_differences(state, model_state(model)) == []
+
+
+def test_test_tab_renders_an_epoch_grid_with_the_builtin_lora(webui, sd1) -> None:
+    model, before, state = sd1
+    tab = Tab(webui)
+    folder = dataset(webui.root / "data", images=1, name="1_hutao")
+    assert "Training finished" in tab.start(folder, sample_every_n_epochs=None)
+    test = tab.ui.test
+    listing = test.list_epochs("hutao", "Lora folder", "", str(folder), "")
+    labels = list(test.files)
+    assert len(labels) == 2, listing
+    render = click_fn(tab.blocks, test.render, [test.grid, test.result])
+    grid, html = render(
+        "task(grid)", "hutao", "Lora folder", "", labels, "hutao\nhutao, smile", "", 1.0, 3, 64, 64, 2, 5.0
+    )
+    assert "2 files x 2 prompts" in html, html
+    assert grid.size[0] > 2 * 64 and grid.size[1] > 2 * 64
+    saved = list((webui.root / "outputs" / "txt2img-grids").glob("hutao-epochs-*.png"))
+    assert len(saved) == 1
+    assert webui.networks.unmatched and all(v == [] for v in webui.networks.unmatched.values())
+    assert same_outputs(before, outputs(model)) != []  # the last <lora:> stays merged, as after any txt2img
