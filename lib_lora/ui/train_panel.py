@@ -199,7 +199,10 @@ class TrainPanel:
             "no" if cfg.mixed_precision == "no" else "fp16", cfg.optimizer_type, cfg.cache_latents,
             available_gib=gpu[1] if gpu else None, device_name=gpu[0] if gpu else None,
         )  # fmt: skip
-        parts.append(html.message(estimate.text(), "warning" if estimate.fits is False else "info"))
+        text = estimate.text()
+        if getattr(self.host.model_info(), "demo", False):
+            text += " (Figures for a full-size model of this family; the demo model needs very little.)"
+        parts.append(html.message(text, "warning" if estimate.fits is False else "info"))
         return "".join(parts)
 
     @guarded(1)

@@ -97,6 +97,8 @@ def test_whole_workflow_in_the_browser(tmp_path: Path) -> None:
             _fill(page, "lora_trainer_cfg_train_batch_size", "8")
             _fill(page, "lora_trainer_cfg_network_dim", "4")
             _check(page, "lora_trainer_cfg_network_train_unet_only", True)
+            _fill(page, "lora_trainer_cfg_sample_every_n_epochs", "1")
+            _fill(page, "lora_trainer_cfg_sample_prompts", "demochar, demo style --s 2")
             expect(_el(page, "lora_trainer_estimate")).to_contain_text("4 steps per epoch")
             _el(page, "lora_trainer_start").click()
             expect(_el(page, "lora_trainer_train_result")).to_contain_text("Training finished", timeout=150_000)
@@ -105,6 +107,8 @@ def test_whole_workflow_in_the_browser(tmp_path: Path) -> None:
             expect(epochs).to_contain_text("mylora.safetensors")  # the last epoch, as sd-scripts names it
             expect(page.locator("#lora_trainer_chart svg polyline")).to_have_count(2)
             expect(_el(page, "lora_trainer_live")).to_contain_text("done")
+            expect(page.locator("#lora_trainer_samples img").first).to_be_visible()
+            assert len(list((lora / "mylora-samples").glob("*.png"))) == 2
             assert (lora / "mylora-000001.safetensors").is_file() and (lora / "mylora.safetensors").is_file()
             assert (lora / "mylora.json").is_file()
             _shot(page, "3-train")
