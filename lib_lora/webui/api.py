@@ -15,8 +15,7 @@ Jobs go through the tab's JobManager: one at a time, in order, under the webui's
 ``shared.state`` (txt2img waits; Interrupt stops training).
 """
 
-from __future__ import annotations
-
+# no ``from __future__ import annotations``: FastAPI reads the route signatures at runtime
 import os
 from collections.abc import Mapping
 from typing import Any

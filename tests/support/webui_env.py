@@ -16,6 +16,15 @@ import torch
 
 from support.data_images import make_dataset
 
+# quick training settings for the tiny models (64 px, rank 2, two epochs saved every epoch)
+FAST = {
+    "resolution": "64", "enable_bucket": False, "max_train_epochs": 2, "save_every_n_epochs": 1,
+    "train_batch_size": 1, "network_dim": 2, "network_alpha": 1, "sample_every_n_epochs": 1,
+    "sample_prompts": "hutao, smile --w 64 --h 64 --s 2", "cache_latents": True, "shuffle_caption": False,
+    "mixed_precision": "no", "gradient_checkpointing": False, "seed": 1, "optimizer_type": "AdamW",
+    "learning_rate": 1e-3, "unet_lr": 1e-3, "text_encoder_lr": 1e-3, "lr_scheduler": "constant", "lr_warmup_steps": 0,
+}  # fmt: skip
+
 STUB = Path(__file__).resolve().parent / "webui_stub"
 PATHS = [str(STUB), str(STUB / "builtin_lora")]
 

@@ -14,15 +14,7 @@ import pytest
 import torch
 
 from support import webui_models as wm
-from support.webui_env import dataset, load_model, model_state, outputs, same_outputs, state_differences
-
-FAST = {
-    "resolution": "64", "enable_bucket": False, "max_train_epochs": 2, "save_every_n_epochs": 1,
-    "train_batch_size": 1, "network_dim": 2, "network_alpha": 1, "sample_every_n_epochs": 1,
-    "sample_prompts": "hutao, smile --w 64 --h 64 --s 2", "cache_latents": True, "shuffle_caption": False,
-    "mixed_precision": "no", "gradient_checkpointing": False, "seed": 1, "optimizer_type": "AdamW",
-    "learning_rate": 1e-3, "unet_lr": 1e-3, "text_encoder_lr": 1e-3, "lr_scheduler": "constant", "lr_warmup_steps": 0,
-}  # fmt: skip
+from support.webui_env import FAST, dataset, load_model, model_state, outputs, same_outputs, state_differences
 
 
 def click_fn(blocks: Any, button: Any, outputs: list[Any]) -> Any:
