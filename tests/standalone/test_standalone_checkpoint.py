@@ -13,6 +13,7 @@ from lib_lora.common.errors import UserError
 from lib_lora.formats import keymap
 from lib_lora.standalone import checkpoint
 from lib_lora.standalone.architectures import load_config
+from lib_lora.standalone.bundle import text_root
 from lib_lora.standalone.models import load_model
 from support import full_size
 from support import standalone_checkpoints as sc
@@ -343,3 +344,23 @@ def test_header_only_inspection_reads_no_weights(sd1_file, monkeypatch: pytest.M
     monkeypatch.setattr(checkpoint.SafetensorsSource, "get", lambda self, name: pytest.fail(f"read {name}"))
     info = checkpoint.inspect_checkpoint(path)
     assert info.family == "sd1" and info.has_vae
+
+
+def test_clip_without_the_text_model_level_loads(tmp_path: Path) -> None:
+    """Some SD1 files name the text encoder ``cond_stage_model.transformer.embeddings...`` (older
+    transformers); position_ids stored as floats (a known broken variant) are rebuilt, not trusted."""
+    parts = sc.sd1_parts(2)
+    tensors = {
+        k.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer."): v
+        for k, v in sc.sd1_tensors(parts).items()
+    }
+    key = "cond_stage_model.transformer.embeddings.position_ids"
+    tensors[key] = tensors[key].float() + 0.3
+    path = _write(tmp_path / "old.safetensors", tensors)
+    bundle = load_model(path, tokenizer_dir=sc.tokenizer_dir(tmp_path / "tok"), configs=sc.sd1_configs(), device="cpu")
+    tokens = tm.tokens()
+    with torch.no_grad():
+        ours = bundle.text_encoders["te"](tokens).last_hidden_state
+        assert torch.allclose(ours, parts["te"](tokens).last_hidden_state, atol=ATOL)
+    position_ids = text_root(bundle.text_encoders["te"]).embeddings.position_ids
+    assert torch.equal(position_ids[0], torch.arange(tm.MAX_TOKENS))
