@@ -284,6 +284,11 @@ def unet_state(source: TensorSource, family: str, config: dict, cast: Cast) -> d
         raise UserError(f"The UNet does not have the {FAMILY_NAMES[family]} layout ({exc.args[0]}).") from None
 
 
+# attention names of diffusers VAE files saved before diffusers 0.14
+_OLD_ATTENTION = {"query": ".to_q.", "key": ".to_k.", "value": ".to_v.", "proj_attn": ".to_out.0."}
+_DIFFUSERS_OLD_ATTENTION = re.compile(r"\.(query|key|value|proj_attn)\.")
+
+
 def vae_state(source: TensorSource, config: dict, cast: Cast, prefix: str = VAE_PREFIX) -> dict[str, torch.Tensor]:
     state = _read(source, prefix, cast)
     if any(k.startswith("encoder.down_blocks.") for k in state):  # already diffusers-named (a separate VAE file)
@@ -292,10 +297,6 @@ def vae_state(source: TensorSource, config: dict, cast: Cast, prefix: str = VAE_
         return keymap.convert_vae_state_dict(state, levels=len(config["block_out_channels"]))
     except (KeyError, ValueError) as exc:
         raise UserError(f"The VAE does not have the SD VAE layout ({exc}).") from None
-
-
-_OLD_ATTENTION = {"query": ".to_q.", "key": ".to_k.", "value": ".to_v.", "proj_attn": ".to_out.0."}
-_DIFFUSERS_OLD_ATTENTION = re.compile(r"\.(query|key|value|proj_attn)\.")
 
 
 def hf_text_state(source: TensorSource, prefix: str, cast: Cast) -> dict[str, torch.Tensor]:
