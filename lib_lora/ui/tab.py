@@ -56,6 +56,8 @@ class TrainerTab:
             self.test.wire()
             self.tag_tab.select(self.editor.provider_html, None, [self.editor.provider])
             self.train_tab.select(self.train.refresh_model, None, [self.train.model_info, self.train.start])
+            live = [self.train.live, self.train.chart, self.train.epochs, self.train.samples, self.train.sample_count]
+            self.train_tab.select(self.train.follow, [self.train.sample_count], live, show_progress="hidden")
         self.blocks = blocks
         return blocks
 

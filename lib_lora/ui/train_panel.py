@@ -3,7 +3,8 @@ and the live view of a run (status, loss chart, saved epochs, samples)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -252,6 +253,20 @@ class TrainPanel:
         return html.message(
             "Stopping after this step; the LoRA so far is saved, with a state to resume from.", "warning"
         )
+
+    def follow(self, shown_samples: int) -> Iterator[list[Any]]:
+        """The live view while a training runs (e.g. one started before the page was reloaded, or
+        from the HTTP API): updates every second until it ends."""
+        out = self.poll(-1)
+        yield out
+        while True:
+            status = self.host.jobs.current("train")
+            if status is None or status.state not in ("running", "queued"):
+                break
+            time.sleep(1.0)
+            out = self.poll(out[-1])
+            yield out
+        yield self.poll(-1)
 
     def poll(self, shown_samples: int) -> list[Any]:
         """The live view: status, loss chart, saved files, samples (the gallery only when it changed)."""

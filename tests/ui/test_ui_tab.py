@@ -334,3 +334,16 @@ def test_epoch_grid_and_send_to_txt2img(host: FakeHost, tab, dataset: Path) -> N
     assert prompt == "redfox, <lora:mylora-000002:0.8>"
     image, result = tab.test.render_grid("task(4)", "mylora", "Lora folder", "", [], "x", "", 1, 1, "", "", "", "")
     assert unchanged(image) and "Pick at least one epoch" in result
+
+
+def test_follow_shows_a_running_training_until_it_ends(host: FakeHost, tab, dataset: Path) -> None:
+    host.step_delay = 0.2
+    worker = threading.Thread(target=lambda: _run(tab, dataset, max_train_epochs=1))
+    worker.start()
+    deadline = time.time() + 10
+    while not (host.jobs.current("train") and host.jobs.current("train").state == "running") and time.time() < deadline:
+        time.sleep(0.02)
+    views = list(tab.train.follow(0))
+    worker.join(10)
+    assert "running" in views[0][0] and "done" in views[-1][0]
+    assert "mylora-000001.safetensors" in views[-1][2]
