@@ -37,9 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME|PATH",
         help="registry model (see --list-models; default %(default)s) or a folder with model.onnx and selected_tags.csv",
     )
-    parser.add_argument("--threshold", type=float, default=0.35, help="general tag threshold (default %(default)s)")
     parser.add_argument(
-        "--character-threshold", type=float, default=0.85, help="character tag threshold (default %(default)s)"
+        "--threshold", type=float, default=0.35, metavar="P", help="general tag threshold (default %(default)s)"
+    )
+    parser.add_argument(
+        "--character-threshold",
+        type=float,
+        default=0.85,
+        metavar="P",
+        help="character tag threshold (default %(default)s)",
     )
     parser.add_argument("--mcut", action="store_true", help="choose the general threshold per image with MCut")
     parser.add_argument(
