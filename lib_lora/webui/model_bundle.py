@@ -556,6 +556,30 @@ def preserved_rng() -> Iterator[None]:
         np.random.set_state(npy)
 
 
+@contextlib.contextmanager
+def preserved_params_txt() -> Iterator[None]:
+    """txt2img processing writes the last prompt to ``params.txt`` (the "paste last prompt"
+    button reads it); a sample rendered during training must not replace the user's."""
+    from modules import paths
+
+    from lib_lora.common.fsutil import atomic_write_bytes
+
+    path = os.path.join(paths.data_path, "params.txt")
+    try:
+        with open(path, "rb") as handle:
+            saved: bytes | None = handle.read()
+    except OSError:
+        saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            atomic_write_bytes(path, saved)
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
 class TrainingSession:
     """Everything around a training run on the webui's model (see the module docstring)."""
 
@@ -620,12 +644,13 @@ class TrainingSession:
 
     @contextlib.contextmanager
     def sampling(self) -> Iterator[None]:
-        """Around the webui's txt2img processing inside a run: our RNG, progress fields and
-        conditioning caches kept apart; under --medvram the VAE goes to the GPU for the decode."""
+        """Around the webui's txt2img processing inside a run: our RNG, progress fields,
+        conditioning caches and the user's ``params.txt`` kept apart; under --medvram the VAE goes
+        to the GPU for the decode."""
         from lib_lora.webui.runtime import preserved_progress
 
         clear_cond_caches()
-        with preserved_rng(), preserved_progress(), self.bundle._vae_on_device():
+        with preserved_rng(), preserved_progress(), preserved_params_txt(), self.bundle._vae_on_device():
             try:
                 yield
             finally:

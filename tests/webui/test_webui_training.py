@@ -88,6 +88,7 @@ def test_start_trains_two_epochs_into_the_lora_folder(webui, sd1) -> None:
     tab = Tab(webui)
     folder = dataset(webui.root / "data", images=2, name="1_hutao")
     gc_calls = webui.devices.gc_calls
+    (webui.root / "params.txt").write_text("the user's last prompt", encoding="utf-8")
     html = tab.start(folder)
     assert "Training finished" in html and "Time taken" in html
     files = trained_files(webui.lora_dir)
@@ -102,6 +103,7 @@ def test_start_trains_two_epochs_into_the_lora_folder(webui, sd1) -> None:
     assert webui.shared.state.begun >= 1 and webui.devices.gc_calls > gc_calls
     assert "Epoch 2/2" in webui.shared.state.textinfo and "it/s" in webui.shared.state.textinfo
     assert_restored(webui, model, before, state)
+    assert (webui.root / "params.txt").read_text(encoding="utf-8") == "the user's last prompt"
     p = webui.processing.StableDiffusionProcessingTxt2Img(
         prompt="hutao <lora:hutao-000001:1>", seed=1, steps=2, width=64, height=64
     )

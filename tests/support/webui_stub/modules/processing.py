@@ -10,11 +10,13 @@ in place); noise from ``torch.manual_seed(seed)`` (the global RNG, as modules/rn
 The sampler is a plain DDIM over ``sd_model.apply_model`` with classifier-free guidance.
 """
 
+import os
+
 import numpy as np
 import torch
 from PIL import Image
 
-from modules import devices, extra_networks, lowvram, prompt_parser, sd_models, shared
+from modules import devices, extra_networks, lowvram, paths, prompt_parser, sd_models, shared
 from modules.shared import opts, state
 
 
@@ -165,6 +167,9 @@ def process_images_inner(p):
             if not p.disable_extra_networks:
                 extra_networks.activate(p, p.extra_network_data)
             p.setup_conds()
+            if n == 0 and not getattr(shared.cmd_opts, "no_prompt_history", False):
+                with open(os.path.join(paths.data_path, "params.txt"), "w", encoding="utf8") as file:
+                    file.write(create_infotext(p, p.prompts[0], p.seeds[0]))
             sd_models.apply_alpha_schedule_override(p.sd_model, p)
             samples = p.sample(p.c, p.uc, p.seeds)
             if state.interrupted:
