@@ -21,8 +21,6 @@ MAX_GRID_IMAGES = 64
 
 
 class TestPanel:
-    __test__ = False  # not a pytest class
-
     def __init__(self, tab: TrainerTab) -> None:
         self.tab = tab
         self.host = tab.host

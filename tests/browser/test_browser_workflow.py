@@ -81,10 +81,20 @@ def test_whole_workflow_in_the_browser(tmp_path: Path) -> None:
             _el(page, "lora_trainer_add").click()
             expect(_el(page, "lora_trainer_editor_status")).to_contain_text("12 captions changed")
             expect(_el(page, "lora_trainer_preview")).to_contain_text("12 captions will be written")
+            # a per-image edit: pick the first thumbnail, change its caption
+            page.locator("#lora_trainer_gallery img").first.click()
+            caption_box = page.locator("#lora_trainer_caption textarea")
+            expect(caption_box).to_have_value(re.compile(r"^demochar, .*demo style$"))
+            expect(_el(page, "lora_trainer_selected_info")).to_contain_text("2_bluebird/bluebird_01.png")
+            caption_box.fill("demochar, blue theme, demo style")
+            _el(page, "lora_trainer_caption_apply").click()
+            expect(_el(page, "lora_trainer_editor_status")).to_contain_text("edit caption: 1 captions changed")
             _el(page, "lora_trainer_save").click()
             expect(_el(page, "lora_trainer_editor_status")).to_contain_text("saved 12 captions")
             caption = (data / "3_redfox" / "redfox_01.txt").read_text(encoding="utf-8")
             assert caption.startswith("demochar, ") and caption.rstrip().endswith("demo style"), caption
+            edited = (data / "2_bluebird" / "bluebird_01.txt").read_text(encoding="utf-8")
+            assert edited.strip() == "demochar, blue theme, demo style", edited
             _shot(page, "2-tag-and-edit")
 
             # 3. Train: 2 epochs on tiny-sd15, small settings
