@@ -80,15 +80,21 @@ def gpu_section(job: str) -> Iterator[None]:
                 reset_state_flags(shared.state)
 
 
+# job kinds that use the GPU (the tagger's onnxruntime too): they wait for txt2img and make it wait
+GPU_JOBS = frozenset({"train", "grid", "tag"})
+
+
 class WebuiJobManager(JobManager):
-    """JobManager whose jobs run under the webui's queue lock and ``shared.state``.
+    """JobManager whose GPU jobs run under the webui's queue lock and ``shared.state``.
 
     ``run`` (and so ``submit``'s thread) takes the queue lock before the manager's own lock, the
-    same order a wrapped gradio handler uses, so the tab and the HTTP API never deadlock.
+    same order a wrapped gradio handler uses, so the tab and the HTTP API never deadlock. Other
+    jobs (a booru import) never take the queue lock, so txt2img is not held up by a download.
     """
 
     def run(self, kind: str, title: str, fn: Any, inner: Events | None = None, job: Any = None) -> JobStatus:
-        with gpu_section(f"lora_trainer:{kind}"):
+        section = gpu_section(f"lora_trainer:{kind}") if kind in GPU_JOBS else contextlib.nullcontext()
+        with section:
             return super().run(kind, title, fn, inner, job)
 
 

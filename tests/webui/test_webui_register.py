@@ -152,7 +152,7 @@ def test_long_handler_holds_the_queue_and_keeps_output_counts(webui) -> None:
     def handler(task_id: str, value: str) -> tuple:
         seen["task"], seen["current"] = task_id, webui.progress.current_task
         seen["locked"] = webui.call_queue.queue_lock.locked()
-        status = host.jobs.run("probe", "probe", lambda events, stop: "ran inline")  # no deadlock
+        status = host.jobs.run("train", "probe", lambda events, stop: "ran inline")  # no deadlock
         seen["job"] = status.result
         return gr.update(), f"<p>{value}</p>"
 
@@ -176,9 +176,14 @@ def test_jobs_from_other_threads_wait_for_the_queue_lock(webui) -> None:
     host = register.get_host()
     begun = webui.shared.state.begun
     with webui.call_queue.queue_lock:  # txt2img is generating
-        status = host.jobs.submit("probe", "probe", lambda events, stop: "done")
+        status = host.jobs.submit("tag", "probe", lambda events, stop: "done")
         time.sleep(0.3)
         assert status.state == "queued"
+        other = host.jobs.submit("import", "download", lambda events, stop: "downloaded")
+        deadline = time.time() + 30
+        while other.state != "done":  # a download does not wait for the GPU
+            assert time.time() < deadline
+            time.sleep(0.02)
     deadline = time.time() + 30
     while status.state != "done":
         assert time.time() < deadline
