@@ -129,7 +129,6 @@ class WebuiHost:
 
     def __init__(self) -> None:
         self.jobs = runtime.WebuiJobManager()
-        self.last_train: dict[str, Any] = {}
 
     # -- model and settings ------------------------------------------------------------------------
     def model_info(self) -> ModelInfo:
@@ -213,7 +212,6 @@ class WebuiHost:
             cfg = cfg.replace(sample_prompts=default_sample_prompt(plan, cfg))
         previews = PreviewWriter()
         listeners = MultiEvents(events, runtime.StateEvents(plan.schedule.num_epochs), previews)
-        self.last_train = {"previews": previews.previews, "output_dir": cfg.output_dir}
         error: BaseException | None = None
         try:
             with TrainingSession(bundle) as session:
