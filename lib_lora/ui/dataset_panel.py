@@ -250,6 +250,7 @@ class DatasetPanel:
             return html.error(status.error or "The import failed.")
         return html.message(importing.import_summary(status.result), "ok" if status.state == "done" else "warning")
 
+    @guarded(1)
     def poll_import(self) -> str:
         return job_html(self.host.jobs.current("import"), "No import yet.")
 

@@ -277,6 +277,7 @@ class EditorPanel:
         level = "ok" if status.state == "done" else "warning"
         return html.message(tagging.summary(status.result), level)  # warnings: in the progress panel above
 
+    @guarded(1)
     def poll_tagging(self) -> str:
         return job_html(self.host.jobs.current("tag"), "Not tagged yet.")
 
@@ -541,9 +542,9 @@ class EditorPanel:
             item = session.items[visible[position]]
             info = html.message(f"{item.rel}" + (" (locked: " + item.problem + ")" if item.locked else ""))
             return [item.rel, info, item.caption]
-        except UserError as exc:
+        except Exception as exc:  # an unusable click: say so, change nothing
             out = unchanged(3)
-            out[1] = html.error(str(exc))
+            out[1] = html.error(str(exc) if isinstance(exc, UserError) else f"Unexpected {type(exc).__name__}: {exc}")
             return out
 
     @guarded(2)

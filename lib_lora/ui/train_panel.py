@@ -268,6 +268,7 @@ class TrainPanel:
             yield out
         yield self.poll(-1)
 
+    @guarded(5, status=0)
     def poll(self, shown_samples: int) -> list[Any]:
         """The live view: status, loss chart, saved files, samples (the gallery only when it changed)."""
         status = self.host.jobs.current("train")
