@@ -28,6 +28,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
 
 
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    from lib_lora.common.errors import UserError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UserError(f"--host {host} cannot be used: {exc.strerror or exc}.") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        try:
+            sock.bind(address)
+        except OSError:
+            raise UserError(f"Port {port} on {host} is already in use; choose another with --port.") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
@@ -47,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from lib_lora.standalone.app import StandaloneHost, launch
 
     host = StandaloneHost(args.checkpoint, args.lora_dir, device=args.device)  # refuses a bad checkpoint now
+    _check_port_free(args.host, args.port)
     os.makedirs(host.lora_dir, exist_ok=True)
     info = host.model_info()
     model = f"{info.name} ({'built-in demo model' if info.demo else info.family})"

@@ -4,6 +4,7 @@ Gradio's progress fed from jobs, the page built around the tab."""
 from __future__ import annotations
 
 import inspect
+import socket
 from pathlib import Path
 
 import gradio as gr
@@ -58,6 +59,16 @@ def test_serve_refuses_a_bad_checkpoint_in_one_line(
     assert code == 2
     assert err.startswith("error: ") and err.strip().count("\n") == 0 and expected in err, err
     assert not (tmp_path / "lora").exists()
+
+
+def test_serve_refuses_a_port_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--lora-dir", str(tmp_path / "lora")]) == 2
+    err = capsys.readouterr().err
+    assert f"Port {port} on 127.0.0.1 is already in use" in err and err.count("\n") == 1
 
 
 def test_a_model_that_fails_to_load_is_shown_in_the_tab_and_refused(tmp_path: Path) -> None:
