@@ -146,23 +146,28 @@ class StandaloneHost:
         )
 
     def bundle(self, cfg: Any = None) -> Any:
-        """The loaded model (loaded on first use; reloaded only when the precision changes)."""
-        from lib_lora.standalone.models import load_model
+        """The loaded model: loaded on first use, in the precision training uses (as the train
+        verb does); reloaded only when a run needs another precision. ``cfg`` None (the Test
+        grid) takes the model as it is."""
+        from lib_lora.jobs.train import resolve_mixed_precision
+        from lib_lora.standalone.models import load_model, resolve_device
 
         info = self.model_info()
         if info.problem:
             raise UserError(info.problem)
-        dtype = None
-        if cfg is not None and getattr(cfg, "mixed_precision", "auto") == "no":
-            dtype = "fp32"
-        key = (dtype,)
+        device = resolve_device(self.device)
+        key: tuple | None = None
+        if cfg is not None:
+            precision = resolve_mixed_precision(cfg.mixed_precision, device)
+            key = ({"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[precision],)
         with self._lock:
-            if self._bundle is None or self._bundle_key != key:
+            if self._bundle is None or (key is not None and self._bundle_key != key):
                 self._bundle = None
                 try:
                     self._bundle = load_model(
-                        self.checkpoint or DEMO_MODEL, device=self.device, dtype=dtype,
+                        self.checkpoint or DEMO_MODEL, device=device, dtype=key[0] if key else None,
                         clip_skip=getattr(cfg, "clip_skip", None),
+                        max_token_length=getattr(cfg, "max_token_length", None) or 75,
                     )  # fmt: skip
                 except Exception as exc:  # shown in the tab; training stays refused until restart
                     reason = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
@@ -191,17 +196,15 @@ class StandaloneHost:
 
         return prepare(cfg, self.bundle(cfg), events)
 
-    def _renderer(self, bundle: Any, cfg: Any) -> Callable | None:
+    @staticmethod
+    def _renderer(bundle: Any, cfg: Any) -> Callable | None:
+        """Sample images during training: the standalone sampler on the model with the live LoRA."""
         if not (cfg.sample_every_n_epochs and cfg.sample_prompts):
             return None
-        from lib_lora.standalone import sampler
-
-        live = getattr(sampler, "live_renderer", None)
-        if live is not None:
-            return live(bundle, sampler=cfg.sample_sampler)
+        from lib_lora.standalone.sampler import generate
 
         def render(prompt: Any, seed: int) -> Any:
-            return sampler.generate(
+            return generate(
                 bundle, [prompt.prompt], negative=prompt.negative, seed=seed, steps=prompt.steps,
                 cfg=prompt.cfg_scale, width=prompt.width, height=prompt.height,
             )[0]  # fmt: skip
