@@ -93,6 +93,16 @@ def cached_scan(root: str | os.PathLike, caption_extension: str = ".txt", events
     return scan
 
 
+def scan_or_none(root: str | os.PathLike, caption_extension: str = ".txt") -> DatasetScan | None:
+    """The (cached) scan, or None when the folder is not a usable dataset (no message)."""
+    if not str(root or "").strip():
+        return None
+    try:
+        return cached_scan(root, caption_extension)
+    except UserError:
+        return None
+
+
 def forget_scan(root: str | os.PathLike) -> None:
     """Drop the cached scan of ``root`` (after captions change, for example)."""
     wanted = str(Path(root).expanduser().resolve())

@@ -211,10 +211,8 @@ class DatasetPanel:
 
     @guarded(1)
     def refresh_buckets(self, folder: str, *values: Any) -> str:
-        overview = dataset_info.overview(folder, self._caption_extension(values))
-        if overview.scan is None:
-            return html.message("The bucket table appears when the dataset folder holds usable images.")
-        return self._buckets_html(overview.scan, values)
+        scan = dataset_info.scan_or_none(folder, self._caption_extension(values))
+        return self._buckets_html(scan, values)
 
     @guarded(3)
     def create(self, folder: str, name: str, repeats: Any, *values: Any) -> list[Any]:

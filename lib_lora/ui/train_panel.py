@@ -180,9 +180,9 @@ class TrainPanel:
 
         cfg = build_config(values, check=False)
         parts = []
-        overview = dataset_info.overview(folder, cfg.caption_extension)
-        if overview.scan is not None:
-            summary = dataset_info.bucket_summary(overview.scan, cfg, self.family)
+        scan = dataset_info.scan_or_none(folder, cfg.caption_extension)
+        if scan is not None:
+            summary = dataset_info.bucket_summary(scan, cfg, self.family)
             parts.append(
                 html.message(
                     f"{summary.steps_per_epoch} steps per epoch x {summary.epochs} epochs = "
