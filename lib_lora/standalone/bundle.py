@@ -298,9 +298,12 @@ class DiffusersBundle:
     def training(self, *, train_unet: bool, train_text_encoder: bool, gradient_checkpointing: bool) -> Iterator[None]:
         """Base weights frozen; the UNet / text encoders in train mode only when trained; diffusers'
         gradient checkpointing on the UNet as asked (the text encoders' activations at 77 tokens are
-        small). Everything is put back on exit, also after an exception."""
+        small). Checkpointing only acts in train mode, so with checkpointing the UNet is also in train
+        mode when only the text encoders are trained (their gradients pass through it; sd-scripts does
+        the same; the SD UNet has no dropout). Everything is put back on exit, also after an exception."""
         encoders = list(self.text_encoders.values())
-        modes: dict[nn.Module, bool] = {self.unet: train_unet, self.vae: False}
+        unet_mode = train_unet or (gradient_checkpointing and train_text_encoder)
+        modes: dict[nn.Module, bool] = {self.unet: unet_mode, self.vae: False}
         modes.update({te: train_text_encoder for te in encoders})
         flags = self._checkpointing_flags()
         with frozen_base(self.modules(), modes):

@@ -325,6 +325,20 @@ def test_training_context_restores_everything(raise_inside: bool) -> None:
     assert torch.equal(context, outputs[0]) and torch.equal(denoised, outputs[1])
 
 
+def test_modes_follow_what_is_trained(sd15) -> None:
+    te = sd15.text_encoders["te"]
+    with sd15.training(train_unet=False, train_text_encoder=True, gradient_checkpointing=False):
+        assert not sd15.unet.training and te.training
+    with sd15.training(train_unet=True, train_text_encoder=False, gradient_checkpointing=False):
+        assert sd15.unet.training and not te.training
+    # text encoder only, with checkpointing: the UNet (which the gradients cross) checkpoints too
+    with sd15.training(train_unet=False, train_text_encoder=True, gradient_checkpointing=True):
+        assert sd15.unet.training and te.training
+        assert any(getattr(m, "gradient_checkpointing", False) for m in sd15.unet.modules())
+    assert not sd15.unet.training and not te.training
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in sd15.unet.modules())
+
+
 def test_gradient_checkpointing_gives_the_same_lora_gradients(sd15) -> None:
     network = _lora(sd15, seed=3)
     network.apply_to()
