@@ -135,6 +135,10 @@ def test_whole_workflow_in_the_browser(tmp_path: Path) -> None:
             expect(_el(page, "lora_trainer_test_result")).to_contain_text("2 files x", timeout=120_000)
             expect(page.locator("#lora_trainer_grid img")).to_be_visible()
             assert list((lora / "mylora-grids").glob("grid-*.png"))
+            _el(page, "lora_trainer_send").click()
+            expect(page.locator("#lora_trainer_send_prompt textarea")).to_have_value(
+                re.compile(r"^demochar, .*<lora:mylora:1>$")
+            )
             _shot(page, "4-test")
         finally:
             browser.close()
