@@ -20,7 +20,7 @@ ACCEPTS_EXTRA = True  # --KEY VALUE settings are parsed by this verb
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="a TOML file with sd-scripts' keys (sections are flattened)")
+    parser.usage = "python -m lib_lora train [CONFIG.toml] [--preset NAME] [--resume DIR] [--KEY VALUE ...]"
     parser.add_argument("--preset", help="character, style, concept or sdxl-8gb")
     parser.add_argument("--resume", metavar="DIR", help="continue a stopped run from its <name>-state folder")
     parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
@@ -34,6 +34,9 @@ def _overrides(extra: list[str]) -> dict[str, str]:
     values: dict[str, str] = {}
     i = 0
     while i < len(extra):
+        if i == 0 and not extra[0].startswith("--"):  # the optional CONFIG.toml (handled by the caller)
+            i = 1
+            continue
         token = extra[i]
         if not token.startswith("--"):
             raise UserError(f"Unexpected argument {token!r}: settings are given as --KEY VALUE.")
@@ -59,6 +62,19 @@ def _overrides(extra: list[str]) -> dict[str, str]:
     return values
 
 
+def _peek_family(name: str, family: str) -> str:
+    """The model family before loading the model (presets depend on it)."""
+    if family != "auto":
+        return family
+    from lib_lora.standalone.models import is_builtin
+
+    if is_builtin(name):
+        return "sd1" if name == "tiny-sd15" else "sdxl"
+    from lib_lora.standalone.checkpoint import inspect_checkpoint
+
+    return inspect_checkpoint(name).family
+
+
 def _list_settings() -> None:
     from dataclasses import fields
 
@@ -79,13 +95,14 @@ def run(args: argparse.Namespace) -> int:
 
     from lib_lora.config import build_config, load_toml
     from lib_lora.events import Events, StopToken
-    from lib_lora.jobs.train import prepare, train
-    from lib_lora.standalone.models import load_model, peek_family
+    from lib_lora.jobs.train import prepare, resolve_mixed_precision, train
+    from lib_lora.standalone.models import load_model
 
-    values = load_toml(args.config) if args.config else {}
+    config_file = args._extra[0] if args._extra and not args._extra[0].startswith("--") else None
+    values = load_toml(config_file) if config_file else {}
     values.update(_overrides(args._extra))
     draft = build_config(values, preset=args.preset, check=False)
-    family = peek_family(draft.pretrained_model_name_or_path, draft.model_family)
+    family = _peek_family(draft.pretrained_model_name_or_path, draft.model_family)
     cfg = build_config(values, preset=args.preset, family=family)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -117,18 +134,26 @@ def run(args: argparse.Namespace) -> int:
         stop.request("Ctrl-C")
         events.message("info", "Stopping after this step (Ctrl-C again to abort without saving)...")
 
+    precision = resolve_mixed_precision(cfg.mixed_precision, device)
     bundle = load_model(
-        cfg.pretrained_model_name_or_path, device=device, family=cfg.model_family, v_prediction=cfg.v_parameterization,
-        clip_skip=cfg.clip_skip, mixed_precision=cfg.mixed_precision,
+        cfg.pretrained_model_name_or_path, device=device, dtype={"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[precision],
+        family=cfg.model_family, v_prediction=cfg.v_parameterization, clip_skip=cfg.clip_skip,
+        max_token_length=cfg.max_token_length or 75,
     )  # fmt: skip
     plan = prepare(cfg, bundle, events, stop, args.resume)
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         renderer = None
         if cfg.sample_every_n_epochs and cfg.sample_prompts:
-            from lib_lora.standalone.sampler import live_renderer
+            from lib_lora.standalone.sampler import generate
 
-            renderer = live_renderer(bundle, sampler=cfg.sample_sampler)
+            def renderer(prompt, seed):
+                images = generate(
+                    bundle, [prompt.prompt], negative=prompt.negative, seed=seed, steps=prompt.steps, cfg=prompt.cfg_scale,
+                    width=prompt.width, height=prompt.height,
+                )  # fmt: skip
+                return images[0]
+
         result = train(cfg, bundle, events, stop, resume=args.resume, renderer=renderer, plan=plan)
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -34,7 +34,7 @@ from lib_lora.data.images import load_and_transform
 from lib_lora.data.latent_cache import LatentCache
 from lib_lora.engine import optim
 from lib_lora.engine.bundle import ModelBundle, TextCond
-from lib_lora.engine.loop import LoopHooks, LoopSettings, Position, Schedule, run_loop
+from lib_lora.engine.loop import LoopHooks, LoopSettings, Position, Schedule, derive_seed, run_loop
 from lib_lora.engine.network import LoRANetwork
 from lib_lora.engine.step import Batch, LossSettings
 from lib_lora.engine.targets import check_family, select_targets
@@ -44,6 +44,10 @@ from lib_lora.jobs.lora_files import check_file_family, load_network_weights, re
 from lib_lora.jobs.samples import SamplePrompt, load_sample_prompts, sample_path
 
 STATE_VERSION = 1
+# The state folder lives beside the LoRA files, often inside the webui's Lora folder, which lists every
+# .safetensors/.pt/.ckpt it finds (recursively): the state files use names it ignores.
+STATE_NETWORK = "network.weights"
+STATE_OPTIMIZER = "optimizer.bin"
 # settings that must not change between a stopped run and its resume
 RESUME_KEYS = (
     "train_data_dir", "resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
@@ -133,15 +137,14 @@ def prepare(
     check_rules(cfg)
     family = bundle.family
     check_family(family)
-    warnings = bucket_settings(cfg).validate(family)
+    warnings = bucket_settings(cfg).validate(family)  # shown below; the scan shows its own as it goes
     caption_options(cfg).validate()
     if cfg.mixed_precision == "fp16" and bundle.device.type == "cpu":
         raise UserError("mixed_precision fp16 needs a GPU; use no (or bf16) on the CPU.")
+    for warning in warnings:
+        events.warning(warning)
     scan = scan_dataset(cfg.train_data_dir, cfg.caption_extension, events=events, stop=stop)
     warnings += scan.warnings
-    if scan.skipped:
-        listing = "; ".join(f"{p.name}: {why}" for p, why in scan.skipped[:10])
-        warnings.append(f"{len(scan.skipped)} image(s) skipped: {listing}" + (" ..." if len(scan.skipped) > 10 else ""))
     plan = assign_buckets(scan, BucketManager(bucket_settings(cfg)), cfg.train_batch_size)
     schedule = Schedule.plan(
         plan.steps_per_epoch, cfg.gradient_accumulation_steps, cfg.max_train_epochs, cfg.max_train_steps
@@ -153,8 +156,6 @@ def prepare(
     if resume:
         _read_state(Path(resume), cfg)
     seed = cfg.seed if cfg.seed is not None else random.randrange(1 << 31)
-    for warning in warnings:
-        events.warning(warning)
     return TrainPlan(
         cfg, family, scan, plan, schedule, seed, resolve_mixed_precision(cfg.mixed_precision, bundle.device), warnings
     )
@@ -373,8 +374,8 @@ def _write_state(
     tmp = state_dir.with_name(state_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_network(network, tmp / "network.safetensors", {"ss_network_module": "networks.lora"}, save_precision="float")
-    torch.save(optim.optimizer_state(optimizer, scheduler), tmp / "optimizer.pt")
+    save_network(network, tmp / STATE_NETWORK, {"ss_network_module": "networks.lora"}, save_precision="float")
+    torch.save(optim.optimizer_state(optimizer, scheduler), tmp / STATE_OPTIMIZER)
     state = {
         "version": STATE_VERSION, "position": position.as_dict(), "seed": seed, "session": session,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.as_dict().items()},
@@ -392,11 +393,11 @@ def _read_state(state_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
     state_file = state_dir / "state.json"
     if (
         not state_file.is_file()
-        or not (state_dir / "network.safetensors").is_file()
-        or not (state_dir / "optimizer.pt").is_file()
+        or not (state_dir / STATE_NETWORK).is_file()
+        or not (state_dir / STATE_OPTIMIZER).is_file()
     ):
         raise UserError(
-            f"{state_dir} is not a training state folder (it needs state.json, network.safetensors and optimizer.pt)."
+            f"{state_dir} is not a training state folder (it needs state.json, {STATE_NETWORK} and {STATE_OPTIMIZER})."
         )
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
@@ -442,13 +443,16 @@ def train(
     out, state_dir, log_path = output_paths(cfg)
     out.mkdir(parents=True, exist_ok=True)
 
+    rng_state = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    torch.manual_seed(derive_seed(seed, 0x10A))  # the LoRA's initial weights follow the seed too
     network = build_network(cfg, bundle)
     if not len(network):
         raise UserError(
             "Nothing to train: no LoRA modules were created (check network_train_unet_only / text_encoder_only)."
         )
     if state:
-        load_network_weights(network, Path(resume) / "network.safetensors")
+        load_network_weights(network, Path(resume) / STATE_NETWORK)
     elif cfg.network_weights:
         load_network_weights(network, cfg.network_weights)
         events.info(f"starting from {cfg.network_weights}")
@@ -471,7 +475,7 @@ def train(
     position = Position()
     session = {"id": random.randrange(1 << 32), "started": time.time()}
     if state:
-        saved = torch.load(Path(resume) / "optimizer.pt", map_location="cpu", weights_only=True)
+        saved = torch.load(Path(resume) / STATE_OPTIMIZER, map_location="cpu", weights_only=True)
         optim.load_optimizer_state(built, scheduler, saved)
         position = Position(**state["position"])
         session = state["session"]
@@ -482,8 +486,6 @@ def train(
     saver = _Saver(cfg, plan, bundle, network, base, activation, events)
     options = caption_options(cfg)
     family = bundle.family
-    rng_state = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
 
     try:
         network.apply_to()

@@ -1,0 +1,203 @@
+"""The training job end to end on the built-in tiny-sd15: files, metadata, log, stop, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lib_lora.common.errors import UserError
+from lib_lora.config import build_config
+from lib_lora.events import RecordingEvents, StopToken
+from lib_lora.formats import safetensors_io
+from lib_lora.formats.metadata import SS_KEYS, sshs_model_hash_of_file
+from lib_lora.jobs.train import train
+from support.train_data import small_dataset
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    from lib_lora.standalone.models import load_model
+
+    return load_model("tiny-sd15", device="cpu")
+
+
+def _cfg(tmp_path: Path, **values):
+    base = {
+        "train_data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "out"), "output_name": "t",
+        "resolution": "64", "train_batch_size": 2, "max_train_epochs": 2, "save_every_n_epochs": 1, "seed": 7,
+        "network_dim": 4, "network_alpha": 2, "learning_rate": 1e-3, "mixed_precision": "no",
+    }  # fmt: skip
+    base.update(values)
+    return build_config(base, family="sd1")
+
+
+def _model_outputs(bundle):
+    unet, encoders, _ = bundle.lora_hosts()
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        text = bundle.encode_text(["alpha, tag1"])
+        return bundle.denoise(x, torch.tensor([500]), text, None).clone(), text.context.clone()
+
+
+def test_two_epochs_write_kohya_files_json_and_log(tmp_path: Path, bundle) -> None:
+    small_dataset(tmp_path / "data")
+    before = _model_outputs(bundle)
+    events = RecordingEvents()
+    result = train(_cfg(tmp_path), bundle, events)
+    out = tmp_path / "out"
+    assert result.status == "done"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "t-000001.json",
+        "t-000001.safetensors",
+        "t-log.jsonl",
+        "t.json",
+        "t.safetensors",
+    ]
+    # 5 images, repeats 2+2+2+1+1 = 8 samples in 4 buckets of batch 2 -> steps per epoch as the plan says
+    steps = result.steps
+    log = [json.loads(line) for line in (out / "t-log.jsonl").read_text().splitlines()]
+    assert len(log) == steps and [row["step"] for row in log] == list(range(1, steps + 1))
+    assert all(set(row) >= {"epoch", "step", "loss", "lr", "seconds"} for row in log)
+    tensors, meta = safetensors_io.load(out / "t.safetensors")
+    assert set(SS_KEYS) - {
+        "ss_network_args",
+        "ss_sd_model_hash",
+        "ss_new_sd_model_hash",
+        "ss_vae_name",
+        "ss_vae_hash",
+        "ss_new_vae_hash",
+    } <= set(meta)
+    assert meta["ss_epoch"] == "2" and meta["ss_steps"] == str(steps) and meta["ss_base_model_version"] == "sd_v1"
+    assert json.loads(meta["ss_dataset_dirs"]) == {
+        "2_alpha": {"n_repeats": 2, "img_count": 3},
+        "1_beta": {"n_repeats": 1, "img_count": 2},
+    }
+    assert json.loads(meta["ss_tag_frequency"])["2_alpha"]["alpha"] == 3
+    assert meta["ss_num_train_images"] == "8" and meta["ss_seed"] == "7" and meta["ss_network_dim"] == "4"
+    assert meta["ss_optimizer"].startswith("torch.optim.adamw.AdamW")
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora" and meta["modelspec.title"] == "t"
+    assert meta["sshs_model_hash"] == sshs_model_hash_of_file(out / "t.safetensors")
+    assert json.loads(safetensors_io.load(out / "t-000001.safetensors")[1]["ss_epoch"]) == 1
+    user = json.loads((out / "t.json").read_text())
+    assert user["sd version"] == "SD1" and user["activation text"] == "beta, alpha" and user["preferred weight"] == 1.0
+    assert [f.kind for f in result.files] == ["epoch", "final"]
+    assert any("bucket 0:" in text for text in events.texts("info"))
+    after = _model_outputs(bundle)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])  # the model is restored
+    assert any(t.abs().sum() > 0 for name, t in tensors.items() if "lora_up" in name)
+
+
+def _final_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return safetensors_io.load(path)[0]
+
+
+def test_stop_saves_a_usable_lora_and_resume_equals_an_uninterrupted_run(tmp_path: Path, bundle) -> None:
+    small_dataset(tmp_path / "data")
+    straight = train(
+        _cfg(
+            tmp_path,
+            output_dir=str(tmp_path / "a"),
+            save_precision="float",
+            max_train_epochs=3,
+            save_every_n_epochs=None,
+        ),
+        bundle,
+    )
+    assert straight.status == "done"
+
+    class StopAt(RecordingEvents):
+        def __init__(self, token: StopToken, at: int) -> None:
+            super().__init__()
+            self.token, self.at = token, at
+
+        def step(self, info) -> None:
+            super().step(info)
+            if info.step == self.at:
+                self.token.request("test stop")
+
+    token = StopToken()
+    cfg = _cfg(
+        tmp_path, output_dir=str(tmp_path / "b"), save_precision="float", max_train_epochs=3, save_every_n_epochs=None
+    )
+    stopped = train(cfg, bundle, StopAt(token, 5), token)
+    assert stopped.status == "stopped" and stopped.steps == 5
+    stop_file = tmp_path / "b" / "t-step00000005.safetensors"
+    assert stop_file.is_file() and (tmp_path / "b" / "t-state" / "state.json").is_file()
+    assert safetensors_io.load(stop_file)[1]["ss_steps"] == "5"
+
+    resumed = train(cfg, bundle, RecordingEvents(), resume=tmp_path / "b" / "t-state")
+    assert resumed.status == "done" and resumed.steps == straight.steps
+    a, b = _final_tensors(tmp_path / "a" / "t.safetensors"), _final_tensors(tmp_path / "b" / "t.safetensors")
+    assert a.keys() == b.keys()
+    assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) <= 1e-6
+    assert not (tmp_path / "b" / "t-state").exists()  # a finished run leaves no state behind
+
+
+def test_resume_refuses_changed_settings(tmp_path: Path, bundle) -> None:
+    small_dataset(tmp_path / "data")
+    token = StopToken()
+
+    class StopFirst(RecordingEvents):
+        def step(self, info) -> None:
+            token.request("stop after the first step")
+
+    cfg = _cfg(tmp_path)
+    train(cfg, bundle, StopFirst(), token)
+    state = tmp_path / "out" / "t-state"
+    assert (state / "state.json").is_file()
+    with pytest.raises(UserError, match=r"network_dim \(4 -> 8\)"):
+        train(_cfg(tmp_path, network_dim=8), bundle, RecordingEvents(), resume=state)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_epoch(tmp_path: Path, bundle, monkeypatch) -> None:
+    from lib_lora.engine.loop import TrainingDiverged
+
+    small_dataset(tmp_path / "data")
+    cfg = _cfg(tmp_path, max_train_epochs=3)
+    calls = {"n": 0}
+    original = bundle.denoise
+
+    def sometimes_nan(*args, **kwargs):
+        calls["n"] += 1
+        out = original(*args, **kwargs)
+        return out * float("nan") if calls["n"] > 6 else out
+
+    monkeypatch.setattr(bundle, "denoise", sometimes_nan)
+    with pytest.raises(TrainingDiverged, match=r"Training stopped at step \d+: the loss became NaN"):
+        train(cfg, bundle, RecordingEvents())
+    monkeypatch.undo()
+    assert (tmp_path / "out" / "t-000001.safetensors").is_file()
+    assert not (tmp_path / "out" / "t.safetensors").exists()
+
+
+def test_save_last_n_epochs_keeps_only_the_newest(tmp_path: Path, bundle) -> None:
+    small_dataset(tmp_path / "data")
+    train(_cfg(tmp_path, max_train_epochs=4, save_last_n_epochs=2), bundle)
+    names = sorted(p.name for p in (tmp_path / "out").glob("*.safetensors"))
+    assert names == ["t-000002.safetensors", "t-000003.safetensors", "t.safetensors"]
+
+
+def test_start_from_existing_weights_and_wrong_family(tmp_path: Path, bundle) -> None:
+    small_dataset(tmp_path / "data")
+    train(_cfg(tmp_path, max_train_epochs=1, output_dir=str(tmp_path / "first")), bundle)
+    events = RecordingEvents()
+    train(_cfg(tmp_path, max_train_epochs=1, network_weights=str(tmp_path / "first" / "t.safetensors")), bundle, events)
+    assert any("starting from" in t for t in events.texts("info"))
+    from lib_lora.standalone.models import load_model
+
+    xl = load_model("tiny-sdxl", device="cpu")
+    with pytest.raises(UserError, match="is a LoRA for SD1.x, but the model is SDXL"):
+        train(
+            build_config(
+                {
+                    **_cfg(tmp_path).as_dict(),
+                    "network_weights": str(tmp_path / "first" / "t.safetensors"),
+                    "clip_skip": None,
+                },
+                family="sdxl",
+            ),
+            xl,
+        )

@@ -1,0 +1,32 @@
+"""Small generated datasets for training tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+
+def make_dataset(root: Path, folders: dict[str, list[tuple[int, int]]], captions: bool = True, seed: int = 0) -> Path:
+    """``folders``: folder name -> image sizes. Images are smooth colour fields, so latents differ."""
+    root.mkdir(parents=True, exist_ok=True)
+    index = 0
+    for folder, sizes in folders.items():
+        (root / folder).mkdir(exist_ok=True)
+        for i, (w, h) in enumerate(sizes):
+            index += 1
+            image = Image.new("RGB", (w, h))
+            pixels = image.load()
+            for y in range(h):
+                for x in range(w):
+                    pixels[x, y] = ((x * 255 // w + 40 * index) % 256, (y * 255 // h + 17 * seed) % 256, (90 * i) % 256)
+            path = root / folder / f"img{i:02d}.png"
+            image.save(path)
+            if captions:
+                token = folder.split("_", 1)[1]
+                path.with_suffix(".txt").write_text(f"{token}, tag{i % 3}, colour field", encoding="utf-8")
+    return root
+
+
+def small_dataset(root: Path) -> Path:
+    return make_dataset(root, {"2_alpha": [(64, 64), (96, 64), (64, 96)], "1_beta": [(80, 64), (64, 64)]})
