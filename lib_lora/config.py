@@ -590,11 +590,11 @@ def check_rules(cfg: TrainConfig) -> None:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "character": {
-        "_doc": "A character from 15-100 images (the popular guide): dim 32 / alpha 16, cosine with 5 restarts, 50 epochs saved every 5.",
-        "resolution": {"sd1": "512", "sdxl": "1024"},
+        "_doc": "A character from 15-100 images (the popular guide): dim 32 / alpha 16, cosine with 5 restarts, 50 epochs saved every 5; 512 px for SD1, 1024 px for SDXL.",
+        "resolution": {512: "512", 1024: "1024"},
         "enable_bucket": True,
-        "min_bucket_reso": {"sd1": 320, "sdxl": 512},
-        "max_bucket_reso": {"sd1": 1280, "sdxl": 2048},
+        "min_bucket_reso": {512: 320, 1024: 512},
+        "max_bucket_reso": {512: 1280, 1024: 2048},
         "bucket_reso_steps": 64,
         "network_dim": 32,
         "network_alpha": 16,
@@ -655,28 +655,41 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_values(name: str, family: str) -> dict[str, Any]:
-    """The values of preset ``name`` for a model family (family-specific entries resolved)."""
+def native_resolution(family: str, demo: bool = False) -> int:
+    """The resolution a model family is trained at: 512 for SD1, 1024 for SDXL. The built-in demo
+    models (random weights, made to try the workflow on a CPU) use 512 whichever family they mimic."""
+    return 512 if demo or family != "sdxl" else 1024
+
+
+def preset_values(name: str, family: str, native: int | None = None) -> dict[str, Any]:
+    """The values of preset ``name`` for a model family: entries keyed by family (``sd1``/``sdxl``)
+    or by native resolution (512/1024, see :func:`native_resolution`) are resolved."""
     if name not in PRESETS:
         raise ConfigError(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.")
+    native = native or native_resolution(family)
     preset = PRESETS[name]
-    values: dict[str, Any] = preset_values(preset["_base"], family) if "_base" in preset else {}
+    values: dict[str, Any] = preset_values(preset["_base"], family, native) if "_base" in preset else {}
     for key, value in preset.items():
         if key.startswith("_"):
             continue
         if isinstance(value, dict):
-            value = value.get(family, value.get("sd1"))
+            value = value[native] if native in value else value.get(family, value.get("sd1"))
         values[key] = value
     return values
 
 
 def build_config(
-    values: Mapping[str, Any], *, preset: str | None = None, family: str = "sd1", check: bool = True
+    values: Mapping[str, Any],
+    *,
+    preset: str | None = None,
+    family: str = "sd1",
+    native: int | None = None,
+    check: bool = True,
 ) -> TrainConfig:
     """Defaults < preset < ``values``; validated (unless ``check`` is False)."""
     cfg = TrainConfig()
     if preset:
-        cfg = merge_values(cfg, preset_values(preset, family))
+        cfg = merge_values(cfg, preset_values(preset, family, native))
     cfg = merge_values(cfg, values)
     if check:
         check_rules(cfg)

@@ -93,17 +93,18 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from lib_lora.config import build_config, load_toml
+    from lib_lora.config import build_config, load_toml, native_resolution
     from lib_lora.events import Events, StopToken
     from lib_lora.jobs.train import prepare, resolve_mixed_precision, train
-    from lib_lora.standalone.models import load_model
+    from lib_lora.standalone.models import is_builtin, load_model
 
     config_file = args._extra[0] if args._extra and not args._extra[0].startswith("--") else None
     values = load_toml(config_file) if config_file else {}
     values.update(_overrides(args._extra))
     draft = build_config(values, preset=args.preset, check=False)
     family = _peek_family(draft.pretrained_model_name_or_path, draft.model_family)
-    cfg = build_config(values, preset=args.preset, family=family)
+    native = native_resolution(family, demo=is_builtin(draft.pretrained_model_name_or_path))
+    cfg = build_config(values, preset=args.preset, family=family, native=native)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     class CliEvents(Events):

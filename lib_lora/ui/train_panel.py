@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from lib_lora.common.errors import UserError
-from lib_lora.config import PRESETS, TrainConfig, build_config, preset_values
+from lib_lora.config import PRESETS, TrainConfig, build_config, native_resolution, preset_values
 from lib_lora.jobs import dataset_info, editor, vram
 from lib_lora.ui import html
 from lib_lora.ui.common import guarded, host_events, job_html, long_js, resolve_output_dir
@@ -68,6 +68,7 @@ class TrainPanel:
         settings = self.host.settings()
         info = self.host.model_info()
         self.family = info.family if info.family in ("sd1", "sdxl") else "sd1"
+        self.native = native_resolution(self.family, demo=info.demo)
         with gr.Row():
             self.model_info = gr.HTML(model_html(info), elem_id="lora_trainer_model_info")
             self.model_refresh = gr.Button("Refresh model", elem_id="lora_trainer_model_refresh", scale=0)
@@ -94,7 +95,7 @@ class TrainPanel:
                 elem_id="lora_trainer_output_custom",
             )  # fmt: skip
         hidden = {"clip_skip"} if getattr(self.host, "kind", "") == "webui" else set()
-        initial = preset_values(preset, self.family)
+        initial = preset_values(preset, self.family, self.native)
         if settings.sample_every_n_epochs:
             initial["sample_every_n_epochs"] = settings.sample_every_n_epochs
         initial.update(getattr(settings, "form_defaults", None) or {})
@@ -155,13 +156,14 @@ class TrainPanel:
         info = self.host.model_info()
         if info.family in ("sd1", "sdxl"):
             self.family = info.family
+            self.native = native_resolution(info.family, demo=info.demo)
         return [model_html(info), gr.update(interactive=bool(info.loaded and not info.problem))]
 
     def apply_preset(self, name: str) -> list[Any]:
         n = len(self.form.components)
         try:
             values = TrainConfig().as_dict()
-            values.update(preset_values(name, self.family))
+            values.update(preset_values(name, self.family, self.native))
         except UserError as exc:
             return [gr.update() for _ in range(n + 1)] + [html.error(str(exc))]
         values = {k: v for k, v in values.items() if k not in KEEP_ON_PRESET or k in PRESETS.get(name, {})}
@@ -173,7 +175,7 @@ class TrainPanel:
         form_values["train_data_dir"] = (folder or "").strip()
         form_values["output_name"] = (name or "").strip()
         form_values["output_dir"] = resolve_output_dir(self.host, choice, custom)
-        return build_config(form_values, family=self.family)
+        return build_config(form_values, family=self.family, native=self.native)
 
     def _estimate_html(self, folder: str, values: dict[str, Any]) -> str:
         from lib_lora.jobs.train import math_steps_note
@@ -228,6 +230,7 @@ class TrainPanel:
             raise UserError(info.problem or "No model is loaded: load an SD1.x or SDXL checkpoint first.")
         if info.family in ("sd1", "sdxl"):
             self.family = info.family
+            self.native = native_resolution(info.family, demo=info.demo)
         cfg = self._config(folder, name, choice, custom, values)
         current = self.host.jobs.current("train")
         if current is not None and current.state in ("running", "queued"):

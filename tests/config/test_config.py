@@ -78,6 +78,8 @@ def test_presets_adapt_to_sdxl_and_values_win_over_presets() -> None:
     style = build_config({**BASE, "network_dim": 64}, preset="style")
     assert style.network_dim == 64 and style.network_alpha == 128
     assert preset_values("concept", "sd1")["max_train_epochs"] == 30
+    demo_xl = build_config(BASE, preset="character", family="sdxl", native=512)  # the tiny demo SDXL
+    assert demo_xl.resolution_wh == (512, 512) and demo_xl.min_bucket_reso == 320 and demo_xl.clip_skip is None
     with pytest.raises(ConfigError, match="Unknown preset 'anime'"):
         build_config(BASE, preset="anime")
 
