@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-HELP = """Inspect a LoRA file (ours or kohya sd-scripts'): family, module counts, rank/alpha,
-all metadata, the stored and recomputed sshs_model_hash, and keys no known architecture matches.
+HELP = """Inspect a LoRA file (ours or kohya sd-scripts'): family, modules, rank/alpha, metadata, hashes.
+
+Shows the family, module counts, rank/alpha, all metadata, the stored and recomputed
+sshs_model_hash, and keys no known architecture matches.
 """
 
 

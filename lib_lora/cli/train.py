@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-HELP = """Train a LoRA. Settings come from a kohya-style TOML file, a preset and --KEY VALUE
-overrides (sd-scripts' names, e.g. --network_dim 16 --learning_rate 1e-4), in that order of
+HELP = """Train a LoRA from a dataset folder (kohya sd-scripts' settings and file format).
+
+Settings come from a kohya-style TOML file, a preset and --KEY VALUE overrides (sd-scripts' names, e.g. --network_dim 16 --learning_rate 1e-4), in that order of
 precedence: defaults < preset < TOML < command line.
 
 Examples:
