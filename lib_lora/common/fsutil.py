@@ -33,11 +33,10 @@ def replace_with_retry(src: str | os.PathLike, dst: str | os.PathLike, attempts:
             time.sleep(delay * (1 + attempt))
 
 
-def _fsync_dir(folder: Path) -> None:
-    if os.name != "posix":
-        return
+def _fsync_path(path: str | os.PathLike, flags: int) -> None:
+    """fsync a file or folder by path; failures (unsupported, vanished) are ignored."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, flags)
     except OSError:
         return
     try:
@@ -46,6 +45,11 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name == "posix":  # folders cannot be opened for fsync on Windows
+        _fsync_path(folder, os.O_RDONLY)
 
 
 @contextlib.contextmanager
@@ -129,16 +133,7 @@ def sync_files(paths: Sequence[str | os.PathLike]) -> None:
         os.sync()
         return
     for path in paths:
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except OSError:
-            continue
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        _fsync_path(path, os.O_RDWR)
     for folder in {Path(p).parent for p in paths}:
         _fsync_dir(folder)
 

@@ -161,22 +161,30 @@ def prepare(
     )
 
 
-def _check_optimizer(cfg: TrainConfig, schedule: Schedule) -> None:
-    """Build the optimizer and schedule once on a dummy parameter: a missing package or a bad
-    optimizer argument is reported before any work."""
-    dummy = [{"params": [torch.zeros(1, requires_grad=True)], "lr": cfg.learning_rate}]
-    info = optim.build_optimizer(
+def build_optimizer(cfg: TrainConfig, param_groups: list[dict], total_steps: int) -> tuple[optim.OptimizerInfo, Any]:
+    """The optimizer and LR schedule ``cfg`` asks for (sd-scripts' rules, e.g. Adafactor's own schedule)."""
+    built = optim.build_optimizer(
         cfg.optimizer_type,
-        dummy,
+        param_groups,
         cfg.learning_rate,
         cfg.optimizer_args,
         lr_scheduler=cfg.lr_scheduler,
         max_grad_norm=cfg.max_grad_norm,
     )
-    optim.schedule_spec(
-        info.forced_scheduler or cfg.lr_scheduler, num_training_steps=schedule.total_steps, num_warmup_steps=cfg.lr_warmup_steps,
-        num_cycles=cfg.lr_scheduler_num_cycles, power=cfg.lr_scheduler_power,
+    scheduler = optim.build_scheduler(
+        built.forced_scheduler or cfg.lr_scheduler, built.optimizer, num_training_steps=total_steps,
+        num_warmup_steps=cfg.lr_warmup_steps, num_cycles=cfg.lr_scheduler_num_cycles, power=cfg.lr_scheduler_power,
+        initial_lr=built.scheduler_initial_lr,
     )  # fmt: skip
+    return built, scheduler
+
+
+def _check_optimizer(cfg: TrainConfig, schedule: Schedule) -> None:
+    """Build the optimizer and schedule once on a dummy parameter: a missing package or a bad
+    optimizer argument is reported before any work."""
+    build_optimizer(
+        cfg, [{"params": [torch.zeros(1, requires_grad=True)], "lr": cfg.learning_rate}], schedule.total_steps
+    )
 
 
 def build_network(cfg: TrainConfig, bundle: ModelBundle) -> LoRANetwork:
@@ -457,21 +465,9 @@ def train(
         load_network_weights(network, cfg.network_weights)
         events.info(f"starting from {cfg.network_weights}")
     param_groups = network.param_groups(cfg.unet_lr, cfg.text_encoder_lr, cfg.learning_rate)
-    built = optim.build_optimizer(
-        cfg.optimizer_type,
-        param_groups,
-        cfg.learning_rate,
-        cfg.optimizer_args,
-        lr_scheduler=cfg.lr_scheduler,
-        max_grad_norm=cfg.max_grad_norm,
-    )
+    built, scheduler = build_optimizer(cfg, param_groups, plan.schedule.total_steps)
     for warning in built.warnings:
         events.warning(warning)
-    scheduler_name = built.forced_scheduler or cfg.lr_scheduler
-    scheduler = optim.build_scheduler(
-        scheduler_name, built.optimizer, num_training_steps=plan.schedule.total_steps, num_warmup_steps=cfg.lr_warmup_steps,
-        num_cycles=cfg.lr_scheduler_num_cycles, power=cfg.lr_scheduler_power, initial_lr=built.scheduler_initial_lr,
-    )  # fmt: skip
     position = Position()
     session = {"id": random.randrange(1 << 32), "started": time.time()}
     if state:

@@ -23,7 +23,7 @@ def make_dataset(root: Path, folders: dict[str, list[tuple[int, int]]], captions
             path = root / folder / f"img{i:02d}.png"
             image.save(path)
             if captions:
-                token = folder.split("_", 1)[1]
+                token = folder.split("_", 1)[-1]
                 path.with_suffix(".txt").write_text(f"{token}, tag{i % 3}, colour field", encoding="utf-8")
     return root
 

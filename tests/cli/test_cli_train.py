@@ -1,0 +1,149 @@
+"""The `train` verb: a run from the command line, Ctrl-C, and one clear line for each bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lib_lora.cli import main
+from support.train_data import make_dataset, small_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = [
+    "--resolution",
+    "64",
+    "--train_batch_size",
+    "2",
+    "--network_dim",
+    "4",
+    "--network_alpha",
+    "2",
+    "--seed",
+    "3",
+    "--mixed_precision",
+    "no",
+]
+
+
+def _train(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--train_data_dir",
+        str(tmp_path / "data"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--output_name",
+        "cli",
+        *FAST,
+        *extra,
+    ]
+
+
+def test_a_cli_run_writes_files_that_inspect_accepts(tmp_path: Path, capsys) -> None:
+    small_dataset(tmp_path / "data")
+    config = tmp_path / "run.toml"
+    config.write_text(
+        '[training_arguments]\nmax_train_epochs = 2\nsave_every_n_epochs = 1\n[model]\npretrained_model_name_or_path = "tiny-sd15"\n'
+    )
+    assert main([*_train(tmp_path)[:1], str(config), *_train(tmp_path)[1:]]) == 0
+    out = capsys.readouterr().out
+    assert "bucket 0: resolution (64, 64)" in out and "steps per epoch" in out
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == ["cli-000001.json", "cli-000001.safetensors", "cli-log.jsonl", "cli.json", "cli.safetensors"]
+    for name in ("cli-000001.safetensors", "cli.safetensors"):
+        assert main(["inspect", str(tmp_path / "out" / name), "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["family"] == "sd1" and report["sshs_model_hash"]["match"] is True
+
+
+def test_ctrl_c_stops_after_the_step_and_saves(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "data", {"4_many": [(64, 64)] * 8})
+    args = [
+        sys.executable,
+        "-m",
+        "lib_lora",
+        *_train(tmp_path, "--max_train_epochs", "200", "--pretrained_model_name_or_path", "tiny-sd15"),
+    ]
+    proc = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    log = tmp_path / "out" / "cli-log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    saved = list((tmp_path / "out").glob("cli-step*.safetensors"))
+    assert len(saved) == 1 and (tmp_path / "out" / "cli-state" / "state.json").is_file()
+    assert "resume with: --resume" in output
+    assert main(["inspect", str(saved[0])]) == 0
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    cases: dict[str, tuple[list[str], str]] = {}
+    no_prefix = tmp_path / "noprefix"
+    make_dataset(no_prefix, {"irene": [(64, 64)]})
+    cases["no N_ prefix"] = (["--train_data_dir", str(no_prefix)], "irene")
+    empty = tmp_path / "empty"
+    (empty / "5_x").mkdir(parents=True)
+    cases["empty folder"] = (["--train_data_dir", str(empty)], "No images in the training folders")
+    corrupt = tmp_path / "corrupt"
+    (corrupt / "2_x").mkdir(parents=True)
+    for i in range(3):
+        (corrupt / "2_x" / f"bad{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    cases["all images corrupt"] = (["--train_data_dir", str(corrupt)], "usable")
+    latin = tmp_path / "latin"
+    make_dataset(latin, {"2_x": [(64, 64)]}, captions=False)
+    (latin / "2_x" / "img00.txt").write_bytes("café, ü".encode("latin-1"))
+    cases["caption not UTF-8"] = (["--train_data_dir", str(latin)], "img00.txt")
+    toml = tmp_path / "bad.toml"
+    toml.write_text("learnig_rate = 0.001\n")
+    cases["unknown TOML key"] = ([str(toml)], "Unknown setting 'learnig_rate'. Did you mean: learning_rate?")
+    cases["negative lr"] = (["--learning_rate", "-1e-4"], "learning_rate = -0.0001 is not valid")
+    not_model = tmp_path / "notes.safetensors"
+    not_model.write_text("not a model")
+    cases["non-checkpoint file"] = (["--pretrained_model_name_or_path", str(not_model)], "notes.safetensors")
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"PK\x03\x04 pickle")
+    cases[".ckpt"] = (["--pretrained_model_name_or_path", str(ckpt)], "safetensors")
+    return cases
+
+
+def test_bad_input_gives_one_clear_line_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    good = tmp_path / "data"
+    small_dataset(good)
+    for name, (extra, message) in _bad_inputs(tmp_path).items():
+        out = tmp_path / f"out-{name.replace(' ', '_')}"
+        argv = ["train", "--train_data_dir", str(good), "--output_dir", str(out), *FAST, "--max_train_epochs", "1"]
+        if extra and not extra[0].startswith("--"):
+            argv.insert(1, extra[0])
+            extra = extra[1:]
+        code = main([*argv, *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, name
+        assert err and err[-1].startswith("error: ") and message in err[-1], (name, err)
+        assert not out.exists(), name
+
+
+@pytest.mark.parametrize("arch", ["tiny-sdxl"])
+def test_sdxl_demo_model_trains_from_the_cli(tmp_path: Path, arch: str, capsys) -> None:
+    small_dataset(tmp_path / "data")
+    assert main(_train(tmp_path, "--pretrained_model_name_or_path", arch, "--max_train_epochs", "1")) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "out" / "cli.safetensors"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["family"] == "sdxl" and report["metadata"]["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert set(report["by_component"]) == {"te1", "te2", "unet"}
