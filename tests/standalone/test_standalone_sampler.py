@@ -99,7 +99,7 @@ def test_modes_are_restored_and_a_bad_lora_leaves_the_model_untouched(sd15, tmp_
         assert [m.training for module in sd15.modules() for m in module.modules()] == before
     finally:
         sd15.unet.eval()
-    assert "forward" not in sd15.unet.down_blocks[0].attentions[0].proj_in.__dict__  # first LoRA removed too
+    assert "forward" not in sd15.unet.down_blocks[1].attentions[0].proj_in.__dict__  # first LoRA removed too
 
 
 def test_sdxl_and_v_prediction(tmp_path: Path) -> None:
