@@ -96,6 +96,7 @@ class PreviewWriter(Events):
         self.samples: dict[int, Path] = {}
         self.pending: list[SavedFile] = []
         self.previews: list[Path] = []
+        self.failed_renders = 0  # blank stand-ins for samples txt2img could not render: never a preview
 
     def saved(self, info: SavedFile) -> None:
         self.pending.append(info)
@@ -106,6 +107,9 @@ class PreviewWriter(Events):
             lora_builtin.refresh_available()
 
     def sample(self, info: SampleImage) -> None:
+        if self.failed_renders:
+            self.failed_renders -= 1
+            return
         self.samples.setdefault(info.epoch, Path(info.path))
         self._match()
 
@@ -215,7 +219,7 @@ class WebuiHost:
         error: BaseException | None = None
         try:
             with TrainingSession(bundle) as session:
-                renderer = self._sample_renderer(session, cfg)
+                renderer = self._sample_renderer(session, cfg, listeners, previews)
                 result = train(cfg, bundle, listeners, token, renderer=renderer, plan=plan)
         except BaseException as exc:
             traceback.clear_frames(exc.__traceback__)  # free the tensors the failed step held
@@ -237,22 +241,34 @@ class WebuiHost:
         self.refresh_loras()
         return result
 
-    def _sample_renderer(self, session: Any, cfg: TrainConfig) -> Callable:
+    def _sample_renderer(self, session: Any, cfg: TrainConfig, events: Events, previews: PreviewWriter) -> Callable:
+        """Renders one sample through txt2img's processing. A sample txt2img cannot render (a
+        NansException, an error in another extension's hook) costs only that picture: a warning and
+        a blank stand-in, never the run; the last epoch is saved after its samples."""
         from modules import processing, shared
 
         defaults = self.txt2img_defaults()
 
         def render(prompt: Any, seed: int) -> Any:
-            with session.sampling():
-                p = processing.StableDiffusionProcessingTxt2Img(
-                    sd_model=shared.sd_model, prompt=prompt.prompt, negative_prompt=prompt.negative, seed=seed,
-                    sampler_name=sampler_name(prompt.sampler or cfg.sample_sampler, defaults["sampler"]),
-                    steps=prompt.steps, cfg_scale=prompt.cfg_scale, width=prompt.width, height=prompt.height,
-                    do_not_save_samples=True, do_not_save_grid=True, override_settings={},
-                )  # fmt: skip
-                p.disable_extra_networks = True  # our live network is applied; no <lora:> from settings
-                with closing(p):
-                    processed = processing.process_images(p)
+            try:
+                with session.sampling():
+                    p = processing.StableDiffusionProcessingTxt2Img(
+                        sd_model=shared.sd_model, prompt=prompt.prompt, negative_prompt=prompt.negative, seed=seed,
+                        sampler_name=sampler_name(prompt.sampler or cfg.sample_sampler, defaults["sampler"]),
+                        steps=prompt.steps, cfg_scale=prompt.cfg_scale, width=prompt.width, height=prompt.height,
+                        do_not_save_samples=True, do_not_save_grid=True, override_settings={},
+                    )  # fmt: skip
+                    p.disable_extra_networks = True  # our live network is applied; no <lora:> from settings
+                    with closing(p):
+                        processed = processing.process_images(p)
+            except Exception as exc:
+                traceback.clear_frames(exc.__traceback__)
+                events.warning(
+                    f"Sample image skipped: txt2img could not render {prompt.prompt!r} "
+                    f"({type(exc).__name__}: {exc}); training goes on."
+                )
+                previews.failed_renders += 1
+                return _blank_image(prompt.width, prompt.height)
             if not processed.images:  # interrupted: the loop stops (and saves) at the next step
                 return _blank_image(prompt.width, prompt.height)
             return processed.images[0]
