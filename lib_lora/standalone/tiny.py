@@ -12,10 +12,10 @@ second, small enough to train on a CPU:
 - both: a VAE with the real x8 downsampling and 4 latent channels; a real ``CLIPTokenizer`` over a
   small BPE vocabulary generated here (CLIP's layout: bytes, bytes + ``</w>``, merges, BOS, EOS).
 
-The outermost level has 16 channels (GroupNorm with 16 groups; the real models use 32), the rest
-multiples of 32. Each model's module names are a subset of the full-size model's, so LoRA files
-trained on them carry real kohya names. A training step at 512 px, batch 2, takes a few tenths of a
-second on a 2-core CPU.
+Channels are 16 on the outer levels and 32 deeper (GroupNorm with 16 groups; the real models use
+32). Each model's module names are a subset of the full-size model's, so LoRA files trained on
+them carry real kohya names. A training step at 512 px, batch 2, takes about 0.15 s on a 2-core CPU:
+the ``character`` preset on 12 images (550 steps) finishes in about a minute and a half.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def tiny_configs(name: str) -> dict[str, dict]:
         return {
             "unet": {
                 "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
-                "block_out_channels": [16, 32, 64, 64],
+                "block_out_channels": [16, 16, 32, 32],
                 "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
                 "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
                 "attention_head_dim": [1, 1, 2, 2], "cross_attention_dim": hidden, "norm_num_groups": 16,
@@ -152,7 +152,7 @@ def tiny_configs(name: str) -> dict[str, dict]:
         return {
             "unet": {
                 "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
-                "block_out_channels": [16, 32, 64],
+                "block_out_channels": [16, 16, 32],
                 "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
                 "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
                 "transformer_layers_per_block": [1, 1, 2], "attention_head_dim": [1, 1, 2],

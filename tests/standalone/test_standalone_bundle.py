@@ -376,7 +376,7 @@ def test_a_few_lora_steps_lower_the_loss_on_a_tiny_model() -> None:
     losses = []
     try:
         with bundle.training(train_unet=True, train_text_encoder=True, gradient_checkpointing=False):
-            for _ in range(8):
+            for _ in range(16):
                 loss = bundle.denoise(x, torch.tensor([100, 800]), bundle.encode_text(CAPTIONS), None) - target
                 loss = loss.square().mean()
                 optimizer.zero_grad()
