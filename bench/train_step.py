@@ -67,7 +67,9 @@ def inputs(unet, batch: int, resolution: int, device: str, dtype):
         pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
         added = {
             "text_embeds": torch.randn(batch, pooled, generator=g).to(device, dtype),
-            "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch, dtype=dtype, device=device),
+            "time_ids": torch.tensor(
+                [[resolution, resolution, 0, 0, resolution, resolution]] * batch, dtype=dtype, device=device
+            ),
         }
     return latents, context, added
 
@@ -90,7 +92,9 @@ def run_side(side: str, args: argparse.Namespace) -> dict:
         from peft import LoraConfig, inject_adapter_in_model
 
         names = sorted(t.path for t in targets)
-        config = LoraConfig(r=args.dim, lora_alpha=args.dim, target_modules=names, lora_dropout=0.0, init_lora_weights=True)
+        config = LoraConfig(
+            r=args.dim, lora_alpha=args.dim, target_modules=names, lora_dropout=0.0, init_lora_weights=True
+        )
         unet = inject_adapter_in_model(config, unet)
         params = [p for n, p in unet.named_parameters() if "lora_" in n]
         for p in params:
@@ -126,12 +130,20 @@ def run_side(side: str, args: argparse.Namespace) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"side": side, "modules": len(targets), "lora_params": sum(p.numel() for p in params), "it_s": args.steps / seconds, "peak_bytes": peak}
+    return {
+        "side": side,
+        "modules": len(targets),
+        "lora_params": sum(p.numel() for p in params),
+        "it_s": args.steps / seconds,
+        "peak_bytes": peak,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="small-sd15", choices=["tiny-sd15", "tiny-sdxl", "small-sd15", "sd15", "sdxl"])
+    parser.add_argument(
+        "--arch", default="small-sd15", choices=["tiny-sd15", "tiny-sdxl", "small-sd15", "sd15", "sdxl"]
+    )
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--dim", type=int, default=32)
@@ -155,10 +167,16 @@ def main() -> int:
             return done.returncode
         results[side] = json.loads(done.stdout.strip().splitlines()[-1])
     ours, peft = results["ours"], results["peft"]
-    print(f"{args.arch} {args.resolution}px batch {args.batch} dim {args.dim} {args.dtype} on {args.device}: {ours['modules']} LoRA modules")
+    print(
+        f"{args.arch} {args.resolution}px batch {args.batch} dim {args.dim} {args.dtype} on {args.device}: {ours['modules']} LoRA modules"
+    )
     for r in (ours, peft):
-        print(f"  {r['side']:<5} {r['it_s']:7.3f} it/s   peak {r['peak_bytes'] / 2**20:9.1f} MiB   LoRA params {r['lora_params']:,}")
-    print(f"  ratio ours/peft: speed {ours['it_s'] / peft['it_s']:.2f}x, peak memory {ours['peak_bytes'] / peft['peak_bytes']:.2f}x")
+        print(
+            f"  {r['side']:<5} {r['it_s']:7.3f} it/s   peak {r['peak_bytes'] / 2**20:9.1f} MiB   LoRA params {r['lora_params']:,}"
+        )
+    print(
+        f"  ratio ours/peft: speed {ours['it_s'] / peft['it_s']:.2f}x, peak memory {ours['peak_bytes'] / peft['peak_bytes']:.2f}x"
+    )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))

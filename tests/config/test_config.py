@@ -50,14 +50,25 @@ def test_empty_dataset_folder_is_refused() -> None:
 
 
 def test_values_are_coerced_from_strings() -> None:
-    cfg = build_config({**BASE, "network_dim": "16", "network_alpha": "8", "flip_aug": "true", "clip_skip": "", "resolution": "768,512"})
+    cfg = build_config(
+        {
+            **BASE,
+            "network_dim": "16",
+            "network_alpha": "8",
+            "flip_aug": "true",
+            "clip_skip": "",
+            "resolution": "768,512",
+        }
+    )
     assert cfg.network_dim == 16 and cfg.network_alpha == 8.0 and cfg.flip_aug is True and cfg.clip_skip is None
     assert cfg.resolution_wh == (768, 512)
     assert parse_resolution("640") == (640, 640) and parse_resolution((512, 768)) == (512, 768)
 
 
 def test_network_args_fill_conv_and_dropout_fields() -> None:
-    cfg = build_config({**BASE, "network_args": ["conv_dim=8", "conv_alpha=4", "rank_dropout=0.1", "module_dropout=0.05"]})
+    cfg = build_config(
+        {**BASE, "network_args": ["conv_dim=8", "conv_alpha=4", "rank_dropout=0.1", "module_dropout=0.05"]}
+    )
     assert (cfg.conv_dim, cfg.conv_alpha, cfg.rank_dropout, cfg.module_dropout) == (8, 4.0, 0.1, 0.05)
 
 
@@ -88,9 +99,9 @@ def test_toml_sections_are_flattened_as_sd_scripts_does(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(
         'pretrained_model_name_or_path = "tiny-sd15"\n'
-        "[dataset_arguments]\ntrain_data_dir = \"data\"\nresolution = \"512,768\"\n"
-        "[network_arguments]\nnetwork_dim = 16\nnetwork_args = [\"conv_dim=4\"]\n"
-        "[optimizer_arguments]\noptimizer_args = [\"weight_decay=0.1\", \"betas=0.9,0.99\"]\n"
+        '[dataset_arguments]\ntrain_data_dir = "data"\nresolution = "512,768"\n'
+        '[network_arguments]\nnetwork_dim = 16\nnetwork_args = ["conv_dim=4"]\n'
+        '[optimizer_arguments]\noptimizer_args = ["weight_decay=0.1", "betas=0.9,0.99"]\n'
         "[training_arguments]\nxformers = true\n",
         encoding="utf-8",
     )
@@ -110,7 +121,9 @@ def test_bad_toml_files(tmp_path: Path) -> None:
 
 
 def test_to_toml_round_trips(tmp_path: Path) -> None:
-    cfg = build_config({**BASE, "caption_prefix": 'say "hi"', "optimizer_args": ["weight_decay=0.1"]}, preset="character")
+    cfg = build_config(
+        {**BASE, "caption_prefix": 'say "hi"', "optimizer_args": ["weight_decay=0.1"]}, preset="character"
+    )
     path = tmp_path / "out.toml"
     path.write_text(to_toml(cfg), encoding="utf-8")
     assert build_config(load_toml(path)) == cfg

@@ -25,7 +25,9 @@ def test_add_noise_and_v_target_equal_diffusers() -> None:
     latents, eps = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
     t = torch.tensor([0, 500, 999])
     assert torch.allclose(noise.add_noise(alphas, latents, eps, t), scheduler.add_noise(latents, eps, t), atol=1e-5)
-    assert torch.allclose(noise.training_target(alphas, latents, eps, t, True), scheduler.get_velocity(latents, eps, t), atol=1e-5)
+    assert torch.allclose(
+        noise.training_target(alphas, latents, eps, t, True), scheduler.get_velocity(latents, eps, t), atol=1e-5
+    )
     assert torch.equal(noise.training_target(alphas, latents, eps, t, False), eps)
 
 

@@ -64,7 +64,9 @@ def test_tiny_models_are_the_same_every_time_and_leave_the_global_rng_alone(name
 def test_tiny_sd15_architecture(sd15) -> None:
     unet = sd15.unet
     # SD1's 4 levels; attention on levels 1-2 (level 0's is left out for CPU speed), 1x1-conv projections
-    assert [type(b).__name__ for b in unet.down_blocks] == ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * 2 + ["DownBlock2D"]
+    assert [type(b).__name__ for b in unet.down_blocks] == ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * 2 + [
+        "DownBlock2D"
+    ]
     proj_in = unet.down_blocks[1].attentions[0].proj_in
     assert isinstance(proj_in, nn.Conv2d) and proj_in.kernel_size == (1, 1)
     assert all(c % unet.config.norm_num_groups == 0 for c in unet.config.block_out_channels)
