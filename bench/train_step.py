@@ -40,6 +40,7 @@ def unet_config(arch: str) -> dict:
         config = load_config("sd15_unet")
         config["block_out_channels"] = [80, 160, 320, 320]
         config["cross_attention_dim"] = 192
+        config["norm_num_groups"] = 16  # 80 channels: SD1.5's 32 groups do not divide them
         return config
     return load_config({"sd15": "sd15_unet", "sdxl": "sdxl_unet"}[arch])
 
