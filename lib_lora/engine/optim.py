@@ -798,30 +798,16 @@ def lr_at(
     base_lr: float,
     *,
     num_training_steps: int,
-    num_warmup_steps: int | float | str | None = 0,
-    num_cycles: int = 1,
-    power: float = 1.0,
-    min_lr_ratio: float | None = None,
-    timescale: int | None = None,
-    learning_rate: float | None = None,
+    **schedule: Any,
 ) -> float:
     """The lr a group with lr ``base_lr`` trains with at 0-based optimizer step ``step``.
 
-    ``learning_rate`` is the optimizer's default lr (only ``polynomial`` uses it; default
-    ``base_lr``). The ``adafactor`` schedule depends on the optimizer's state and has no preview.
+    ``schedule``: ``num_warmup_steps``, ``num_cycles``, ``power``, ``min_lr_ratio``, ``timescale``
+    as for ``schedule_spec``, and ``learning_rate``, the optimizer's default lr (only
+    ``polynomial`` uses it; default ``base_lr``). The ``adafactor`` schedule depends on the
+    optimizer's state and has no preview.
     """
-    spec = schedule_spec(
-        name,
-        num_training_steps=num_training_steps,
-        num_warmup_steps=num_warmup_steps,
-        num_cycles=num_cycles,
-        power=power,
-        min_lr_ratio=min_lr_ratio,
-        timescale=timescale,
-    )
-    if spec.name == "adafactor":
-        raise UserError("The adafactor schedule is computed by the optimizer while it trains; it has no preview.")
-    lr_init = _check_polynomial_lr(spec, base_lr if learning_rate is None else learning_rate)
+    spec, lr_init = _preview_spec(name, base_lr, num_training_steps, **schedule)
     return base_lr * spec.factor(step, lr_init)
 
 
@@ -830,14 +816,25 @@ def lr_curve(
     base_lr: float,
     *,
     num_training_steps: int,
+    **schedule: Any,
+) -> list[float]:
+    """``lr_at`` for every optimizer step of the run (``num_training_steps`` values), for a plot."""
+    spec, lr_init = _preview_spec(name, base_lr, num_training_steps, **schedule)
+    return [base_lr * spec.factor(step, lr_init) for step in range(num_training_steps)]
+
+
+def _preview_spec(
+    name: str | None,
+    base_lr: float,
+    num_training_steps: int,
+    *,
     num_warmup_steps: int | float | str | None = 0,
     num_cycles: int = 1,
     power: float = 1.0,
     min_lr_ratio: float | None = None,
     timescale: int | None = None,
     learning_rate: float | None = None,
-) -> list[float]:
-    """``lr_at`` for every optimizer step of the run (``num_training_steps`` values), for a plot."""
+) -> tuple[ScheduleSpec, float]:
     spec = schedule_spec(
         name,
         num_training_steps=num_training_steps,
@@ -849,8 +846,7 @@ def lr_curve(
     )
     if spec.name == "adafactor":
         raise UserError("The adafactor schedule is computed by the optimizer while it trains; it has no preview.")
-    lr_init = _check_polynomial_lr(spec, base_lr if learning_rate is None else learning_rate)
-    return [base_lr * spec.factor(step, lr_init) for step in range(num_training_steps)]
+    return spec, _check_polynomial_lr(spec, base_lr if learning_rate is None else learning_rate)
 
 
 # --------------------------------------------------------------------------------------------
