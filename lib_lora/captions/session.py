@@ -10,7 +10,6 @@ chooses to overwrite it, skip it or reload it.
 from __future__ import annotations
 
 import os
-import stat
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,7 +47,7 @@ from lib_lora.captions.ops import (
     run_operation,
 )
 from lib_lora.common.errors import UserError
-from lib_lora.common.fsutil import atomic_write_bytes, sync_files
+from lib_lora.common.fsutil import atomic_write_bytes, is_read_only, sync_files
 from lib_lora.common.tags import dedupe_tags
 from lib_lora.events import Events, StopToken
 
@@ -128,14 +127,6 @@ class SaveResult:
     @property
     def ok(self) -> bool:
         return not self.unresolved and not self.failed and not self.stopped
-
-
-def _is_read_only(path: Path) -> bool:
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
 
 
 def _text_or_none(raw: bytes | None) -> str | None:
@@ -500,7 +491,7 @@ class CaptionSession:
                         continue
                     if choice != "overwrite":
                         continue
-                if raw is not None and _is_read_only(item.caption_file):
+                if raw is not None and is_read_only(item.caption_file):
                     result.failed.append(
                         FileProblem(
                             item.caption_rel,

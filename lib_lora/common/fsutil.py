@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -141,3 +142,16 @@ def sync_files(paths: Sequence[str | os.PathLike]) -> None:
 def is_temp_file(path: str | os.PathLike) -> bool:
     """True for the temporary files :func:`atomic_open` creates (hidden from listings)."""
     return Path(path).name.startswith(_TMP_PREFIX)
+
+
+def is_read_only(path: str | os.PathLike) -> bool:
+    """True when the file's permission bits allow nobody to write it (a file the user protected).
+
+    The mode bits, not ``os.access``: an administrator account passes ``os.access`` for every file,
+    and an atomic save (temp file + rename) would replace a protected file without a word.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)

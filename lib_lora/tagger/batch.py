@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lib_lora.common.errors import UserError
-from lib_lora.common.fsutil import atomic_write_text
+from lib_lora.common.fsutil import atomic_write_text, is_read_only
 from lib_lora.common.layout import caption_path, iter_image_files
 from lib_lora.common.tags import join_tags, split_tags
 from lib_lora.events import Events, StopToken
@@ -184,7 +184,7 @@ class _CaptionWriter:
     ) -> TaggedImage:
         existing_text = None
         if caption.exists():
-            if not os.access(caption, os.W_OK):
+            if is_read_only(caption):
                 raise _ImageSkipped(f"its caption file {caption.name} is read-only; left unchanged")
             try:
                 existing_text = caption.read_text(encoding="utf-8-sig")

@@ -200,3 +200,18 @@ def test_progress_and_summary_events(tmp_path: Path, tagger: Tagger) -> None:
     assert events.texts("info")[-1].startswith("Tagged 3 images in")
     doc = result.to_json()
     assert doc["written"] == 3 and doc["failed"] == [] and len(doc["tagged"]) == 3
+
+
+def test_read_only_caption_is_left_alone_even_for_an_administrator(tmp_path: Path, tagger: Tagger) -> None:
+    images = make_images(tmp_path, ["red", "blue"])
+    protected = images["red"].with_suffix(".txt")
+    protected.write_text("precious", encoding="utf-8")
+    protected.chmod(0o444)
+    try:
+        result = tag_folder(TagFolderOptions(tmp_path, existing="overwrite"), tagger=tagger)
+        assert protected.read_text(encoding="utf-8") == "precious"
+        reasons = {f.path.name: f.reason for f in result.failed}
+        assert "read-only" in reasons["red.png"]
+        assert caption(images["blue"]) == EXPECTED_CAPTIONS["blue"]
+    finally:
+        protected.chmod(0o644)
