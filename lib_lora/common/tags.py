@@ -42,13 +42,25 @@ def underscores_to_spaces(tag: str) -> str:
     return tag.replace("_", " ")
 
 
+def tag_key(tag: str) -> str:
+    """What makes two tags the same: case, underscores vs spaces and escaping do not count (CLIP's
+    tokenizer lowercases; kaomoji keep their underscores)."""
+    tag = unescape_parentheses(tag.strip())
+    if tag not in KAOMOJI:
+        tag = tag.replace("_", " ")
+    return " ".join(tag.lower().split())
+
+
 def dedupe_tags(tags: Iterable[str]) -> list[str]:
-    """Drop repeated tags, keeping the first occurrence and the order."""
+    """Drop empty and repeated tags (as :func:`tag_key` sees them), keeping the first spelling and
+    the order."""
     seen: set[str] = set()
     out = []
     for tag in tags:
-        if tag not in seen:
-            seen.add(tag)
+        tag = tag.strip()
+        key = tag_key(tag)
+        if key and key not in seen:
+            seen.add(key)
             out.append(tag)
     return out
 

@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from lib_lora.common.errors import UserError
-from lib_lora.common.tags import KAOMOJI, escape_parentheses, underscores_to_spaces, unescape_parentheses
+from lib_lora.common.tags import (
+    dedupe_tags,
+    escape_parentheses,
+    tag_key,
+    underscores_to_spaces,
+    unescape_parentheses,
+)
 
 RATING, GENERAL, CHARACTER = 9, 0, 4
 LABELS_FILE = "selected_tags.csv"
@@ -155,14 +161,6 @@ class TagOptions:
         return tag
 
 
-def tag_key(tag: str) -> str:
-    """What makes two tags the same: case, underscores vs spaces and escaping do not count."""
-    tag = unescape_parentheses(tag.strip())
-    if tag not in KAOMOJI:
-        tag = tag.replace("_", " ")
-    return " ".join(tag.lower().split())
-
-
 class _Excluder:
     def __init__(self, patterns: Iterable[str]) -> None:
         self.exact: set[str] = set()
@@ -239,21 +237,8 @@ def predict_tags(scores: np.ndarray, labels: Labels, options: TagOptions) -> Pre
         rating = options.format_tag(prediction.rating)
         if not exclude(rating):
             rating_tags.append(rating)
-    prediction.tags = dedupe_by_key([*options.additional_tags, *rating_tags, *model_tags])
+    prediction.tags = dedupe_tags([*options.additional_tags, *rating_tags, *model_tags])
     return prediction
-
-
-def dedupe_by_key(tags: Iterable[str]) -> list[str]:
-    """Drop empty and repeated tags (as :func:`tag_key` sees them), keeping the first spelling."""
-    seen: set[str] = set()
-    out = []
-    for tag in tags:
-        tag = tag.strip()
-        key = tag_key(tag)
-        if key and key not in seen:
-            seen.add(key)
-            out.append(tag)
-    return out
 
 
 EXISTING_POLICIES = ("skip", "overwrite", "append", "prepend")
@@ -272,12 +257,12 @@ def merge_caption(
         raise UserError(f"The existing-caption policy must be one of {', '.join(EXISTING_POLICIES)} (got {policy!r}).")
     existing = [t for t in existing if t.strip()]
     if policy == "skip":
-        return list(existing) if existing else dedupe_by_key(new_tags)
+        return list(existing) if existing else dedupe_tags(new_tags)
     if policy == "overwrite" or not existing:
-        return dedupe_by_key([*additional_tags, *new_tags])
+        return dedupe_tags([*additional_tags, *new_tags])
     if policy == "append":
-        return dedupe_by_key([*additional_tags, *existing, *new_tags])
-    return dedupe_by_key([*additional_tags, *new_tags, *existing])
+        return dedupe_tags([*additional_tags, *existing, *new_tags])
+    return dedupe_tags([*additional_tags, *new_tags, *existing])
 
 
 def confidences_document(

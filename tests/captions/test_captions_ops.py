@@ -70,6 +70,12 @@ def tags(text: str) -> tuple[str, ...]:
         ),
         (UnderscoresToSpaces(), "_, a__b", "a b"),  # no empty or double-spaced tags
         (Dedupe(), "a, b, a, c, b", "a, b, c"),
+        # the same tag for CLIP (which lowercases) and for the tagger: first spelling kept; kaomoji differ
+        (
+            Dedupe(),
+            r"long hair, Long Hair, long_hair, hu tao \(genshin impact\), hu_tao_(genshin_impact), ^_^, ^ ^",
+            r"long hair, hu tao \(genshin impact\), ^_^, ^ ^",
+        ),
         (SortTags("alpha"), "b, A, c, a", "A, a, b, c"),
         (SortTags("alpha", keep_first=1), "irene, c, b, a", "irene, a, b, c"),
         (SortTags("alpha", reverse=True), "a, c, b", "c, b, a"),
