@@ -202,7 +202,7 @@ class TrainConfig:
     )
     conv_alpha: float | None = setting(
         None,
-        "Alpha of the 3x3 convolution LoRAs (default: conv_dim).",
+        "Alpha of the 3x3 convolution LoRAs (default 1, as sd-scripts: with conv_dim 8 the conv LoRAs train at 1/8 scale).",
         group="network",
         minimum=0,
         advanced=True,

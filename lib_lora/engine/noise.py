@@ -37,7 +37,8 @@ def min_snr_weights(
 def sample_noise(
     latents: torch.Tensor, generator: torch.Generator, noise_offset: float | None = None, random_strength: bool = False
 ) -> torch.Tensor:
-    """ε ~ N(0, I), plus ``noise_offset`` · N(0, 1) per sample and channel (o ~ U[0, o) when random)."""
+    """ε ~ N(0, I), plus ``noise_offset`` · N(0, 1) per sample and channel; with ``random_strength`` the
+    offset is o ~ U[0, noise_offset), one draw per batch (as sd-scripts)."""
     noise = torch.randn(latents.shape, generator=generator, device=generator.device, dtype=torch.float32).to(
         latents.device
     )
@@ -45,7 +46,7 @@ def sample_noise(
         offset = noise_offset
         if random_strength:
             offset = (
-                torch.rand((latents.shape[0], 1, 1, 1), generator=generator, device=generator.device).to(latents.device)
+                torch.rand((1, 1, 1, 1), generator=generator, device=generator.device).to(latents.device)
                 * noise_offset
             )
         extra = torch.randn(

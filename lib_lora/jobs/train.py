@@ -197,7 +197,7 @@ def build_network(cfg: TrainConfig, bundle: ModelBundle) -> LoRANetwork:
     )
     return LoRANetwork(
         targets, cfg.network_dim, cfg.network_alpha, conv_rank=cfg.conv_dim,
-        conv_alpha=cfg.conv_alpha if cfg.conv_alpha is not None else cfg.conv_dim, dropout=cfg.network_dropout,
+        conv_alpha=cfg.conv_alpha if cfg.conv_alpha is not None else 1.0, dropout=cfg.network_dropout,
         rank_dropout=cfg.rank_dropout, module_dropout=cfg.module_dropout, naming=naming, family=bundle.family,
     )  # fmt: skip
 
@@ -236,8 +236,7 @@ def _base_metadata(
     net_args: dict[str, str] = {}
     if cfg.conv_dim is not None:
         net_args["conv_dim"] = str(cfg.conv_dim)
-        net_args["conv_alpha"] = str(cfg.conv_alpha if cfg.conv_alpha is not None else cfg.conv_dim)
-    for key in ("rank_dropout", "module_dropout"):
+    for key in ("conv_alpha", "rank_dropout", "module_dropout"):  # as given (sd-scripts records its network_args)
         if getattr(cfg, key) is not None:
             net_args[key] = str(getattr(cfg, key))
     values: dict[str, Any] = {

@@ -57,3 +57,14 @@ def test_noise_offset_shifts_channel_means() -> None:
     offset = noise.sample_noise(latents, torch.Generator().manual_seed(0), noise_offset=0.5)
     per_channel = offset.mean(dim=(2, 3)).std().item()
     assert per_channel > 3 * plain.mean(dim=(2, 3)).std().item()
+
+
+def test_random_noise_offset_strength_is_one_draw_per_batch() -> None:
+    # sd-scripts: noise_offset = torch.rand(1) * noise_offset, then apply_noise_offset for the whole batch
+    latents = torch.zeros(3, 4, 8, 8)
+    got = noise.sample_noise(latents, torch.Generator().manual_seed(5), noise_offset=0.2, random_strength=True)
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(latents.shape, generator=g)
+    strength = torch.rand((1, 1, 1, 1), generator=g) * 0.2
+    extra = torch.randn((3, 4, 1, 1), generator=g)
+    assert torch.allclose(got, base + strength * extra)

@@ -201,3 +201,13 @@ def test_start_from_existing_weights_and_wrong_family(tmp_path: Path, bundle) ->
             ),
             xl,
         )
+
+
+def test_conv_alpha_defaults_to_one_and_network_args_are_recorded_as_given(tmp_path: Path, bundle) -> None:
+    small_dataset(tmp_path / "data")
+    result = train(_cfg(tmp_path, max_train_epochs=1, network_args=["conv_dim=4"]), bundle, RecordingEvents())
+    assert result.status == "done"
+    tensors, meta = safetensors_io.load(tmp_path / "out" / "t.safetensors")
+    conv = {k: float(v) for k, v in tensors.items() if k.endswith(".alpha") and tensors[k[:-6] + ".lora_down.weight"].dim() == 4 and tensors[k[:-6] + ".lora_down.weight"].shape[-1] == 3}  # fmt: skip
+    assert conv and set(conv.values()) == {1.0}  # sd-scripts: conv_alpha 1 when only conv_dim is given
+    assert json.loads(meta["ss_network_args"]) == {"conv_dim": "4"}
