@@ -170,6 +170,13 @@ def _find_subsets(root: Path) -> list[tuple[Path, int, str]]:
     if unprefixed:
         first = unprefixed[0]
         others = f" (also: {_listing([p.name for p in unprefixed[1:]])})" if len(unprefixed) > 1 else ""
+        zero = re.match(r"0+_(.*)", first.name)
+        if zero:
+            raise UserError(
+                f"Folder '{first.name}' in {root} repeats its images 0 times per epoch{others}: the number "
+                f"before the underscore must be at least 1, e.g. '10_{zero.group(1) or 'name'}'.",
+                "Rename it, or move it out of the dataset folder.",
+            )
         raise UserError(
             f"Folder '{first.name}' in {root} is not named N_name{others}: each training folder's name must "
             f"start with how many times its images are repeated per epoch and an underscore, e.g. '10_{first.name}'.",

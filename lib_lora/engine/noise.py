@@ -46,8 +46,7 @@ def sample_noise(
         offset = noise_offset
         if random_strength:
             offset = (
-                torch.rand((1, 1, 1, 1), generator=generator, device=generator.device).to(latents.device)
-                * noise_offset
+                torch.rand((1, 1, 1, 1), generator=generator, device=generator.device).to(latents.device) * noise_offset
             )
         extra = torch.randn(
             (latents.shape[0], latents.shape[1], 1, 1), generator=generator, device=generator.device

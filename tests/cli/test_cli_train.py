@@ -134,7 +134,7 @@ def test_bad_input_gives_one_clear_line_and_writes_nothing(tmp_path: Path, capsy
         code = main([*argv, *extra])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2, name
-        assert err and err[-1].startswith("error: ") and message in err[-1], (name, err)
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (name, err)
         assert not out.exists(), name
 
 

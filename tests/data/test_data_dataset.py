@@ -147,6 +147,12 @@ def test_folder_without_repeat_prefix_is_refused_by_name(tmp_path: Path) -> None
     assert "N_name" in message and "10_irene" in message and "repeated per epoch" in message
 
 
+def test_zero_repeats_is_refused_with_the_right_fix(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "ds", {"0_irene": [("a.png", (300, 300), "x")]})
+    message = _refused(root, "Folder '0_irene'")
+    assert "0 times" in message and "at least 1" in message and "'10_irene'" in message
+
+
 def test_unprefixed_folder_beside_good_ones_is_refused_too(tmp_path: Path) -> None:
     root = make_dataset(
         tmp_path / "ds", {"10_irene": [("a.png", (300, 300), "x")], "raw": [("b.png", (300, 300), "x")]}
