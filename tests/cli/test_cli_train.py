@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lib_lora.cli import main
-from support.train_data import make_dataset, small_dataset
+from support.train_data import make_dataset, preset_dataset, small_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = [
@@ -147,3 +147,26 @@ def test_sdxl_demo_model_trains_from_the_cli(tmp_path: Path, arch: str, capsys) 
     report = json.loads(capsys.readouterr().out)
     assert report["family"] == "sdxl" and report["metadata"]["ss_base_model_version"] == "sdxl_base_v1-0"
     assert set(report["by_component"]) == {"te1", "te2", "unet"}
+
+
+@pytest.mark.slow
+def test_character_preset_on_the_demo_model_trains_and_every_file_checks_out(tmp_path: Path, capsys) -> None:
+    """The training issue's check, as a user types it (its timing lives in bench/preset_run.py)."""
+    from lib_lora.formats import safetensors_io
+    from lib_lora.formats.metadata import sshs_model_hash_of_file
+
+    preset_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    argv = ["train", "--preset", "character", "--train_data_dir", str(tmp_path / "data"), "--output_name", "irene",
+            "--pretrained_model_name_or_path", "tiny-sd15", "--output_dir", str(out), "--seed", "1"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    epochs = [f"irene-{n:06d}.safetensors" for n in range(5, 50, 5)]
+    assert sorted(p.name for p in out.glob("*.safetensors")) == sorted([*epochs, "irene.safetensors"])
+    assert (out / "irene.json").is_file()
+    for path in out.glob("*.safetensors"):
+        assert safetensors_io.load(path)[1]["sshs_model_hash"] == sshs_model_hash_of_file(path), path.name
+    losses = [json.loads(line)["loss"] for line in (out / "irene-log.jsonl").read_text().splitlines()]
+    assert len(losses) == 550  # 18 images with repeats, batch 2 -> 11 steps x 50 epochs
+    first, last = sum(losses[:110]) / 110, sum(losses[-110:]) / 110
+    assert last < first, (first, last)

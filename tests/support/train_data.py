@@ -30,3 +30,11 @@ def make_dataset(root: Path, folders: dict[str, list[tuple[int, int]]], captions
 
 def small_dataset(root: Path) -> Path:
     return make_dataset(root, {"2_alpha": [(64, 64), (96, 64), (64, 96)], "1_beta": [(80, 64), (64, 64)]})
+
+
+PRESET_SIZES = [(512, 512), (384, 640), (640, 384), (448, 576), (576, 448), (512, 768)]
+
+
+def preset_dataset(root: Path) -> Path:
+    """The training issue's check: 12 images of mixed aspect ratios, two folders, different repeats."""
+    return make_dataset(root, {"1_irene": PRESET_SIZES, "2_outfit": PRESET_SIZES[::-1]})
