@@ -73,7 +73,7 @@ def atomic_open(
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX + target.name + ".", dir=folder)
     except OSError as exc:
-        raise _write_error(target, exc) from exc
+        raise write_error(target, exc) from exc
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, mode, encoding=encoding, newline="" if "b" not in mode else None) as handle:
@@ -87,7 +87,7 @@ def atomic_open(
         with contextlib.suppress(OSError):
             tmp.unlink()
         if isinstance(exc, OSError) and not isinstance(exc, UserError):
-            raise _write_error(target, exc) from exc
+            raise write_error(target, exc) from exc
         raise
     if durable:
         _fsync_dir(folder)
@@ -105,13 +105,17 @@ def _copy_mode(target: Path, tmp: Path) -> None:
         os.chmod(tmp, mode)
 
 
-def _write_error(target: Path, exc: OSError) -> UserError:
+def write_error(
+    target: str | os.PathLike, exc: OSError, full_disk_hint: str = "Free some space and try again; nothing was changed."
+) -> UserError:
+    """The one-line message for a failed write: disk full, permission, or the system's own words."""
     if exc.errno == errno.ENOSPC:
-        return UserError(
-            f"Cannot write {target}: the disk is full.", "Free some space and try again; nothing was changed."
-        )
+        return UserError(f"Cannot write {target}: the disk is full.", full_disk_hint)
     if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return UserError(f"Cannot write {target}: permission denied (read-only file or folder).")
+        return UserError(
+            f"Cannot write {target}: permission denied (a read-only file or folder, or the file is open in "
+            "another program)."
+        )
     return UserError(f"Cannot write {target}: {exc.strerror or exc}.")
 
 

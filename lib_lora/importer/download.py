@@ -16,7 +16,6 @@ run, or the same image on another site, downloads nothing.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from lib_lora.common.errors import UserError
-from lib_lora.common.fsutil import atomic_write_text, replace_with_retry
+from lib_lora.common.fsutil import atomic_write_text, replace_with_retry, write_error
 from lib_lora.common.layout import parse_subset_name
 from lib_lora.events import Events, StopRequested, StopToken
 from lib_lora.importer.booru_tags import CaptionOptions, caption_text
@@ -281,15 +280,11 @@ _STILL_TYPES = ("jpg", "png", "webp")
 
 
 def _disk_error(path: Path, exc: OSError) -> UserError:
-    if exc.errno == errno.ENOSPC:
-        return UserError(
-            f"Cannot write {path}: the disk is full.",
-            "Free some space and run the same import again; finished files are kept and the unfinished one "
-            "was removed.",
-        )
-    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return UserError(f"Cannot write {path}: permission denied (read-only file or folder).")
-    return UserError(f"Cannot write {path}: {exc.strerror or exc}.")
+    return write_error(
+        path,
+        exc,
+        "Free some space and run the same import again; finished files are kept and the unfinished one was removed.",
+    )
 
 
 def _open_part(path: Path, mode: str) -> IO[bytes]:

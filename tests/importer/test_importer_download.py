@@ -368,7 +368,7 @@ def test_full_disk_while_writing_a_caption_leaves_no_half_pair(
         try:
             failing(path, text)
         except OSError as exc:
-            raise fsutil._write_error(Path(path), exc) from exc
+            raise fsutil.write_error(Path(path), exc) from exc
 
     monkeypatch.setattr(download, "atomic_write_text", user_error_on_enospc)
     with FakeBooru("danbooru", posts) as booru:
