@@ -33,3 +33,11 @@ def test_every_setting_verb_and_preset_is_documented() -> None:
 def test_images_exist() -> None:
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
     assert images and all((ROOT / image).is_file() for image in images), images
+
+
+def test_http_api_bodies_use_real_keys() -> None:
+    from lib_lora.webui.api import TAG_KEYS
+
+    row = next(line for line in README.splitlines() if line.startswith("| `POST tag`"))
+    keys = set(re.findall(r'"(\w+)":', row.split("→")[0]))  # the request body, not the answer
+    assert keys and keys <= TAG_KEYS, keys - TAG_KEYS
