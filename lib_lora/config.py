@@ -590,7 +590,7 @@ def check_rules(cfg: TrainConfig) -> None:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "character": {
-        "_doc": "A character from 15-100 images (the popular guide): dim 32 / alpha 16, cosine with 5 restarts, 50 epochs saved every 5; 512 px for SD1, 1024 px for SDXL.",
+        "_doc": "A character from 15-100 images (the popular guide): dim 32 / alpha 16, cosine with 5 restarts, 50 epochs saved every 5; 512 px for SD1, 1024 px for SDXL (SDXL trains the UNet only unless you untick that).",
         "resolution": {512: "512", 1024: "1024"},
         "enable_bucket": True,
         "min_bucket_reso": {512: 320, 1024: 512},
@@ -606,6 +606,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr_scheduler_num_cycles": 5,
         "train_batch_size": 2,
         "clip_skip": {"sd1": 2, "sdxl": None},
+        # SDXL: the text encoders train only when asked (sd-scripts' advice for SDXL LoRAs)
+        "network_train_unet_only": {"sd1": False, "sdxl": True},
         "max_train_epochs": 50,
         "save_every_n_epochs": 5,
         "shuffle_caption": True,

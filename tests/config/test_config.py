@@ -134,3 +134,11 @@ def test_every_setting_has_help_and_a_group() -> None:
 
     for f in fields(TrainConfig):
         assert f.metadata["help"] and f.metadata["group"], f.name
+
+
+def test_sdxl_presets_train_the_text_encoders_only_when_asked() -> None:
+    sdxl = build_config({**BASE}, preset="character", family="sdxl")
+    assert sdxl.train_unet and not sdxl.train_text_encoder
+    asked = build_config({**BASE, "network_train_unet_only": False}, preset="character", family="sdxl")
+    assert asked.train_text_encoder
+    assert build_config({**BASE}, preset="character", family="sd1").train_text_encoder
