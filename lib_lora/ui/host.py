@@ -51,6 +51,9 @@ class GridRequest:
     steps: int | None = None
     cfg_scale: float | None = None
     sampler: str | None = None
+    # the host's own image settings as they are on screen now (webui: txt2img's sampler, steps, size...);
+    # used where the fields above are None
+    host_values: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,9 +64,11 @@ class TestPanel:
         self.default_prompts.click(
             self.fill_default_prompts, [*where, self.tab.dataset.folder], [self.prompts, self.result]
         )
+        # the host's own image settings as they are on screen at the click (webui: txt2img's sampler, size...)
+        live, self._live_keys = hook(self.host, "txt2img_live_inputs", lambda: ([], []))()
         inputs = [
             self.task, *where, self.epochs, self.prompts, self.negative, self.weight, self.seed,
-            self.width, self.height, self.steps, self.cfg,
+            self.width, self.height, self.steps, self.cfg, *live,
         ]  # fmt: skip
         self.render.click(
             self.host.wrap_long_handler(self.render_grid, 2), inputs, [self.grid, self.result],
@@ -152,7 +155,9 @@ class TestPanel:
 
     @guarded(2)
     def render_grid(self, task_id: str, *args: Any) -> list[Any]:
-        request = self._request(*args)
+        own = args[: len(args) - len(getattr(self, "_live_keys", []))]
+        live = dict(zip(getattr(self, "_live_keys", []), args[len(own) :]))
+        request = dataclasses.replace(self._request(*own), host_values=live)
         status = self.host.jobs.run(
             "grid", f"Grid of {len(request.lora_files)} files", lambda events, stop: self.host.render_grid(request, events, stop),
             inner=host_events(self.host),

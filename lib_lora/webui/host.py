@@ -21,7 +21,7 @@ import os
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,11 @@ from lib_lora.webui import runtime, settings
 
 FAMILY_LABELS = {"sd1": "SD1.x", "sdxl": "SDXL", "sd2": "SD2.x", "sd3": "SD3", "flux": "Flux"}
 SAMPLER_FALLBACK = "Euler a"
+# txt2img's image settings by elem_id -> our key
+TXT2IMG_SETTINGS = {
+    "txt2img_sampling": "sampler", "txt2img_scheduler": "scheduler", "txt2img_steps": "steps",
+    "txt2img_cfg_scale": "cfg_scale", "txt2img_width": "width", "txt2img_height": "height",
+}  # fmt: skip
 TXT2IMG_FALLBACK = {
     "sampler": SAMPLER_FALLBACK,
     "scheduler": None,
@@ -281,22 +286,29 @@ class WebuiHost:
         lora_builtin.refresh_available()
 
     # -- epoch grid ------------------------------------------------------------------------------------
-    def txt2img_defaults(self) -> dict[str, Any]:
-        """txt2img's sampler, scheduler, steps, CFG and size as its components hold them (captured
-        with ``on_after_component``; their values as last loaded from ui-config), else defaults."""
+    def txt2img_defaults(self, live: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """txt2img's sampler, scheduler, steps, CFG and size: ``live`` (the values on screen, sent with
+        the click by :meth:`txt2img_live_inputs`), else as its components were built (captured with
+        ``on_after_component``; values from ui-config), else defaults."""
         values = dict(TXT2IMG_FALLBACK)
-        mapping = {
-            "txt2img_sampling": "sampler", "txt2img_scheduler": "scheduler", "txt2img_steps": "steps",
-            "txt2img_cfg_scale": "cfg_scale", "txt2img_width": "width", "txt2img_height": "height",
-        }  # fmt: skip
-        for elem_id, key in mapping.items():
+        for elem_id, key in TXT2IMG_SETTINGS.items():
             component = runtime.txt2img_components.get(elem_id)
             value = getattr(component, "value", None)
             if value is not None and value != "":
                 values[key] = value
         if self._family() == "sdxl" and runtime.txt2img_components.get("txt2img_width") is None:
             values["width"] = values["height"] = 1024
+        for key, value in (live or {}).items():
+            if key in values and value is not None and value != "":
+                values[key] = value
         return values
+
+    def txt2img_live_inputs(self) -> tuple[list[Any], list[str]]:
+        """txt2img's image-setting components (as inputs of the grid click, so the grid uses what the
+        user has on screen now) and the keys their values stand for."""
+        found = [(runtime.txt2img_components.get(elem_id), key) for elem_id, key in TXT2IMG_SETTINGS.items()]
+        found = [(component, key) for component, key in found if component is not None]
+        return [component for component, _ in found], [key for _, key in found]
 
     def render_grid(self, request: GridRequest, events: Events, stop: StopToken) -> GridResult:
         """Every LoRA file x every prompt through txt2img with ``<lora:name-0000NN:w>`` (the
@@ -324,7 +336,7 @@ class WebuiHost:
                 )
         if lora_builtin.networks_module() is None:
             raise UserError("The built-in Lora extension is disabled; enable it to test epochs in txt2img.")
-        defaults = self.txt2img_defaults()
+        defaults = self.txt2img_defaults(request.host_values)
         width = int(request.width or defaults["width"])
         height = int(request.height or defaults["height"])
         steps = int(request.steps or defaults["steps"])

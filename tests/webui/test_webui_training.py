@@ -276,3 +276,40 @@ def test_test_tab_renders_an_epoch_grid_with_the_builtin_lora(webui, sd1) -> Non
     assert len(saved) == 1
     assert webui.networks.unmatched and all(v == [] for v in webui.networks.unmatched.values())
     assert same_outputs(before, outputs(model)) != []  # the last <lora:> stays merged, as after any txt2img
+
+
+def test_the_grid_uses_txt2img_settings_as_they_are_on_screen_now(webui, sd1, monkeypatch) -> None:
+    import gradio as gr
+
+    with gr.Blocks():  # txt2img, built before the tab (its ui-config values: 64 x 64, 9 steps)
+        width = gr.Slider(64, 2048, 64, elem_id="txt2img_width")
+        height = gr.Slider(64, 2048, 64, elem_id="txt2img_height")
+        steps = gr.Slider(1, 150, 9, elem_id="txt2img_steps")
+    from lib_lora.webui import register, runtime
+
+    monkeypatch.setattr(runtime, "txt2img_components", dict(runtime.txt2img_components))  # undone after the test
+    for component in (width, height, steps):
+        register.on_after_component(component, elem_id=component.elem_id)
+    tab = Tab(webui)
+    folder = dataset(webui.root / "data", images=1, name="1_hutao")
+    assert "Training finished" in tab.start(folder, sample_every_n_epochs=None)
+    test = tab.ui.test
+    test.list_epochs("hutao", "Lora folder", "", str(folder), "")
+    labels = list(test.files)[:1]
+    seen = {}
+    real = tab.host.render_grid
+
+    def spy(request, events, stop):
+        result = real(request, events, stop)
+        seen["sizes"] = {image.size for image in result.images}
+        return result
+
+    monkeypatch.setattr(tab.host, "render_grid", spy)
+    render = click_fn(tab.blocks, test.render, [test.grid, test.result])
+    # the user changed txt2img to 128 x 64, 2 steps after the page loaded; the grid's own fields are empty
+    on_screen = {"width": 128, "height": 64, "steps": 2}
+    assert sorted(test._live_keys) == sorted(on_screen)  # txt2img's components are inputs of the click
+    live = [on_screen[key] for key in test._live_keys]
+    _, html = render("task(grid)", "hutao", "Lora folder", "", labels, "hutao", "", 1.0, 3, "", "", "", "", *live)
+    assert "1 files x 1 prompts" in html, html
+    assert seen["sizes"] == {(128, 64)}
