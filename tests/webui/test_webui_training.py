@@ -313,3 +313,18 @@ def test_the_grid_uses_txt2img_settings_as_they_are_on_screen_now(webui, sd1, mo
     _, html = render("task(grid)", "hutao", "Lora folder", "", labels, "hutao", "", 1.0, 3, "", "", "", "", *live)
     assert "1 files x 1 prompts" in html, html
     assert seen["sizes"] == {(128, 64)}
+
+
+def test_the_grid_renders_under_lowvram_where_training_is_refused(webui, sd1, monkeypatch) -> None:
+    tab = Tab(webui)
+    folder = dataset(webui.root / "data", images=1, name="1_hutao")
+    assert "Training finished" in tab.start(folder, sample_every_n_epochs=None)
+    monkeypatch.setattr(webui.shared.cmd_opts, "lowvram", True, raising=False)
+    assert "--lowvram" in tab.start(folder, name="again", sample_every_n_epochs=None)
+    test = tab.ui.test
+    test.list_epochs("hutao", "Lora folder", "", str(folder), "")
+    render = click_fn(tab.blocks, test.render, [test.grid, test.result])
+    _, html = render(
+        "task(grid)", "hutao", "Lora folder", "", list(test.files)[:1], "hutao", "", 1.0, 3, 64, 64, 2, 5.0
+    )
+    assert "1 files x 1 prompts" in html, html
