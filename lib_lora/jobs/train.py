@@ -450,10 +450,9 @@ def train(
     out, state_dir, log_path = output_paths(cfg)
     out.mkdir(parents=True, exist_ok=True)
 
-    rng_state = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    torch.manual_seed(derive_seed(seed, 0x10A))  # the LoRA's initial weights follow the seed too
-    network = build_network(cfg, bundle)
+    with torch.random.fork_rng():  # the LoRA's initial weights follow the seed; the global RNG is left as it was
+        torch.manual_seed(derive_seed(seed, 0x10A))
+        network = build_network(cfg, bundle)
     if not len(network):
         raise UserError(
             "Nothing to train: no LoRA modules were created (check network_train_unet_only / text_encoder_only)."
@@ -481,6 +480,8 @@ def train(
     saver = _Saver(cfg, plan, bundle, network, base, activation, events)
     options = caption_options(cfg)
     family = bundle.family
+    rng_state = torch.get_rng_state()  # the loop seeds the global RNG per batch (LoRA dropouts)
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
 
     try:
         network.apply_to()
