@@ -96,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
 
     from lib_lora.config import build_config, load_toml, native_resolution
     from lib_lora.events import Events, StopToken
-    from lib_lora.jobs.train import prepare, resolve_mixed_precision, train
-    from lib_lora.standalone.models import is_builtin, load_model
+    from lib_lora.jobs.train import prepare, train
+    from lib_lora.standalone.models import is_builtin, load_model, training_dtype
+    from lib_lora.standalone.sampler import training_renderer
 
     config_file = args._extra[0] if args._extra and not args._extra[0].startswith("--") else None
     values = load_toml(config_file) if config_file else {}
@@ -136,26 +137,15 @@ def run(args: argparse.Namespace) -> int:
         stop.request("Ctrl-C")
         events.message("info", "Stopping after this step (Ctrl-C again to abort without saving)...")
 
-    precision = resolve_mixed_precision(cfg.mixed_precision, device)
     bundle = load_model(
-        cfg.pretrained_model_name_or_path, device=device, dtype={"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[precision],
+        cfg.pretrained_model_name_or_path, device=device, dtype=training_dtype(cfg.mixed_precision, device),
         family=cfg.model_family, v_prediction=cfg.v_parameterization, clip_skip=cfg.clip_skip,
         max_token_length=cfg.max_token_length or 75,
     )  # fmt: skip
     plan = prepare(cfg, bundle, events, stop, args.resume)
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        renderer = None
-        if cfg.sample_every_n_epochs and cfg.sample_prompts:
-            from lib_lora.standalone.sampler import generate
-
-            def renderer(prompt, seed):
-                images = generate(
-                    bundle, [prompt.prompt], negative=prompt.negative, seed=seed, steps=prompt.steps, cfg=prompt.cfg_scale,
-                    width=prompt.width, height=prompt.height,
-                )  # fmt: skip
-                return images[0]
-
+        renderer = training_renderer(bundle, cfg)
         result = train(cfg, bundle, events, stop, resume=args.resume, renderer=renderer, plan=plan)
     finally:
         signal.signal(signal.SIGINT, previous)

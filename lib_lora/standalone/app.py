@@ -149,8 +149,7 @@ class StandaloneHost:
         """The loaded model: loaded on first use, in the precision training uses (as the train
         verb does); reloaded only when a run needs another precision. ``cfg`` None (the Test
         grid) takes the model as it is."""
-        from lib_lora.jobs.train import resolve_mixed_precision
-        from lib_lora.standalone.models import load_model, resolve_device
+        from lib_lora.standalone.models import load_model, resolve_device, training_dtype
 
         info = self.model_info()
         if info.problem:
@@ -158,8 +157,7 @@ class StandaloneHost:
         device = resolve_device(self.device)
         key: tuple | None = None
         if cfg is not None:
-            precision = resolve_mixed_precision(cfg.mixed_precision, device)
-            key = ({"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[precision],)
+            key = (training_dtype(cfg.mixed_precision, device),)
         with self._lock:
             if self._bundle is None or (key is not None and self._bundle_key != key):
                 self._bundle = None
@@ -196,26 +194,12 @@ class StandaloneHost:
 
         return prepare(cfg, self.bundle(cfg), events)
 
-    @staticmethod
-    def _renderer(bundle: Any, cfg: Any) -> Callable | None:
-        """Sample images during training: the standalone sampler on the model with the live LoRA."""
-        if not (cfg.sample_every_n_epochs and cfg.sample_prompts):
-            return None
-        from lib_lora.standalone.sampler import generate
-
-        def render(prompt: Any, seed: int) -> Any:
-            return generate(
-                bundle, [prompt.prompt], negative=prompt.negative, seed=seed, steps=prompt.steps,
-                cfg=prompt.cfg_scale, width=prompt.width, height=prompt.height,
-            )[0]  # fmt: skip
-
-        return render
-
     def train(self, cfg: Any, events: Events, stop: StopToken) -> Any:
         from lib_lora.jobs.train import train
+        from lib_lora.standalone.sampler import training_renderer
 
         bundle = self.bundle(cfg)
-        return train(cfg, bundle, events, stop, renderer=self._renderer(bundle, cfg))
+        return train(cfg, bundle, events, stop, renderer=training_renderer(bundle, cfg))
 
     def render_grid(self, request: GridRequest, events: Events, stop: StopToken) -> GridResult:
         from lib_lora.standalone.sampler import generate

@@ -46,6 +46,13 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         raise UserError(f"Unknown precision {dtype!r}; use fp32, fp16 or bf16.") from None
 
 
+def training_dtype(mixed_precision: str, device: torch.device) -> str:
+    """The precision to load the model in for a run: the one its mixed precision computes in."""
+    from lib_lora.jobs.train import resolve_mixed_precision
+
+    return {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[resolve_mixed_precision(mixed_precision, device)]
+
+
 def is_builtin(name_or_path: str | os.PathLike) -> bool:
     return str(name_or_path) in TINY_MODELS
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -184,3 +185,18 @@ def generate(
                 break
             images += latents_to_images(bundle.decode_latents(latents))
     return images
+
+
+def training_renderer(bundle: DiffusersBundle, cfg: Any) -> Callable[[Any, int], Image.Image] | None:
+    """Sample images during training (``cfg``'s sample settings): this sampler on the model with the
+    live LoRA; None when the run samples nothing."""
+    if not (cfg.sample_every_n_epochs and cfg.sample_prompts):
+        return None
+
+    def render(prompt: Any, seed: int) -> Image.Image:
+        return generate(
+            bundle, [prompt.prompt], negative=prompt.negative, seed=seed, steps=prompt.steps,
+            cfg=prompt.cfg_scale, width=prompt.width, height=prompt.height,
+        )[0]  # fmt: skip
+
+    return render
