@@ -26,6 +26,7 @@ class TestPanel:
         self.tab = tab
         self.host = tab.host
         self.files: dict[str, Path] = {}  # label -> file, as last listed
+        self._live_keys: list[str] = []  # the host's own image settings sent with the grid click (see wire)
 
     def build(self) -> None:
         with gr.Row():
@@ -155,8 +156,8 @@ class TestPanel:
 
     @guarded(2)
     def render_grid(self, task_id: str, *args: Any) -> list[Any]:
-        own = args[: len(args) - len(getattr(self, "_live_keys", []))]
-        live = dict(zip(getattr(self, "_live_keys", []), args[len(own) :]))
+        own = args[: len(args) - len(self._live_keys)]
+        live = dict(zip(self._live_keys, args[len(own) :]))
         request = dataclasses.replace(self._request(*own), host_values=live)
         status = self.host.jobs.run(
             "grid", f"Grid of {len(request.lora_files)} files", lambda events, stop: self.host.render_grid(request, events, stop),

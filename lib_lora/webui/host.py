@@ -316,14 +316,10 @@ class WebuiHost:
         from modules import processing, shared
 
         from lib_lora.webui import lora_builtin
-        from lib_lora.webui.model_bundle import NO_MODEL, check_model, clear_cond_caches, detect_family, preserved_rng
+        from lib_lora.webui.model_bundle import check_model, clear_cond_caches, preserved_rng
 
         sd_model = loaded_model()
-        if sd_model is None:
-            raise UserError(NO_MODEL)
-        if detect_family(sd_model) not in ("sd1", "sdxl"):
-            check_model(sd_model)  # says why this model type is not supported
-        # the grid is plain txt2img: --lowvram, FP8 weights or an SD Unet do not stop it as they stop training
+        check_model(sd_model, training=False)  # the grid is plain txt2img
         files = [Path(f) for f in request.lora_files]
         prompts = [p.strip() for p in request.prompts if p and p.strip()]
         if not files:

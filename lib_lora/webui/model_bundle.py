@@ -82,13 +82,15 @@ def _text_embedders(sd_model: Any) -> list[Any]:
     return [e for e in sd_model.conditioner.embedders if getattr(e, "input_key", None) == "txt"]
 
 
-def model_problem(sd_model: Any) -> str | None:
-    """Why the loaded model cannot be trained (one sentence), or None when it can."""
+def model_problem(sd_model: Any, training: bool = True) -> str | None:
+    """Why the loaded model cannot be trained (one sentence), or None when it can. ``training``
+    False: only why it cannot test our LoRAs in txt2img (--lowvram, FP8 weights or an SD Unet
+    stop training, not txt2img)."""
     from modules import devices, shared
 
     if sd_model is None:
         return NO_MODEL
-    if getattr(shared.cmd_opts, "lowvram", False):
+    if training and getattr(shared.cmd_opts, "lowvram", False):
         return LOWVRAM
     forge = getattr(sd_model, "forge_objects", None) is not None
     if forge and (
@@ -118,6 +120,8 @@ def model_problem(sd_model: Any) -> str | None:
             key = getattr(embedder, "input_key", None)
             if key != "txt" and key not in SIZE_KEYS:
                 return f"This SDXL model's conditioner needs {key!r}, which Train LoRA does not provide (an SDXL refiner?)."
+    if not training:
+        return None
     if getattr(devices, "fp8", False):
         return "FP8 weight storage is on (Settings > Optimizations > FP8 weight); turn it off to train a LoRA."
     try:
@@ -144,8 +148,8 @@ def model_problem(sd_model: Any) -> str | None:
     return None
 
 
-def check_model(sd_model: Any) -> None:
-    problem = model_problem(sd_model)
+def check_model(sd_model: Any, training: bool = True) -> None:
+    problem = model_problem(sd_model, training)
     if problem:
         raise UserError(problem)
 
