@@ -273,7 +273,8 @@ class CaptionSession:
             out.update(item.tags[:head])
             if keep_tokens_separator:
                 for tag in item.tags:
-                    if keep_tokens_separator in tag:
+                    if keep_tokens_separator in tag:  # "mychar ||| smile": the tag holding it too
+                        out.add(tag)
                         before = normalize_tag(tag.split(keep_tokens_separator, 1)[0])
                         if before:
                             out.add(before)
