@@ -318,7 +318,7 @@ def _scan_in_thread(root: Path, seconds: float = 20.0):
 def _try(fn, *args):
     try:
         return fn(*args)
-    except Exception as exc:  # noqa: BLE001 - handed to the test
+    except Exception as exc:
         return exc
 
 
