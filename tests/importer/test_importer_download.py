@@ -442,10 +442,12 @@ def test_a_redirect_to_a_local_file_is_refused(tmp_path: Path, monkeypatch: pyte
     secret.write_bytes(image_bytes(9))
     good, bad = FakePost(1, image_bytes(1), character=[IRENE]), FakePost(2, image_bytes(2), character=[IRENE])
     with FakeBooru("danbooru", [good, bad]) as booru:
-        booru.fail_file(bad.md5, "redirect", times=10, body=f"file://{secret.as_posix()}".encode())
+        # urllib alone refuses file:// redirects but follows ftp:// ones
+        booru.fail_file(bad.md5, "redirect", times=10, body=f"ftp://127.0.0.1:1{secret.as_posix()}".encode())
         result = import_booru(ImportOptions("danbooru", IRENE, tmp_path / "ds", "Irene", base_url=booru.base_url))
     assert [f.md5 for f in result.downloaded] == [good.md5]
-    assert len(result.failed) == 1 and result.failed[0][0].endswith(":2") and "302" in result.failed[0][1]
+    assert len(result.failed) == 1 and result.failed[0][0].endswith(":2")
+    assert "HTTP 302: a redirect to an address that is not downloaded" in result.failed[0][1]
     assert sorted(p.name for p in (tmp_path / "ds" / "1_Irene").iterdir()) == [f"{good.md5}.png", f"{good.md5}.txt"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,26 @@ def test_old_per_image_sidecars_are_migrated_into_the_scores_file(tmp_path: Path
     assert scores["green.png"] == old  # carried over from the old sidecar
     assert scores["red.png"]["model"] != "old"  # the new run's scores win
     assert not list(tmp_path.glob("*.tagger.json"))  # migrated, then removed
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+@pytest.mark.parametrize("existing", ["skip", "overwrite"])
+def test_a_caption_that_is_a_fifo_never_hangs_the_tagger(tmp_path: Path, tagger: Tagger, existing: str) -> None:
+    import threading
+
+    images = make_images(tmp_path, ["red", "green"])
+    fifo = images["red"].with_suffix(".txt")
+    os.mkfifo(fifo)
+    box: list = []
+    thread = threading.Thread(
+        target=lambda: box.append(tag_folder(TagFolderOptions(tmp_path, existing=existing), tagger=tagger)),
+        daemon=True,
+    )
+    thread.start()
+    thread.join(30)
+    if thread.is_alive():  # unblock the stuck reader, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert box, "the tagger hangs on a caption that is a FIFO"
+    assert images["green"].with_suffix(".txt").read_text() == EXPECTED_CAPTIONS["green"]
+    if existing == "overwrite":
+        assert "not a regular file" in box[0].failed[0].reason
