@@ -72,6 +72,7 @@ class _ScoresWriter:
     def __init__(self) -> None:
         self.folders: dict[Path, dict[str, dict]] = {}
         self.sidecars: dict[Path, list[Path]] = {}
+        self.dirty: set[Path] = set()
         self.pending = 0
 
     def _load(self, folder: Path) -> dict[str, dict]:
@@ -95,18 +96,22 @@ class _ScoresWriter:
 
     def add(self, image: Path, doc: dict) -> None:
         self._load(image.parent)[image.name] = doc
+        self.dirty.add(image.parent)
         self.pending += 1
         if self.pending >= _SCORES_EVERY:
             self.flush()
 
     def flush(self) -> None:
-        for folder, scores in self.folders.items():
-            text = json.dumps({"version": 1, "images": scores}, ensure_ascii=False, indent=1, sort_keys=True)
-            atomic_write_text(tagger_scores_path(folder), text + "\n")
-            for sidecar in self.sidecars.pop(folder, []):
+        for folder in sorted(self.dirty):
+            doc = {"version": 1, "images": self.folders[folder]}
+            atomic_write_text(
+                tagger_scores_path(folder), json.dumps(doc, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
+            )
+            for sidecar in self.sidecars.pop(folder, []):  # now in the scores file: the old sidecars go
                 with contextlib.suppress(OSError):
                     sidecar.unlink()
             self.sidecars[folder] = []
+            self.dirty.discard(folder)
         self.pending = 0
 
 
