@@ -493,7 +493,10 @@ def coerce(name: str, value: Any) -> Any:
         return str(value)
     except (TypeError, ValueError):
         expected = kind.replace(" | None", "").split("[")[0]
-        raise ConfigError(f"{name} = {value!r} is not valid: it must be a {expected}.") from None
+        words = {"int": "an integer (a whole number)", "float": "a number", "bool": "true or false"}
+        raise ConfigError(
+            f"{name} = {value!r} is not valid: it must be {words.get(expected, 'a ' + expected)}."
+        ) from None
 
 
 def unknown_key_error(key: str) -> ConfigError:

@@ -14,20 +14,27 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lib_lora.common.errors import UserError
-from lib_lora.common.layout import caption_path, iter_image_files, parse_subset_name
+from lib_lora.common.fsutil import SMALL_FILE_LIMIT, read_small_file
+from lib_lora.common.layout import (
+    TAGGER_SIDECAR_SUFFIX,
+    caption_path,
+    iter_image_files,
+    parse_subset_name,
+    tagger_scores_path,
+)
 from lib_lora.common.tags import join_tags, split_tags, underscores_to_spaces
 from lib_lora.events import Events, StopToken
 
 DEFAULT_CAPTION_EXTENSION = ".txt"
-# The tagger (lib_lora.tagger.batch.CONFIDENCES_SUFFIX; captions may not import it) writes its scores
-# beside the image as ``<stem>.tagger.json``: {"model": str, "ratings": {...}, "general": {tag: score},
-# "character": {tag: score}, "tags": [caption tags]}. A ``"tags"`` mapping {tag: score} is read too.
-TAGGER_SIDECAR_SUFFIX = ".tagger.json"
+# The tagger writes its scores per image folder in ``.tagger/scores.json`` (common.layout), one document
+# per image: {"model": str, "ratings": {...}, "general": {tag: score}, "character": {tag: score},
+# "tags": [caption tags]}; older versions wrote the same document beside the image as
+# ``<stem>.tagger.json`` (still read). A ``"tags"`` mapping {tag: score} is read too.
 
 Tags = tuple[str, ...]
 
@@ -81,7 +88,7 @@ def encode_caption(tags: Sequence[str], newline: str = "") -> bytes:
 class LoadOptions:
     caption_extension: str = DEFAULT_CAPTION_EXTENSION
     recursive: bool = True
-    read_confidences: bool = True  # read the tagger's ``<stem>.tags.json`` sidecars
+    read_confidences: bool = True  # read the tagger's scores (``.tagger/scores.json``, old sidecars)
 
     def __post_init__(self) -> None:
         ext = self.caption_extension
@@ -283,13 +290,11 @@ def _not_utf8_message(path: Path, exc: UnicodeDecodeError) -> str:
     )
 
 
-def read_confidences(path: Path) -> dict[str, float] | None:
-    """Tag confidences from a tagger sidecar; None when it is missing or not in the expected shape."""
-    try:
-        with open(path, "rb") as handle:
-            data = json.loads(handle.read().decode("utf-8-sig"))
-    except (OSError, ValueError):
-        return None
+CONFIDENCES_LIMIT = 64 << 20  # a folder's scores file: ~100 scores per image, thousands of images
+
+
+def confidences_from_document(data: object) -> dict[str, float] | None:
+    """Tag confidences from one image's tagger document; None when it is not in the expected shape."""
     if not isinstance(data, dict):
         return None
     out: dict[str, float] = {}
@@ -312,15 +317,45 @@ def read_confidences(path: Path) -> dict[str, float] | None:
     return out
 
 
-def read_caption_file(path: Path) -> tuple[bytes | None, str | None]:
-    """(bytes, None), (None, None) when there is no caption file, or (None, problem) when it is unusable."""
+def _read_json(path: Path, limit: int) -> object:
+    """The JSON document in ``path``; None when it is absent, unsafe to read (UserError) or not JSON."""
     try:
-        with open(path, "rb") as handle:
-            return handle.read(), None
+        return json.loads(read_small_file(path, limit, "Tagger scores").decode("utf-8-sig"))
+    except (OSError, ValueError, RecursionError, UserError):
+        return None
+
+
+def read_confidences(path: Path) -> dict[str, float] | None:
+    """Tag confidences from an old per-image tagger sidecar (``<stem>.tagger.json``); None when it is
+    missing, unsafe to read or not in the expected shape."""
+    return confidences_from_document(_read_json(path, SMALL_FILE_LIMIT))
+
+
+def read_folder_confidences(folder: Path) -> dict[str, dict[str, float]]:
+    """Image file name -> confidences, from the folder's ``.tagger/scores.json`` (empty when absent)."""
+    data = _read_json(tagger_scores_path(folder), CONFIDENCES_LIMIT)
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, dict):
+        return {}
+    out = {}
+    for name, doc in images.items():
+        scores = confidences_from_document(doc)
+        if isinstance(name, str) and scores:
+            out[name] = scores
+    return out
+
+
+def read_caption_file(path: Path) -> tuple[bytes | None, str | None]:
+    """(bytes, None), (None, None) when there is no caption file, or (None, problem) when it is unusable
+    (a folder, a FIFO or device, over the size cap, unreadable)."""
+    try:
+        return read_small_file(path, SMALL_FILE_LIMIT, "Caption"), None
     except FileNotFoundError:
         return None, None
     except IsADirectoryError:
         return None, f"Caption {path} is a folder, not a file: it is left untouched."
+    except UserError as exc:  # not a regular file, or too large
+        return None, exc.message
     except PermissionError:
         if path.is_dir():
             return None, f"Caption {path} is a folder, not a file: it is left untouched."
@@ -330,10 +365,15 @@ def read_caption_file(path: Path) -> tuple[bytes | None, str | None]:
 
 
 def load_item(
-    root_prefix: int, image: Path, options: LoadOptions, siblings: frozenset[str] | None = None
+    root_prefix: int,
+    image: Path,
+    options: LoadOptions,
+    siblings: frozenset[str] | None = None,
+    folder_scores: dict[str, dict[str, float]] | None = None,
 ) -> CaptionItem:
-    """Read one image's caption (and sidecar); ``root_prefix`` is ``len(str(root)) + 1``.
-    ``siblings``: the casefolded names in the image's folder, when known (saves failed opens)."""
+    """Read one image's caption (and tagger scores); ``root_prefix`` is ``len(str(root)) + 1``.
+    ``siblings``: the casefolded names in the image's folder, when known (saves failed opens);
+    ``folder_scores``: the folder's ``.tagger/scores.json`` already read (else it is read here)."""
     rel = str(image)[root_prefix:].replace(os.sep, "/")
     cap = caption_path(image, options.caption_extension)
     if siblings is None or cap.name.casefold() in siblings:
@@ -347,9 +387,11 @@ def load_item(
         item.set_disk_state(raw)
         item.tags = item.saved_tags
     if options.read_confidences:
+        scores = read_folder_confidences(image.parent) if folder_scores is None else folder_scores
+        item.confidences = scores.get(image.name)
         sidecar = image.stem + TAGGER_SIDECAR_SUFFIX
-        if siblings is None or sidecar.casefold() in siblings:
-            item.confidences = read_confidences(image.with_name(sidecar))
+        if item.confidences is None and (siblings is None or sidecar.casefold() in siblings):
+            item.confidences = read_confidences(image.with_name(sidecar))  # an older version's sidecar
     return item
 
 
@@ -374,10 +416,13 @@ def load_dataset(
     options: LoadOptions | None = None,
     events: Events | None = None,
     stop: StopToken | None = None,
+    image_check: Callable[[Sequence[Path]], Sequence[str | None]] | None = None,
 ) -> Dataset:
     """Load every image's caption under ``root``.
 
     Unusable captions are reported (``Dataset.problems`` and ``events.warning``) and locked, never fatal.
+    ``image_check`` (the trainer's own image check, given by the caller) returns, per image, None or
+    why it cannot be read: such images are left out and reported, as the trainer skips them.
     Raises :class:`lib_lora.events.StopRequested` if ``stop`` fires (a half-loaded dataset is useless).
     """
     options = options or LoadOptions()
@@ -385,10 +430,23 @@ def load_dataset(
     root = check_dataset_folder(root)
     images = list(iter_image_files(root, recursive=options.recursive))
     prefix = len(str(root).rstrip(os.sep)) + 1
+    unreadable: list[FileProblem] = []
+    if image_check is not None and images:
+        usable = []
+        for image, why in zip(images, image_check(images)):
+            if why is None:
+                usable.append(image)
+                continue
+            rel = str(image)[prefix:].replace(os.sep, "/")
+            message = f"Image {rel} cannot be read and is left out (training skips it too): {why}."
+            unreadable.append(FileProblem(rel, message))
+            events.warning(message)
+        images = usable
     items: list[CaptionItem] = []
-    problems: list[FileProblem] = []
+    problems: list[FileProblem] = unreadable
     total = len(images)
     listings: dict[Path, frozenset[str] | None] = {}
+    scores: dict[Path, dict[str, dict[str, float]]] = {}
     owners: dict[str, str] = {}  # caption path (casefolded) -> the first image using it
     for i, image in enumerate(images):
         if stop is not None and i % 256 == 0:
@@ -396,7 +454,8 @@ def load_dataset(
         folder = image.parent
         if folder not in listings:
             listings[folder] = _folder_names(folder)
-        item = load_item(prefix, image, options, listings[folder])
+            scores[folder] = read_folder_confidences(folder) if options.read_confidences else {}
+        item = load_item(prefix, image, options, listings[folder], scores[folder])
         owner = owners.setdefault(item.caption_rel.casefold(), item.rel)
         if owner != item.rel and item.problem is None:
             # a.png and a.jpg both read a.txt: only the first one edits it, so one save never writes it twice

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,7 +28,9 @@ from lib_lora.captions.model import (
     decode_caption,
     encode_caption,
     load_dataset,
+    normalize_tag,
     parse_caption,
+    parse_tag_list,
     ranked_counts,
     read_caption_file,
     tag_frequency,
@@ -49,6 +51,7 @@ from lib_lora.captions.ops import (
 from lib_lora.common.errors import UserError
 from lib_lora.common.fsutil import atomic_write_bytes, is_read_only, sync_files
 from lib_lora.common.tags import dedupe_tags
+from lib_lora.common.text import plural
 from lib_lora.events import Events, StopToken
 
 CONFLICT_CHOICES = ("ask", "skip", "overwrite", "reload")
@@ -129,6 +132,31 @@ class SaveResult:
         return not self.unresolved and not self.failed and not self.stopped
 
 
+class _ChangedMeanwhile(Exception):
+    """The caption file is no longer what was backed up: another program wrote it meanwhile."""
+
+    def __init__(self, raw: bytes | None) -> None:
+        super().__init__("changed on disk while saving")
+        self.raw = raw
+
+
+def _before_swap(path: Path) -> None:
+    """Runs right before a caption's compare-and-swap (a seam for tests that race the save)."""
+
+
+def _unchanged_since(path: Path, expected: bytes | None) -> Callable[[], None]:
+    """The compare of the compare-and-swap: raise _ChangedMeanwhile unless ``path`` still holds
+    ``expected`` (None: still does not exist)."""
+
+    def check() -> None:
+        _before_swap(path)
+        raw, problem = read_caption_file(path)
+        if problem is not None or raw != expected:
+            raise _ChangedMeanwhile(raw)
+
+    return check
+
+
 def _text_or_none(raw: bytes | None) -> str | None:
     if raw is None:
         return None
@@ -179,7 +207,9 @@ class CaptionSession:
     def index(self, key: ItemKey) -> int:
         if isinstance(key, int):
             if not 0 <= key < len(self.items):
-                raise UserError(f"Image number {key} is out of range (the dataset has {len(self.items)} images).")
+                raise UserError(
+                    f"Image number {key} is out of range (the dataset has {plural(len(self.items), 'image')})."
+                )
             return key
         return self.dataset.index_of(key)
 
@@ -225,12 +255,48 @@ class CaptionSession:
         shown = self.visible_items()
         return ranked_counts(tag_frequency(shown), len(shown))
 
+    def protected_tags(
+        self,
+        keep_tokens: int = 1,
+        keep_tokens_separator: str = "",
+        activation: str | Iterable[str] = (),
+        visible_only: bool = True,
+    ) -> set[str]:
+        """Tags a pruning suggestion must never name, because removing them would remove the trigger:
+        the ``N_name`` folders' class tokens, the activation tag(s) given, and every tag that sits in
+        the kept head of a caption (its first ``keep_tokens`` tags: the default 1 is where the tagger
+        and the guides put the activation tag; and the text before ``keep_tokens_separator``)."""
+        out = set(self.dataset.class_tokens())
+        out.update(parse_tag_list(activation))
+        head = max(0, int(keep_tokens or 0))
+        for item in self.visible_items() if visible_only else self.items:
+            out.update(item.tags[:head])
+            if keep_tokens_separator:
+                for tag in item.tags:
+                    if keep_tokens_separator in tag:  # "mychar ||| smile": the tag holding it too
+                        out.add(tag)
+                        before = normalize_tag(tag.split(keep_tokens_separator, 1)[0])
+                        if before:
+                            out.add(before)
+                        break
+                    out.add(tag)
+        return out
+
     def suggest_common_tags(
-        self, threshold: float = 0.9, exclude: Iterable[str] | None = None, visible_only: bool = True
+        self,
+        threshold: float = 0.9,
+        exclude: Iterable[str] | None = None,
+        visible_only: bool = True,
+        keep_tokens: int = 1,
+        keep_tokens_separator: str = "",
+        activation: str | Iterable[str] = (),
     ) -> list[TagCount]:
         """Tags in at least ``threshold`` of the (filtered) images: candidates to prune so the activation
-        tag absorbs them. ``exclude`` defaults to the ``N_name`` folders' class tokens."""
-        skip = self.dataset.class_tokens() if exclude is None else set(exclude)
+        tag absorbs them. Never the activation tag: ``exclude`` defaults to :meth:`protected_tags`."""
+        if exclude is None:
+            skip = self.protected_tags(keep_tokens, keep_tokens_separator, activation, visible_only)
+        else:
+            skip = set(exclude)
         indices = self.visible() if visible_only else None
         return common_tags(self.items, indices, threshold, skip)
 
@@ -458,8 +524,12 @@ class CaptionSession:
         writes ours (the on-disk version goes to the backup), ``"reload"`` takes the on-disk version.
         A read-only caption, or one that became a folder, is reported in ``failed`` and left alone.
         Then one backup zip with the previous version of every caption about to be written is saved in
-        ``.caption-history/``; only then are the captions written, each atomically. Captions not
-        written keep their unsaved edits. Raises UserError (writing nothing) if the backup fails.
+        ``.caption-history/``; only then are the captions written, each atomically and as a
+        compare-and-swap: at the moment of the replace the file is read again, and if another
+        program changed it since it was backed up, it is not replaced but reported in ``conflicts``
+        (its new text stays on disk, ours stays as an unsaved edit, the old one is in the backup).
+        Captions not written keep their unsaved edits. Raises UserError (writing nothing) if the
+        backup fails.
         """
         choices = dict(choices or {})
         for choice in [on_conflict, *choices.values()]:
@@ -515,8 +585,18 @@ class CaptionSession:
                     break
                 item = self.items[i]
                 try:
-                    # the backup is already durable: one flush at the end instead of two fsyncs per file
-                    atomic_write_bytes(item.caption_file, data, durable=False)
+                    # the backup is already durable: one flush at the end instead of two fsyncs per file;
+                    # compare-and-swap: only the text that went into the backup is ever replaced
+                    atomic_write_bytes(
+                        item.caption_file, data, durable=False, before_replace=_unchanged_since(item.caption_file, raw)
+                    )
+                except _ChangedMeanwhile as exc:
+                    reason = (
+                        f"Caption {item.caption_file} was changed by another program while it was being saved: "
+                        "its new text was left in place and your edit was not written (it is kept, unsaved)."
+                    )
+                    result.conflicts.append(replace(self._conflict(item, exc.raw), reason=reason))
+                    continue
                 except UserError as exc:
                     result.failed.append(FileProblem(item.caption_rel, f"{exc} The edit is kept; nothing was lost."))
                     continue
@@ -567,7 +647,7 @@ class CaptionSession:
 
 def summary_line(result: SaveResult) -> str:
     """One line describing a save, for logs and status bars."""
-    parts = [f"saved {len(result.written) + len(result.created)} captions"]
+    parts = [f"saved {plural(len(result.written) + len(result.created), 'caption')}"]
     if result.created:
         parts.append(f"{len(result.created)} new")
     if result.backup:

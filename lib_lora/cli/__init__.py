@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
             description=help_text,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        verb_parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        # SUPPRESS: absent after the verb, it leaves the global flag (``--debug VERB``) as it was
+        verb_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         module.add_arguments(verb_parser)
         verb_parser.set_defaults(_run=module.run, _accepts_extra=getattr(module, "ACCEPTS_EXTRA", False))
     return parser

@@ -224,7 +224,8 @@ def _stats(session: Any, args: argparse.Namespace) -> int:
     from lib_lora.captions import dataset_stats
 
     stats = dataset_stats(session.dataset)
-    common = session.suggest_common_tags(args.threshold, visible_only=False)
+    # a listing (nothing is removed): every common tag but the class tokens, the first tags included
+    common = session.suggest_common_tags(args.threshold, visible_only=False, keep_tokens=0)
     tags = stats.tags[: args.top] if args.top > 0 else stats.tags
     if args.json:
         doc = {

@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lib_lora.cli.import_ import console_events
     from lib_lora.common.errors import UserError
+    from lib_lora.common.text import plural
     from lib_lora.events import StopToken
     from lib_lora.importer.dedupe import DedupeOptions, dedupe
 
@@ -60,9 +61,12 @@ def run(args: argparse.Namespace) -> int:
         print("to review (not moved):")
         for pair in scan.review:
             print(f"  {pair.a.rel} <-> {pair.b.rel}: distance {pair.distance}, {pair.reason}")
-    summary = f"{len(scan.images)} images, {len(scan.duplicates)} duplicates {verb}, {len(scan.review)} pairs to review"
+    summary = (
+        f"{plural(len(scan.images), 'image')}, {plural(len(scan.duplicates), 'duplicate')} {verb}, "
+        f"{plural(len(scan.review), 'pair')} to review"
+    )
     if scan.skipped:
-        summary += f", {len(scan.skipped)} unreadable files skipped"
+        summary += f", {plural(len(scan.skipped), 'unreadable file')} skipped"
     if result.report:
         summary += f"; report: {result.report}"
     print(summary + ".", file=sys.stderr)

@@ -78,7 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--characters-first", action="store_true", help="put character tags before general tags")
     parser.add_argument(
-        "--confidences", action="store_true", help="also write <image>.tagger.json with every score (caption editor)"
+        "--confidences",
+        action="store_true",
+        help="also keep every score in <folder>/.tagger/scores.json (caption editor)",
     )
     parser.add_argument(
         "--device",

@@ -1,8 +1,13 @@
-"""Atomic file writes: a reader (the webui, another tool) never sees a half-written file.
+"""Atomic file writes, and safe reads of small files.
 
 Every write goes to a temporary file in the target's folder, is flushed and fsynced, then renamed
-over the target with ``os.replace``. On Windows a target that another process holds open cannot be
-replaced for a moment; the rename is retried briefly before giving up.
+over the target with ``os.replace``: a reader (the webui, another tool) never sees a half-written
+file. On Windows a target that another process holds open cannot be replaced for a moment; the
+rename is retried briefly before giving up.
+
+Small text files that come with a dataset (captions, tagger scores) are read with
+:func:`read_small_file`: only regular files (a symlink only when it points at one), never more than
+a size cap, so a FIFO cannot hang a scan and a link to ``/dev/zero`` cannot fill the memory.
 """
 
 from __future__ import annotations
@@ -13,13 +18,58 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
 from lib_lora.common.errors import UserError
 
 _TMP_PREFIX = ".tmp-"
+SMALL_FILE_LIMIT = 1 << 20  # 1 MiB: far above any real caption
+
+
+class UnsafeFileError(UserError):
+    """A file that is not read: not a regular file (FIFO, device, socket), or larger than the cap."""
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):g} MiB" if size >= (1 << 20) else f"{size} bytes"
+
+
+def read_small_file(path: str | os.PathLike, limit: int = SMALL_FILE_LIMIT, what: str = "File") -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes.
+
+    A symlink is followed only when its target is a regular file. Raises ``FileNotFoundError`` when
+    there is no such file, ``IsADirectoryError`` for a folder, :class:`UnsafeFileError` (one sentence
+    starting with ``what``) for a FIFO, device or socket or a file over ``limit``, and ``OSError``
+    for other read failures. A FIFO is never opened for reading (no read can block).
+    """
+    path = Path(path)
+    info = os.stat(path)  # follows symlinks: a link to /dev/zero is seen as the device it is
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafeFileError(f"{what} {path} is not a regular file (a pipe, device or socket): it is not read.")
+    if info.st_size > limit:
+        raise UnsafeFileError(f"{what} {path} is {_mib(info.st_size)}, over the {_mib(limit)} limit: it is not read.")
+    # O_NONBLOCK: a file swapped for a FIFO after the check still cannot block the open
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafeFileError(f"{what} {path} is not a regular file (a pipe, device or socket): it is not read.")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:  # it grew after the check
+        raise UnsafeFileError(f"{what} {path} is over the {_mib(limit)} limit: it is not read.")
+    return b"".join(chunks)
 
 
 def replace_with_retry(src: str | os.PathLike, dst: str | os.PathLike, attempts: int = 20, delay: float = 0.05) -> None:
@@ -55,13 +105,19 @@ def _fsync_dir(folder: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_open(
-    path: str | os.PathLike, mode: str = "wb", encoding: str | None = None, durable: bool = True
+    path: str | os.PathLike,
+    mode: str = "wb",
+    encoding: str | None = None,
+    durable: bool = True,
+    before_replace: Callable[[], None] | None = None,
 ) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on a clean exit it replaces ``path`` atomically.
 
     On an exception the temporary file is removed and ``path`` is left exactly as it was.
     ``durable=False`` skips the fsyncs (file and folder): the replacement is still atomic for
     readers, but may not survive a power cut; for batches that flush once at the end (``sync_files``).
+    ``before_replace`` runs once the new content is complete, right before the rename: an exception
+    it raises cancels the write (compare-and-swap: check the target is still what it was).
     """
     if "w" not in mode:
         raise ValueError("atomic_open is for writing")
@@ -82,6 +138,8 @@ def atomic_open(
             if durable:
                 os.fsync(handle.fileno())
         _copy_mode(target, tmp)
+        if before_replace is not None:
+            before_replace()
         replace_with_retry(tmp, target)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -119,9 +177,11 @@ def write_error(
     return UserError(f"Cannot write {target}: {exc.strerror or exc}.")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_open(path, "wb", durable=durable) as handle:
+def atomic_write_bytes(
+    path: str | os.PathLike, data: bytes, durable: bool = True, before_replace: Callable[[], None] | None = None
+) -> None:
+    """Write ``data`` to ``path`` atomically (``before_replace``: see :func:`atomic_open`)."""
+    with atomic_open(path, "wb", durable=durable, before_replace=before_replace) as handle:
         handle.write(data)
 
 

@@ -15,6 +15,12 @@ from pathlib import Path
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Folders our own tools create inside a dataset; never training data.
 RESERVED_DIRS: frozenset[str] = frozenset({"_duplicates", ".caption-history", "_rejected"})
+# The tagger's scores (for the caption editor): one file per image folder, in a hidden folder
+# (``<folder>/.tagger/scores.json``, {"version": 1, "images": {image file name: scores document}}).
+# Older versions wrote ``<stem>.tagger.json`` beside every image; those are still read, and migrated.
+TAGGER_SCORES_DIR = ".tagger"
+TAGGER_SCORES_NAME = "scores.json"
+TAGGER_SIDECAR_SUFFIX = ".tagger.json"
 _SUBSET = re.compile(r"^(\d+)_(.+)$")
 
 
@@ -60,6 +66,11 @@ def iter_image_files(root: str | os.PathLike, recursive: bool = True) -> Iterato
         for name in sorted(files):
             if not name.startswith(".") and is_image_file(name):
                 yield Path(folder) / name
+
+
+def tagger_scores_path(folder: str | os.PathLike) -> Path:
+    """``<folder>/.tagger/scores.json``: the tagger's scores for the images of ``folder``."""
+    return Path(folder) / TAGGER_SCORES_DIR / TAGGER_SCORES_NAME
 
 
 def caption_path(image: str | os.PathLike, caption_extension: str = ".txt") -> Path:

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from lib_lora.common.errors import UserError
+from lib_lora.common.fsutil import UnsafeFileError, read_small_file
 from lib_lora.common.layout import RESERVED_DIRS, caption_path, iter_image_files, parse_subset_name
+from lib_lora.common.text import plural
 from lib_lora.data.buckets import BucketChoice, BucketError, BucketManager, BucketSettings, Size
 from lib_lora.data.images import probe_image
 from lib_lora.events import Events, StopToken
@@ -88,8 +90,9 @@ class DatasetScan:
         return result
 
     def summary(self) -> str:
-        return f"{self.num_images} images in {len(self.subsets)} folders, {self.num_train_images} with repeats" + (
-            f", {len(self.skipped)} skipped" if self.skipped else ""
+        return (
+            f"{plural(self.num_images, 'image')} in {plural(len(self.subsets), 'folder')}, "
+            f"{self.num_train_images} with repeats" + (f", {len(self.skipped)} skipped" if self.skipped else "")
         )
 
 
@@ -97,6 +100,10 @@ def _listing(paths: Sequence[Any], shown: int = _SHOWN) -> str:
     names = [str(p) for p in paths[:shown]]
     more = len(paths) - shown
     return ", ".join(names) + (f" and {more} more" if more > 0 else "")
+
+
+def _have(things: Sequence[Any]) -> str:
+    return "has" if len(things) == 1 else "have"
 
 
 def _subset_name(folder_name: str) -> tuple[int, str] | None:
@@ -117,10 +124,11 @@ def _has_images(folder: Path) -> bool:
 
 
 def _read_caption(image: Path, caption_extension: str) -> str | None:
-    """First line of the image's caption file, stripped; None when there is no caption file."""
+    """First line of the image's caption file, stripped; None when there is no caption file.
+    Raises UnsafeFileError (a FIFO, a device, over 1 MiB: the image is skipped) or UserError."""
     path = caption_path(image, caption_extension)
     try:
-        data = path.read_bytes()
+        data = read_small_file(path, what="Caption file")
     except FileNotFoundError:
         return None
     except IsADirectoryError:
@@ -139,7 +147,10 @@ def _read_caption(image: Path, caption_extension: str) -> str | None:
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n", 1)[0].strip()
 
 
-def _find_subsets(root: Path) -> list[tuple[Path, int, str]]:
+def _find_subsets(root: Path, ignored: list[Path] | None = None) -> list[tuple[Path, int, str]]:
+    """The ``N_name`` folders of ``root``. A folder with images but no ``N_`` prefix beside real
+    training folders is not used (as sd-scripts, which ignores it with a warning) and goes to
+    ``ignored``; one with 0 repeats, or a dataset with no training folder at all, is refused."""
     if not root.exists():
         raise UserError(f"Dataset folder {root} does not exist.")
     if not root.is_dir():
@@ -167,8 +178,13 @@ def _find_subsets(root: Path) -> list[tuple[Path, int, str]]:
             f"Move them into a subfolder such as {root / ('10_' + root.name)} (N = repeats per epoch) "
             "and point at the parent folder.",
         )
+    zero_repeats = [p for p in unprefixed if re.match(r"0+_", p.name)]
+    if subsets and unprefixed and not zero_repeats and ignored is not None:
+        ignored.extend(unprefixed)
+        unprefixed = []
     if unprefixed:
-        first = unprefixed[0]
+        first = (zero_repeats or unprefixed)[0]
+        unprefixed = [first] + [p for p in unprefixed if p != first]
         others = f" (also: {_listing([p.name for p in unprefixed[1:]])})" if len(unprefixed) > 1 else ""
         zero = re.match(r"0+_(.*)", first.name)
         if zero:
@@ -211,7 +227,8 @@ def scan_dataset(
 ) -> DatasetScan:
     """Find the subsets, images and captions under ``train_data_dir`` and check every image opens.
 
-    Raises :class:`UserError` for a folder that is not ``N_name``, a dataset with no subsets, a
+    Raises :class:`UserError` for a folder that is not ``N_name`` when there is no training folder
+    (beside training folders it is not used, with a warning), a ``0_name`` folder, a dataset with no subsets, a
     path that is a subset itself, a caption that is not UTF-8, or when no image is usable.
     Unreadable images are listed in ``skipped`` (and reported through ``events``), not fatal.
     Nothing is written. Stops with :class:`lib_lora.events.StopRequested` when ``stop`` fires.
@@ -220,22 +237,33 @@ def scan_dataset(
     root = Path(train_data_dir)
     if not caption_extension.startswith("."):
         caption_extension = "." + caption_extension
-    found = _find_subsets(root)
+    ignored: list[Path] = []
+    found = _find_subsets(root, ignored)
     warnings: list[str] = []
+    if ignored:
+        names = _listing([p.name for p in ignored])
+        warnings.append(
+            f"{plural(len(ignored), 'folder')} in {root} {'is' if len(ignored) == 1 else 'are'} not used for training, "
+            f"the name does not start with the repeats and an underscore (e.g. '10_{ignored[0].name}'): {names}"
+        )
 
     if _has_images(root):
         warnings.append(f"images directly in {root} are not used: only its N_name subfolders are training data.")
 
-    # captions first: a bad caption file is a hard error, found before the slow image check
+    # captions first: a bad caption file is a hard error, found before the slow image check; a caption
+    # that is no regular file or is too large to be one is reported and its image skipped
     images: list[tuple[int, Path, str | None]] = []
+    skipped: list[tuple[Path, str]] = []
     for index, (folder, _repeats, _tokens) in enumerate(found):
         for image in iter_image_files(folder, recursive=False):
-            images.append((index, image, _read_caption(image, caption_extension)))
+            try:
+                images.append((index, image, _read_caption(image, caption_extension)))
+            except UnsafeFileError as exc:
+                skipped.append((image, exc.message.rstrip(".")))
 
-    probes = _probe_all([path for _, path, _ in images], events, stop, workers)
+    probes = probe_images([path for _, path, _ in images], events, stop, workers)
 
     items: list[ImageItem] = []
-    skipped: list[tuple[Path, str]] = []
     missing_caption: list[Path] = []
     empty_caption: list[Path] = []
     tiny: list[Path] = []
@@ -266,13 +294,14 @@ def scan_dataset(
 
     if skipped:
         warnings.append(
-            f"{len(skipped)} images cannot be read and are skipped: "
+            f"{plural(len(skipped), 'image')} cannot be read and {'is' if len(skipped) == 1 else 'are'} skipped: "
             + _listing([f"{path.name} ({why})" for path, why in skipped])
         )
     if not items:
         if skipped:
             raise UserError(
-                f"No usable images in {root}: all {len(skipped)} images are unreadable or corrupt "
+                f"No usable images in {root}: {'the' if len(skipped) == 1 else 'all'} "
+                f"{plural(len(skipped), 'image')} {'is' if len(skipped) == 1 else 'are'} unreadable or corrupt "
                 f"(first: {skipped[0][0]}: {skipped[0][1]})."
             )
         raise UserError(
@@ -284,19 +313,21 @@ def scan_dataset(
             warnings.append(f"training folder '{subset.name}' has no usable images.")
     if missing_caption:
         warnings.append(
-            f"{len(missing_caption)} images have no caption file ({caption_extension}) or an empty one; "
+            f"{plural(len(missing_caption), 'image')} {_have(missing_caption)} no caption file ({caption_extension}) "
+            "or an empty one; "
             f"their folder's class tokens are used instead: {_listing([p.name for p in missing_caption])}"
         )
     if empty_caption:
         warnings.append(
-            f"{len(empty_caption)} images have neither a caption nor class tokens and train with an empty "
+            f"{plural(len(empty_caption), 'image')} {_have(empty_caption)} neither a caption nor class tokens and "
+            "train with an empty "
             f"caption: {_listing([p.name for p in empty_caption])}"
         )
     if len(items) < FEW_IMAGES:
-        warnings.append(f"only {len(items)} usable images: a LoRA usually needs at least 10-20.")
+        warnings.append(f"only {plural(len(items), 'usable image')}: a LoRA usually needs at least 10-20.")
     if tiny:
         warnings.append(
-            f"{len(tiny)} images are smaller than {TINY_SIDE} px on the shorter side and will be upscaled "
+            f"{plural(len(tiny), 'image')} {'is' if len(tiny) == 1 else 'are'} smaller than {TINY_SIDE} px on the shorter side and will be upscaled "
             f"(blurry training data): {_listing([p.name for p in tiny])}"
         )
     stems: dict[Path, list[Path]] = {}
@@ -321,8 +352,12 @@ def _probe_one(path: Path) -> Size | str:
         return reason.splitlines()[0][:200]
 
 
-def _probe_all(paths: list[Path], events: Events, stop: StopToken | None, workers: int | None) -> list[Size | str]:
-    """Probe every image (threads: PIL decodes without the GIL); a size or the reason it failed."""
+def probe_images(
+    paths: Sequence[Path], events: Events | None = None, stop: StopToken | None = None, workers: int | None = None
+) -> list[Size | str]:
+    """Check every image with :func:`probe_image` (threads: PIL decodes without the GIL); per image its
+    upright size, or the reason it cannot be used (the one image check of the scan and the editor)."""
+    events = events or Events()
     total = len(paths)
     results: list[Size | str] = [""] * total
     if not total:

@@ -1,6 +1,6 @@
 """Reading training images and turning them into bucket-sized tensors.
 
-* :func:`probe_image` — size and a cheap integrity check, used by the dataset scan.
+* :func:`probe_image` — size and a full decode, used by the dataset scan and the caption editor.
 * :func:`load_image_rgb` — the decoded image as RGB, upright, transparency composited on white.
 * :func:`transform` — cover-resize to the bucket choice, crop, flip, to a [-1, 1] float tensor.
 
@@ -57,21 +57,19 @@ def _upright_size(size: Size, orientation: int) -> Size:
 
 
 def probe_image(path: str | Path) -> ImageProbe:
-    """Read ``path``'s header and check the file decodes, cheaply; raise on a corrupt or truncated file.
+    """Read ``path``'s header and decode it completely; raise on a corrupt or truncated file.
 
-    JPEG is decoded at 1/8 scale (draft mode), PNG is checked chunk by chunk (CRCs up to the end,
-    no inflate), other formats are decoded fully. Raises ``OSError``/``ValueError``/... from PIL.
+    Every pixel is decoded (JPEG at 1/8 scale in draft mode, which still reads the whole stream), so
+    a file that would stop training later (a PNG with valid CRCs around a broken zlib stream, a
+    truncated JPEG) is found by the scan instead. Raises ``OSError``/``ValueError``/... from PIL.
+    This is the one image check: the training scan and the caption editor both use it.
     """
     with Image.open(path) as image:
         size = image.size
         orientation = _orientation(image)
-        fmt = image.format
-        if fmt == "PNG":
-            image.verify()
-        else:
-            if fmt in ("JPEG", "MPO"):
-                image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
-            image.load()
+        if image.format in ("JPEG", "MPO"):
+            image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+        image.load()
     if size[0] <= 0 or size[1] <= 0:
         raise ValueError(f"invalid image size {size[0]}x{size[1]}")
     return ImageProbe(_upright_size(size, orientation), orientation)

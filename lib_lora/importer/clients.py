@@ -191,6 +191,9 @@ def normalize_base_url(url: str, option: str = "--base-url") -> str:
     return urllib.parse.urlunsplit((parts.scheme.lower(), parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def _int(value: Any, default: int = 0) -> int:
     try:
         return int(value)
@@ -236,6 +239,38 @@ class BooruClient:
         default_host = urllib.parse.urlsplit(self.default_base_url).netloc.lower()
         self.site_key = self.site if self.host == default_host else f"{self.site}@{self.host}"
 
+    # the domains the site's API names for its files (reference/booru-and-dedupe.md), by default host
+    default_file_domains: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    @property
+    def file_domains(self) -> tuple[str, ...]:
+        """Domains a post's file may come from: the API's own host and its subdomains, and the
+        site's CDN as the API names it (Danbooru: ``cdn.donmai.us``; Gelbooru: ``img3.gelbooru.com``)."""
+        hostname = (urllib.parse.urlsplit(self.base_url).hostname or "").lower()
+        return (hostname, *self.default_file_domains.get(hostname, ()))
+
+    def file_url_problem(self, url: str | None) -> str | None:
+        """Why a post's file address is not downloaded (None when it is fine): only http(s), only the
+        site's own hosts; the API's own host also on its own port."""
+        parts = urllib.parse.urlsplit(str(url or ""))
+        if parts.scheme.lower() not in ("http", "https"):
+            return f"its file address is not a web address ({parts.scheme or 'no'} scheme); only http(s) is downloaded"
+        try:
+            hostname, port = (parts.hostname or "").lower(), parts.port
+        except ValueError:
+            return "its file address has an invalid port"
+        base = urllib.parse.urlsplit(self.base_url)
+        default = {"http": 80, "https": 443}[parts.scheme.lower()]
+        if hostname == (base.hostname or "").lower() and (port or default) == (
+            base.port or _DEFAULT_PORTS[base.scheme]
+        ):
+            return None
+        if (port or default) == default and any(
+            hostname == domain or hostname.endswith("." + domain) for domain in self.file_domains
+        ):
+            return None
+        return f"its file is on {hostname or 'no host'}, not on {self.label}'s own servers ({', '.join(self.file_domains)})"
+
     def check_query(self, query: str) -> None:
         """Raise UserError for a query the site would refuse (before any request)."""
 
@@ -251,6 +286,7 @@ class DanbooruClient(BooruClient):
     site = "danbooru"
     label = "Danbooru"
     default_base_url = "https://danbooru.donmai.us"
+    default_file_domains: ClassVar[dict[str, tuple[str, ...]]] = {"danbooru.donmai.us": ("donmai.us",)}
     max_page_size = 200
 
     def __init__(
@@ -606,6 +642,7 @@ class MoebooruClient(BooruClient):
     site = "moebooru"
     label = "Moebooru"
     default_base_url = "https://yande.re"
+    default_file_domains: ClassVar[dict[str, tuple[str, ...]]] = {"konachan.com": ("konachan.net",)}
     max_page_size = 100
 
     def _auth_params(self) -> dict[str, str]:

@@ -36,11 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, UnidentifiedImageError
 
 from lib_lora.common.errors import UserError
 from lib_lora.common.fsutil import atomic_write_text, replace_with_retry
 from lib_lora.common.layout import IMAGE_EXTENSIONS, iter_image_files
+from lib_lora.common.text import plural
 from lib_lora.events import Events, StopToken
 
 DUPLICATES_DIR = "_duplicates"
@@ -387,7 +388,11 @@ def analyse_image(path: Path, root: Path) -> ImageInfo:
     """Read one image: size, md5, perceptual hash. Raises for unreadable files."""
     data = path.read_bytes()
     md5 = hashlib.md5(data).hexdigest()
-    with Image.open(io.BytesIO(data)) as image:
+    try:
+        opened = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:  # PIL's own message names the in-memory buffer, not the file
+        raise UnidentifiedImageError(f"cannot identify image file {path.name}") from None
+    with opened as image:
         fmt = image.format or path.suffix.lstrip(".").upper()
         width, height = image.size
         if image.format == "JPEG" and min(width, height) > 512:
@@ -739,9 +744,8 @@ def scan(
     result.timings["checks"] = time.perf_counter() - started
     n_dup = len(result.duplicates)
     events.info(
-        f"{len(infos)} images: {n_dup} duplicate{'s' if n_dup != 1 else ''} in {len(result.groups)} "
-        f"group{'s' if len(result.groups) != 1 else ''}, {len(result.review)} pair"
-        f"{'s' if len(result.review) != 1 else ''} to review."
+        f"{plural(len(infos), 'image')}: {plural(n_dup, 'duplicate')} in {plural(len(result.groups), 'group')}, "
+        f"{plural(len(result.review), 'pair')} to review."
     )
     return result
 

@@ -44,6 +44,7 @@ from lib_lora.importer.http import (
     HttpClient,
     HttpError,
     NetworkError,
+    NotAWebAddress,
     describe_error,
     looks_like_html,
 )
@@ -53,6 +54,12 @@ PART_SUFFIX = ".part"
 _CHUNK = 64 * 1024
 _MAX_CONSECUTIVE_NETWORK_FAILURES = 5
 _ARCHIVE_EVERY = 20  # archive writes: every 20 new files and at the end (the file grows with the dataset)
+# A file may be at most its declared size plus a little (sites round, CDNs re-encode metadata), and
+# never more than the hard ceiling (Danbooru's own upload limit is 100 MB): a hostile server that
+# sends more is cut off and its part removed, instead of filling the disk.
+SIZE_SLACK_RATIO = 0.10
+SIZE_SLACK_BYTES = 1 << 20
+MAX_FILE_BYTES = 256 << 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,6 +317,21 @@ def _content_range(headers: dict[str, str]) -> tuple[int | None, int | None]:
     return start, total_int
 
 
+def size_cap(declared: int | None) -> int:
+    """The most bytes a file may have: its declared size with slack, never above MAX_FILE_BYTES."""
+    if not declared or declared <= 0:
+        return MAX_FILE_BYTES
+    return min(MAX_FILE_BYTES, int(declared * (1 + SIZE_SLACK_RATIO)) + SIZE_SLACK_BYTES)
+
+
+def _too_large(size: int, cap: int, declared: int | None) -> DownloadFailed:
+    said = f"the {declared / (1 << 20):.1f} MiB the site declared" if declared else "the size limit"
+    return DownloadFailed(
+        f"the server sent more than {cap / (1 << 20):.1f} MiB ({said} allows at most that; "
+        f"got {size / (1 << 20):.1f} MiB or more), so the download was stopped and removed"
+    )
+
+
 def fetch_to_part(
     http: HttpClient,
     url: str,
@@ -323,7 +345,10 @@ def fetch_to_part(
     ``416`` for a non-empty part means it is already complete. Raises :class:`DownloadFailed` for a
     file that cannot be had (4xx, a web page instead of the image, retries spent), UserError for a
     disk problem (the part is then removed), StopRequested when stopped (the part is kept).
+    A file larger than :func:`size_cap` of ``expected_size`` (announced, or while it streams) is a
+    DownloadFailed and its part is removed.
     """
+    cap = size_cap(expected_size)
     attempt = 0
     while True:
         attempt += 1
@@ -336,6 +361,9 @@ def fetch_to_part(
         status = response.status
         total: int | None = None
         try:
+            if have > cap:
+                part.unlink(missing_ok=True)
+                raise _too_large(have, cap, expected_size)
             if status == 416 and have:
                 _, total = _content_range(resp_headers)
                 if total is not None and total != have:
@@ -360,13 +388,24 @@ def fetch_to_part(
                     length = _int_or_none(resp_headers.get("content-length"))
                     total = have + length if length is not None else None
             else:
+                if 300 <= status < 400:
+                    raise DownloadFailed(
+                        f"HTTP {status}: a redirect to an address that is not downloaded (only http(s))"
+                    )
                 raise DownloadFailed(f"HTTP {status}" + (" (the file is gone)" if status in (404, 410) else ""))
             content_type = resp_headers.get("content-type", "").lower()
             if content_type.startswith(("text/", "application/json")):
                 sample = response.read(512) or b""
                 what = "a web page" if looks_like_html(sample) or "html" in content_type else f"'{content_type}'"
                 raise DownloadFailed(f"the server sent {what} instead of the image", bad_content=True)
-            received, broke = _stream(response, part, mode, have, total, http, progress)
+            if total is not None and total > cap:
+                if mode == "ab":
+                    part.unlink(missing_ok=True)
+                raise _too_large(total, cap, expected_size)
+            received, broke = _stream(response, part, mode, have, total, http, progress, cap)
+            if broke == _OVER_CAP:
+                part.unlink(missing_ok=True)
+                raise _too_large(have + received, cap, expected_size)
         finally:
             with contextlib.suppress(*NETWORK_ERRORS):
                 response.close()
@@ -392,8 +431,10 @@ def _stream(
     total: int | None,
     http: HttpClient,
     progress: Callable[[int, int | None], None] | None,
+    cap: int = MAX_FILE_BYTES,
 ) -> tuple[int, str | None]:
-    """Append the body to ``part``; (bytes received, why the connection broke or None)."""
+    """Append the body to ``part``; (bytes received, why the connection broke or None).
+    Stops with ``_OVER_CAP`` as the reason once the part would grow past ``cap`` bytes."""
     received = 0
     broke: str | None = None
     try:
@@ -409,6 +450,9 @@ def _stream(
                 broke = describe_error(exc)
                 break
             if not chunk:
+                break
+            if have + received + len(chunk) > cap:
+                broke = _OVER_CAP
                 break
             try:
                 handle.write(chunk)
@@ -427,6 +471,9 @@ def _stream(
                 handle.close()
             raise _disk_error(part, exc) from exc
     return received, broke
+
+
+_OVER_CAP = "over the size cap"
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -579,6 +626,7 @@ def download_posts(
     site = posts[0].site_key if posts else options.site
     result = ImportResult(site, options.tags.strip(), folder, found=len(posts), skipped=dict(skipped or {}))
     archive = DownloadArchive(dataset)
+    client = make_site_client(options, http)  # which hosts may serve the files (no request is made)
     present = _existing_md5_files(dataset)
     total = len(posts)
     network_failures = 0
@@ -596,7 +644,14 @@ def download_posts(
                 events.progress("downloading", index + 1, total, f"{post.key}: already in the dataset")
                 continue
             try:
+                problem = client.file_url_problem(post.file_url) if post.file_url else None
+                if problem:
+                    raise DownloadFailed(problem)
                 imported = _download_one(options, post, folder, http, events, index, total)
+            except NotAWebAddress as exc:
+                result.failed.append((post.key, str(exc)))
+                events.warning(f"Skipped {post.key}: {exc}")
+                continue
             except DownloadFailed as exc:
                 result.failed.append((post.key, str(exc)))
                 events.warning(f"Skipped {post.key}: {exc}.")
@@ -607,6 +662,13 @@ def download_posts(
                             f"Gave up after {network_failures} downloads in a row failed: {exc}.",
                             "Run the same import again later; finished files are kept.",
                         ) from exc
+                continue
+            except (UserError, StopRequested):
+                raise  # a full disk, a stop, the site unreachable: the whole import's business
+            except Exception as exc:  # one odd post never ends the import
+                reason = f"unexpected {type(exc).__name__}: {exc}"
+                result.failed.append((post.key, reason))
+                events.warning(f"Skipped {post.key}: {reason}.")
                 continue
             network_failures = 0
             archive.add(post.key, md5, _rel(imported.image, dataset))

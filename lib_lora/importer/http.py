@@ -106,14 +106,37 @@ class _UrllibResponse:
         self._response.close()
 
 
+class _WebOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http(s) addresses only (urllib's own handler also follows ``ftp://``)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        target = urllib.parse.urljoin(req.full_url, newurl)
+        if urllib.parse.urlsplit(target).scheme.lower() not in WEB_SCHEMES:
+            raise urllib.error.HTTPError(target, code, f"{msg} (a redirect to a non-web address refused)", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 class UrllibTransport:
-    """The real network: ``urllib`` with redirects followed, proxies from the environment, and
-    every status returned as a response."""
+    """The real network: ``urllib`` with http(s) redirects followed, proxies from the environment,
+    and every status returned as a response. Only ``http``/``https`` addresses are ever opened
+    (urllib alone would read ``file://`` paths and fetch ``ftp://``)."""
 
     def __init__(self) -> None:
-        self._opener = urllib.request.build_opener(_KeepErrorResponses())
+        opener = urllib.request.OpenerDirector()
+        for handler in (
+            urllib.request.ProxyHandler(),
+            urllib.request.UnknownHandler(),
+            urllib.request.HTTPHandler(),
+            urllib.request.HTTPSHandler(),
+            urllib.request.HTTPDefaultErrorHandler(),
+            _WebOnlyRedirects(),
+            _KeepErrorResponses(),
+        ):
+            opener.add_handler(handler)
+        self._opener = opener
 
     def open(self, url: str, headers: Mapping[str, str], timeout: float) -> RawResponse:
+        check_web_url(url)
         request = urllib.request.Request(url, headers=dict(headers), method="GET")
         try:
             response = self._opener.open(request, timeout=timeout)
@@ -155,6 +178,21 @@ class NetworkError(UserError):
 
 class CloudflareChallenge(UserError):
     """The site put a Cloudflare browser check in front of the API."""
+
+
+WEB_SCHEMES = ("http", "https")
+
+
+class NotAWebAddress(UserError):
+    """An address that is not http(s): never opened (a ``file://`` path would read a local file)."""
+
+
+def check_web_url(url: str) -> None:
+    """Raise :class:`NotAWebAddress` unless ``url`` is an ``http``/``https`` address with a host."""
+    parts = urllib.parse.urlsplit(str(url or ""))
+    if parts.scheme.lower() not in WEB_SCHEMES or not parts.hostname:
+        shown = redact_url(str(url))[:120]
+        raise NotAWebAddress(f"'{shown}' is not a web address (only http and https are downloaded).")
 
 
 def redact_url(url: str) -> str:
@@ -344,6 +382,7 @@ class HttpClient:
         The body is not read: the caller streams it and closes the response. Network errors and
         5xx/429 answers are retried here; a Cloudflare challenge raises :class:`CloudflareChallenge`.
         """
+        check_web_url(url)
         sent = self._headers(headers)
         host = _host(url)
         last_problem = ""

@@ -12,6 +12,7 @@ import hashlib
 import os
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -24,9 +25,11 @@ from lib_lora.captions import (
     LoadOptions,
     SaveResult,
     TagFilter,
+    load_dataset,
     summary_line,
 )
 from lib_lora.common.errors import UserError
+from lib_lora.data.dataset import probe_images
 from lib_lora.events import Events, StopToken
 
 __all__ = [
@@ -58,7 +61,16 @@ def open_session(
     path = Path(text).expanduser()
     if not path.is_dir():
         raise UserError(f"Dataset folder {path} does not exist." if not path.exists() else f"{path} is not a folder.")
-    return CaptionSession.open(path, LoadOptions(caption_extension=caption_extension or ".txt"), events, stop)
+    options = LoadOptions(caption_extension=caption_extension or ".txt")
+    return CaptionSession(
+        load_dataset(path, options, events, stop, image_check=lambda paths: check_images(paths, stop))
+    )
+
+
+def check_images(paths: Sequence[Path], stop: StopToken | None = None) -> list[str | None]:
+    """Per image, None or why training cannot read it: the training scan's own check, so the editor
+    leaves out (and reports) exactly the images the trainer skips."""
+    return [None if isinstance(probe, tuple) else probe for probe in probe_images(list(paths), stop=stop)]
 
 
 def thumbnail_folder() -> Path:

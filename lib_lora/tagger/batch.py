@@ -9,6 +9,7 @@ skipped and listed in the result; nothing else about them is touched.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -22,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from lib_lora.common.errors import UserError
-from lib_lora.common.fsutil import atomic_write_text, is_read_only
-from lib_lora.common.layout import caption_path, iter_image_files
+from lib_lora.common.fsutil import atomic_write_text, is_read_only, read_small_file
+from lib_lora.common.layout import TAGGER_SIDECAR_SUFFIX, caption_path, iter_image_files, tagger_scores_path
 from lib_lora.common.tags import join_tags, split_tags
+from lib_lora.common.text import plural
 from lib_lora.events import Events, StopToken
 from lib_lora.tagger.labels import (
     EXISTING_POLICIES,
@@ -38,12 +40,79 @@ from lib_lora.tagger.models import DEFAULT_MODEL
 from lib_lora.tagger.preprocess import ImageReadError, load_and_prepare
 from lib_lora.tagger.session import Tagger, load_tagger
 
-CONFIDENCES_SUFFIX = ".tagger.json"  # <stem>.tagger.json beside the image: every score >= 0.05
+CONFIDENCES_SUFFIX = TAGGER_SIDECAR_SUFFIX  # older versions: <stem>.tagger.json beside every image (still read)
+SCORES_LIMIT = 64 << 20
+_SCORES_EVERY = 256  # images between two writes of the scores files (and at the end)
 
 
 def confidences_path(image: str | os.PathLike) -> Path:
-    image = Path(image)
-    return image.with_name(image.stem + CONFIDENCES_SUFFIX)
+    """The file holding ``image``'s scores: its folder's ``.tagger/scores.json``."""
+    return tagger_scores_path(Path(image).parent)
+
+
+def read_scores(folder: str | os.PathLike) -> dict[str, dict]:
+    """Image file name -> scores document, from ``folder``'s scores file ({} when absent or unreadable)."""
+    try:
+        data = json.loads(read_small_file(tagger_scores_path(folder), SCORES_LIMIT, "Tagger scores"))
+    except (OSError, ValueError, RecursionError, UserError):
+        return {}
+    images = data.get("images") if isinstance(data, dict) else None
+    return (
+        {k: v for k, v in images.items() if isinstance(k, str) and isinstance(v, dict)}
+        if isinstance(images, dict)
+        else {}
+    )
+
+
+class _ScoresWriter:
+    """Every score >= 0.05 of each tagged image, kept per folder in ``<folder>/.tagger/scores.json``
+    (written atomically every few hundred images and at the end). Older ``<stem>.tagger.json``
+    sidecars in a folder are taken into its scores file and then removed (migrated)."""
+
+    def __init__(self) -> None:
+        self.folders: dict[Path, dict[str, dict]] = {}
+        self.sidecars: dict[Path, list[Path]] = {}
+        self.dirty: set[Path] = set()
+        self.pending = 0
+
+    def _load(self, folder: Path) -> dict[str, dict]:
+        if folder not in self.folders:
+            scores = read_scores(folder)
+            sidecars = sorted(folder.glob("*" + CONFIDENCES_SUFFIX))
+            images = {p.stem: p.name for p in iter_image_files(folder, recursive=False)} if sidecars else {}
+            for sidecar in sidecars:
+                name = images.get(sidecar.name[: -len(CONFIDENCES_SUFFIX)])
+                if name is None or name in scores:
+                    continue
+                try:
+                    doc = json.loads(read_small_file(sidecar, what="Tagger scores"))
+                except (OSError, ValueError, RecursionError, UserError):
+                    continue
+                if isinstance(doc, dict):
+                    scores[name] = doc
+            self.folders[folder] = scores
+            self.sidecars[folder] = [p for p in sidecars if p.name[: -len(CONFIDENCES_SUFFIX)] in images]
+        return self.folders[folder]
+
+    def add(self, image: Path, doc: dict) -> None:
+        self._load(image.parent)[image.name] = doc
+        self.dirty.add(image.parent)
+        self.pending += 1
+        if self.pending >= _SCORES_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        for folder in sorted(self.dirty):
+            doc = {"version": 1, "images": self.folders[folder]}
+            atomic_write_text(
+                tagger_scores_path(folder), json.dumps(doc, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
+            )
+            for sidecar in self.sidecars.pop(folder, []):  # now in the scores file: the old sidecars go
+                with contextlib.suppress(OSError):
+                    sidecar.unlink()
+            self.sidecars[folder] = []
+            self.dirty.discard(folder)
+        self.pending = 0
 
 
 @dataclass(frozen=True)
@@ -56,7 +125,7 @@ class TagFolderOptions:
     existing: str = "skip"  # skip | overwrite | append | prepend
     batch_size: int = 0  # images per inference call; 0 = auto (4 on the CPU, 16 on a GPU)
     recursive: bool = True
-    confidences: bool = False  # also write <stem>.tagger.json for the caption editor
+    confidences: bool = False  # also keep every score in <folder>/.tagger/scores.json for the caption editor
     device: str = "auto"  # auto | cuda | directml | cpu
     threads: int = 0  # onnxruntime intra-op threads; 0 = its default (one per physical core)
     workers: int = 0  # decode threads; 0 = min(4, CPU count)
@@ -147,12 +216,13 @@ class _ImageSkipped(Exception):
 
 
 def _has_caption(path: Path) -> bool:
-    """True when ``path`` holds at least one tag (an unreadable caption counts: it is left alone)."""
+    """True when ``path`` holds at least one tag (an unreadable caption counts: it is left alone;
+    a FIFO or device is never read)."""
     try:
-        return bool(split_tags(path.read_text(encoding="utf-8-sig")))
+        return bool(split_tags(read_small_file(path, what="Caption").decode("utf-8-sig")))
     except FileNotFoundError:
         return False
-    except (OSError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError, UserError):
         return True
 
 
@@ -178,6 +248,7 @@ class _CaptionWriter:
     def __init__(self, options: TagFolderOptions, model_name: str) -> None:
         self.options = options
         self.model_name = model_name
+        self.scores = _ScoresWriter()
 
     def write(
         self, image: Path, caption: Path, prediction: Prediction, scores: np.ndarray, tagger: Tagger
@@ -187,9 +258,11 @@ class _CaptionWriter:
             if is_read_only(caption):
                 raise _ImageSkipped(f"its caption file {caption.name} is read-only; left unchanged")
             try:
-                existing_text = caption.read_text(encoding="utf-8-sig")
+                existing_text = read_small_file(caption, what="Its caption file").decode("utf-8-sig")
             except UnicodeDecodeError:
                 raise _ImageSkipped(f"its caption file {caption.name} is not UTF-8 text; left unchanged") from None
+            except UserError as exc:  # a FIFO, a device, too large
+                raise _ImageSkipped(exc.message.rstrip(".")) from None
             except OSError as exc:
                 raise _ImageSkipped(f"cannot read its caption file {caption.name} ({exc.strerror or exc})") from None
         tags = merge_caption(
@@ -203,7 +276,7 @@ class _CaptionWriter:
         if self.options.confidences:
             doc = confidences_document(prediction, scores, tagger.labels, self.options.tags, self.model_name)
             doc["tags"] = tags
-            atomic_write_text(confidences_path(image), json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
+            self.scores.add(image, doc)
         return TaggedImage(image, caption, tags, status)
 
 
@@ -245,7 +318,7 @@ def tag_folder(
         todo.append((image, caption))
     if not todo:
         events.info(
-            f"Nothing to tag in {folder}: {_n(result.images, 'image')}, {result.kept} already captioned"
+            f"Nothing to tag in {folder}: {plural(result.images, 'image')}, {result.kept} already captioned"
             + (f", {len(result.failed)} skipped." if result.failed else ".")
         )
         _report_failures(result, events)
@@ -267,7 +340,7 @@ def tag_folder(
     workers = options.workers or min(4, os.cpu_count() or 1)
     batch_size = options.batch_size or auto_batch_size(tagger)
     events.info(
-        f"Tagging {_n(len(todo), 'image')} with {tagger.name} on {tagger.device} (batch {batch_size}, "
+        f"Tagging {plural(len(todo), 'image')} with {tagger.name} on {tagger.device} (batch {batch_size}, "
         f"{workers} decode threads)" + (f"; {result.kept} captioned images kept." if result.kept else ".")
     )
     writer = _CaptionWriter(options, tagger.name)
@@ -322,25 +395,27 @@ def tag_folder(
             events.progress("tagging", done, total, "")  # the last images may all have failed to decode
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
+        try:
+            writer.scores.flush()  # also after a stop or an error: the captions written have their scores
+        except UserError as exc:
+            events.warning(f"The tagger's scores could not be saved: {exc}")
 
     result.seconds = time.perf_counter() - started
     summary = (
-        f"Tagged {_n(len(result.tagged), 'image')} in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s): "
-        f"{result.written} captions written, {result.unchanged} unchanged, {result.kept} kept"
+        f"Tagged {plural(len(result.tagged), 'image')} in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s): "
+        f"{plural(result.written, 'caption')} written, {result.unchanged} unchanged, {result.kept} kept"
     )
     if result.stopped:
-        summary += f"; stopped ({stop.reason or 'stop requested'}), {_n(total - done, 'image')} left for the next run"
+        summary += (
+            f"; stopped ({stop.reason or 'stop requested'}), {plural(total - done, 'image')} left for the next run"
+        )
     events.info(summary + ".")
     _report_failures(result, events)
     return result
-
-
-def _n(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _report_failures(result: TagFolderResult, events: Events) -> None:
     if result.failed:
         lines = "\n".join(f"  {f.path}: {f.reason}" for f in result.failed)
         count = len(result.failed)
-        events.warning(f"{_n(count, 'image')} {'was' if count == 1 else 'were'} skipped:\n{lines}")
+        events.warning(f"{plural(count, 'image')} {'was' if count == 1 else 'were'} skipped:\n{lines}")

@@ -8,11 +8,14 @@ backs up the previous captions and reports captions changed on disk meanwhile.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from lib_lora.common.errors import UserError
+from lib_lora.common.text import plural
 from lib_lora.jobs import dataset_info, editor, tagging
 from lib_lora.ui import html
 from lib_lora.ui.common import guarded, host_events, job_html, long_js, number
@@ -21,7 +24,11 @@ from lib_lora.ui.compat import hidden_progress, js_kwargs, unchanged
 if TYPE_CHECKING:
     from lib_lora.ui.tab import TrainerTab
 
-N_EDITOR_OUTPUTS = 8  # state, gallery, page info, tag list, suggestions, preview, history, status
+# state, gallery, page info, tag list, suggestions, preview, history, status, then the selected image's
+# info, caption box and the caption the box was filled with (every change of the session refreshes the box)
+N_EDITOR_OUTPUTS = 11
+STATUS = 7  # the status output's position
+N_VIEW = 14  # inputs every editor handler gets first: see View
 TAG_LIST_LIMIT = 300
 CAPTION_PREVIEW_CHARS = 140
 
@@ -132,6 +139,7 @@ class EditorPanel:
         with gr.Row():
             with gr.Column():
                 self.selected = gr.State(None)
+                self.shown_caption = gr.State(None)  # the caption the box was filled with
                 self.selected_info = gr.HTML(elem_id="lora_trainer_selected_info")
                 self.caption = gr.Textbox(
                     label="Caption of the selected image", lines=3, elem_id="lora_trainer_caption"
@@ -193,10 +201,18 @@ class EditorPanel:
             self.preview,
             self.history,
             self.status,
+            self.selected_info,
+            self.caption,
+            self.shown_caption,
         ]
 
     def view_inputs(self) -> list[Any]:
-        return [self.state, self.include, self.include_mode, self.exclude, self.exclude_mode, self.search, self.search_mode, self.page, self.per_page]  # fmt: skip
+        form = self.tab.train.form.components
+        keep = [form[name] if name in form else gr.State(None) for name in ("keep_tokens", "keep_tokens_separator")]
+        return [
+            self.state, self.include, self.include_mode, self.exclude, self.exclude_mode, self.search, self.search_mode,
+            self.page, self.per_page, self.selected, self.shown_caption, self.activation_tag, *keep,
+        ]  # fmt: skip
 
     def wire(self) -> None:
         folder = self.tab.dataset.folder
@@ -231,10 +247,12 @@ class EditorPanel:
         per_page_event(self.show, view, out)
 
         self.gallery.select(
-            self.select_image, [self.state, self.page, self.per_page], [self.selected, self.selected_info, self.caption]
+            self.select_image,
+            [self.state, self.page, self.per_page],
+            [self.selected, self.selected_info, self.caption, self.shown_caption],
         )
-        self.caption_apply.click(self.edit_caption, [*view, self.selected, self.caption], out)
-        self.use_suggestions.click(self.suggestions_to_remove, [self.state], [self.remove_text, self.status])
+        self.caption_apply.click(self.edit_caption, [*view, self.caption], out)
+        self.use_suggestions.click(self.suggestions_to_remove, view, [self.remove_text, self.status])
         self.add_button.click(self.add_tags, [*view, self.add_text, self.add_where], out)
         self.remove_button.click(self.remove_tags, [*view, self.remove_text], out)
         self.replace_button.click(self.replace, [*view, self.find, self.replace_with, self.regex, self.whole], out)
@@ -304,10 +322,37 @@ class EditorPanel:
             )  # fmt: skip
         )
 
-    def _render(self, session: editor.CaptionSession | None, page: Any, per_page: Any, status: str = "") -> list[Any]:
+    def _suggest(self, session: editor.CaptionSession, view: View) -> list[Any]:
+        """Pruning candidates for the shown images: never the activation tag (the tagger's box, the
+        class tokens, the kept first tags), or the next Remove would strip the trigger word."""
+        return session.suggest_common_tags(
+            0.9, keep_tokens=view.keep_tokens, keep_tokens_separator=view.keep_separator, activation=view.activation
+        )
+
+    def _selected_outputs(self, session: editor.CaptionSession, selected: Any) -> list[Any]:
+        """[info, caption box, caption shown]: the selected image's current caption, so the box never
+        shows a caption older than the session's (after a batch edit, an undo, a reload)."""
+        if not selected:
+            return [gr.update(), gr.update(), gr.update()]
+        try:
+            item = session.item(str(selected))
+        except UserError:
+            return [html.message("The selected image is not part of the loaded captions: select it again."), "", None]
+        info = html.message(f"{item.rel}" + (" (locked: " + item.problem + ")" if item.locked else ""))
+        return [info, item.caption, item.caption]
+
+    def _render(
+        self,
+        session: editor.CaptionSession | None,
+        page: Any,
+        per_page: Any,
+        status: str = "",
+        view: View | None = None,
+    ) -> list[Any]:
         if session is None:
             empty = html.message("Load the captions of the dataset folder to edit them.")
-            return [None, [], "", "", "", "", "", status or empty]
+            return [None, [], "", "", "", "", "", status or empty, gr.update(), gr.update(), gr.update()]
+        view = view or View()
         visible = session.visible()
         size = int(number(per_page, "Thumbnails per page", 1, integer=True) or 48)
         pages = max(1, math.ceil(len(visible) / size))
@@ -323,19 +368,20 @@ class EditorPanel:
             )
             mark = "* " if item.dirty else ""
             gallery.append((str(editor.thumbnail(item.image)), f"{mark}{item.rel}: {text or '(no caption)'}"))
+        dirty = session.dirty_count
         info = html.message(
-            f"Page {current} of {pages}: {len(visible)} of {len(session.items)} images shown"
-            f"; {session.dirty_count} unsaved caption changes." + (" (* = changed)" if session.dirty_count else "")
+            f"Page {current} of {pages}: {len(visible)} of {plural(len(session.items), 'image')} shown"
+            f"; {plural(dirty, 'unsaved caption change')}." + (" (* = changed)" if dirty else "")
         )
         counts = session.tag_counts(visible_only=True)
         tag_rows = [(c.tag, c.count, f"{c.fraction:.0%}") for c in counts[:TAG_LIST_LIMIT]]
         more = f" (first {TAG_LIST_LIMIT} of {len(counts)})" if len(counts) > TAG_LIST_LIMIT else ""
         tags = (
-            f'<div class="lt-taglist">{html.message(f"{len(counts)} tags in the shown images{more}")}'
+            f'<div class="lt-taglist">{html.message(plural(len(counts), "tag") + " in the shown images" + more)}'
             + html.table(("tag", "images", "share"), tag_rows, empty="No tags.")
             + "</div>"
         )
-        common = session.suggest_common_tags(0.9)
+        common = self._suggest(session, view)
         if common:
             suggestion = html.message(
                 "Tags in 90% or more of the shown images (candidates to remove, so the activation tag learns them): "
@@ -354,6 +400,7 @@ class EditorPanel:
             self._preview_html(session),
             self._history_html(session),
             "".join(status_parts),
+            *self._selected_outputs(session, view.selected),
         ]
 
     @staticmethod
@@ -363,7 +410,9 @@ class EditorPanel:
             return html.message("No unsaved changes.")
         parts = [
             html.message(
-                f"{preview.changed} captions will be written when you save ({preview.created} new files).", "warning"
+                f"{plural(preview.changed, 'caption')} will be written when you save "
+                f"({plural(preview.created, 'new file')}).",
+                "warning",
             )
         ]
         if preview.tags_added:
@@ -386,55 +435,49 @@ class EditorPanel:
             raise UserError("Load the captions first (Load captions).")
         return state
 
-    def _edit(self, state: Any, filters: tuple, page: Any, per_page: Any, action) -> list[Any]:
-        session = self._session(state)
-        self._apply_filter(session, *filters)
+    def _edit(self, args: Sequence[Any], action) -> list[Any]:
+        view = View.of(args)
+        session = self._session(view.state)
+        self._apply_filter(session, *view.filters)
         result = action(session)
         if result is None:
-            return self._render(session, page, per_page, html.message("Nothing to do."))
-        text = f"{result.label}: {result.changed} captions changed"
+            return self._render(session, view.page, view.per_page, html.message("Nothing to do."), view)
+        text = f"{result.label}: {plural(result.changed, 'caption')} changed"
         if result.considered:
             text += f" of {result.considered} shown"
         if result.locked:
-            text += f" ({result.locked} locked captions left alone)"
-        return self._render(session, page, per_page, html.message(text + ". Not saved yet.", "ok"))
+            text += f" ({plural(result.locked, 'locked caption')} left alone)"
+        return self._render(session, view.page, view.per_page, html.message(text + ". Not saved yet.", "ok"), view)
 
     # ------------------------------------------------------------------ editor handlers
-    @guarded(N_EDITOR_OUTPUTS)
-    def load(
-        self,
-        state,
-        include,
-        include_mode,
-        exclude,
-        exclude_mode,
-        search,
-        search_mode,
-        page,
-        per_page,
-        folder,
-        ext=".txt",
-    ):
+    @guarded(N_EDITOR_OUTPUTS, status=STATUS)
+    def load(self, *args):
+        view, (folder, ext) = View.of(args), (list(args[N_VIEW:]) + [None, None])[:2]
+        state = view.state
         if state is not None and state.dirty_count:
             changed = state.changed_on_disk()
-            text = f"{state.dirty_count} unsaved caption changes are kept (save or discard them first to reload)." + (
-                f" {len(changed)} captions changed on disk meanwhile; saving reports them." if changed else ""
+            text = (
+                f"{plural(state.dirty_count, 'unsaved caption change')} "
+                f"{'is' if state.dirty_count == 1 else 'are'} kept (save or discard them first to reload)."
+            ) + (
+                f" {plural(len(changed), 'caption')} changed on disk meanwhile; saving reports them." if changed else ""
             )
             session = state
-            self._apply_filter(session, include, include_mode, exclude, exclude_mode, search, search_mode)
-            return self._render(session, page, per_page, html.message(text, "warning"))
+            self._apply_filter(session, *view.filters)
+            return self._render(session, view.page, view.per_page, html.message(text, "warning"), view)
         session = editor.open_session(folder, (ext or ".txt").strip() or ".txt")
-        self._apply_filter(session, include, include_mode, exclude, exclude_mode, search, search_mode)
-        text = f"Loaded {len(session.items)} images from {session.root}."
+        self._apply_filter(session, *view.filters)
+        text = f"Loaded {plural(len(session.items), 'image')} from {session.root}."
         if not session.items:
             text = f"No images found in {session.root}."
-        return self._render(session, 1, per_page, html.message(text, "ok" if session.items else "warning"))
+        return self._render(session, 1, view.per_page, html.message(text, "ok" if session.items else "warning"), view)
 
-    @guarded(N_EDITOR_OUTPUTS)
-    def show(self, state, include, include_mode, exclude, exclude_mode, search, search_mode, page, per_page):
-        session = self._session(state)
-        self._apply_filter(session, include, include_mode, exclude, exclude_mode, search, search_mode)
-        return self._render(session, page, per_page)
+    @guarded(N_EDITOR_OUTPUTS, status=STATUS)
+    def show(self, *args):
+        view = View.of(args)
+        session = self._session(view.state)
+        self._apply_filter(session, *view.filters)
+        return self._render(session, view.page, view.per_page, "", view)
 
     def first_page(self) -> int:
         return 1
@@ -445,75 +488,86 @@ class EditorPanel:
         except (TypeError, ValueError):
             return 1
 
-    @guarded(N_EDITOR_OUTPUTS)
-    def discard(self, state, *view):
-        return self._edit(state, view[:6], view[6], view[7], lambda s: s.discard_changes())
+    @guarded(N_EDITOR_OUTPUTS, status=STATUS)
+    def discard(self, *args):
+        return self._edit(args, lambda s: s.discard_changes())
 
-    @guarded(N_EDITOR_OUTPUTS)
-    def undo(self, state, *view):
-        return self._edit(state, view[:6], view[6], view[7], lambda s: s.undo())
+    @guarded(N_EDITOR_OUTPUTS, status=STATUS)
+    def undo(self, *args):
+        return self._edit(args, lambda s: s.undo())
 
-    @guarded(N_EDITOR_OUTPUTS)
-    def redo(self, state, *view):
-        return self._edit(state, view[:6], view[6], view[7], lambda s: s.redo())
+    @guarded(N_EDITOR_OUTPUTS, status=STATUS)
+    def redo(self, *args):
+        return self._edit(args, lambda s: s.redo())
 
-    @guarded(N_EDITOR_OUTPUTS)
-    def add_tags(self, state, *args):
-        view, (text, where) = args[:8], args[8:]
+    @guarded(N_EDITOR_OUTPUTS, status=STATUS)
+    def add_tags(self, *args):
+        text, where = args[N_VIEW:]
         if not (text or "").strip():
             raise UserError("Enter the tags to add (comma-separated).")
-        return self._edit(state, view[:6], view[6], view[7], lambda s: s.add_tags(text, position=where or "front"))
+        return self._edit(args, lambda s: s.add_tags(text, position=where or "front"))
 
-    @guarded(N_EDITOR_OUTPUTS)
-    def remove_tags(self, state, *args):
-        view, (text,) = args[:8], args[8:]
+    @guarded(N_EDITOR_OUTPUTS, status=STATUS)
+    def remove_tags(self, *args):
+        (text,) = args[N_VIEW:]
         if not (text or "").strip():
             raise UserError("Enter the tags to remove (comma-separated).")
-        return self._edit(state, view[:6], view[6], view[7], lambda s: s.remove_tags(text))
+        return self._edit(args, lambda s: s.remove_tags(text))
 
-    @guarded(N_EDITOR_OUTPUTS)
-    def replace(self, state, *args):
-        view, (old, new, regex, whole) = args[:8], args[8:]
-        return self._edit(
-            state, view[:6], view[6], view[7],
-            lambda s: s.replace(old or "", new or "", regex=bool(regex), whole_caption=bool(whole)),
-        )  # fmt: skip
+    @guarded(N_EDITOR_OUTPUTS, status=STATUS)
+    def replace(self, *args):
+        old, new, regex, whole = args[N_VIEW:]
+        return self._edit(args, lambda s: s.replace(old or "", new or "", regex=bool(regex), whole_caption=bool(whole)))
 
-    @guarded(N_EDITOR_OUTPUTS)
-    def move_to_front(self, state, *args):
-        view, (text,) = args[:8], args[8:]
+    @guarded(N_EDITOR_OUTPUTS, status=STATUS)
+    def move_to_front(self, *args):
+        (text,) = args[N_VIEW:]
         if not (text or "").strip():
             raise UserError("Enter the tags to move to the front.")
-        return self._edit(state, view[:6], view[6], view[7], lambda s: s.move_to_front(text))
+        return self._edit(args, lambda s: s.move_to_front(text))
 
-    @guarded(N_EDITOR_OUTPUTS)
-    def sort_tags(self, state, *args):
-        view, (key, keep) = args[:8], args[8:]
+    @guarded(N_EDITOR_OUTPUTS, status=STATUS)
+    def sort_tags(self, *args):
+        key, keep = args[N_VIEW:]
         keep_first = int(number(keep, "Keep first tags in place", 0, integer=True) or 0)
-        return self._edit(state, view[:6], view[6], view[7], lambda s: s.sort(key or "alpha", keep_first))
+        return self._edit(args, lambda s: s.sort(key or "alpha", keep_first))
 
-    @guarded(N_EDITOR_OUTPUTS)
-    def underscores(self, state, *view):
-        return self._edit(state, view[:6], view[6], view[7], lambda s: s.underscores_to_spaces())
+    @guarded(N_EDITOR_OUTPUTS, status=STATUS)
+    def underscores(self, *args):
+        return self._edit(args, lambda s: s.underscores_to_spaces())
 
-    @guarded(N_EDITOR_OUTPUTS)
-    def dedupe(self, state, *view):
-        return self._edit(state, view[:6], view[6], view[7], lambda s: s.dedupe())
+    @guarded(N_EDITOR_OUTPUTS, status=STATUS)
+    def dedupe(self, *args):
+        return self._edit(args, lambda s: s.dedupe())
 
-    @guarded(N_EDITOR_OUTPUTS)
-    def edit_caption(self, state, *args):
-        view, (selected, text) = args[:8], args[8:]
-        if not selected:
+    @guarded(N_EDITOR_OUTPUTS, status=STATUS)
+    def edit_caption(self, *args):
+        view, (text,) = View.of(args), args[N_VIEW:]
+        if not view.selected:
             raise UserError("Select an image in the gallery first.")
-        return self._edit(state, view[:6], view[6], view[7], lambda s: s.edit(selected, text or ""))
+        session = self._session(view.state)
+        current = session.item(str(view.selected)).caption
+        if view.shown_caption is not None and current != view.shown_caption:
+            # the box was filled before a batch edit or undo changed this caption: applying it would
+            # silently revert that change, so show the current caption instead and apply nothing
+            self._apply_filter(session, *view.filters)
+            message = html.message(
+                f"The caption of {view.selected} changed (a batch edit or undo) after it was put in the box: "
+                "nothing was applied, and the box now shows its current caption. Make your edit again.",
+                "warning",
+            )
+            return self._render(session, view.page, view.per_page, message, view)
+        return self._edit(args, lambda s: s.edit(str(view.selected), text or ""))
 
-    @guarded(N_EDITOR_OUTPUTS)
-    def save(self, state, *args):
-        view, (choice,) = args[:8], args[8:]
-        session = self._session(state)
-        self._apply_filter(session, *view[:6])
+    @guarded(N_EDITOR_OUTPUTS, status=STATUS)
+    def save(self, *args):
+        view, (choice,) = View.of(args), args[N_VIEW:]
+        session = self._session(view.state)
+        self._apply_filter(session, *view.filters)
         if not session.dirty_count:
-            return self._render(session, view[6], view[7], html.message("Nothing to save: no unsaved changes."))
+            return self._render(
+                session, view.page, view.per_page, html.message("Nothing to save: no unsaved changes."), view
+            )
         result = session.save(on_conflict=choice or "ask")
         dataset_info.forget_scan(session.root)
         parts = [html.message(editor.summary_line(result) + ".", "ok" if result.ok else "warning")]
@@ -526,7 +580,7 @@ class EditorPanel:
                 )
             )
         parts += [html.message(p.message, "error") for p in result.failed[:10]]
-        return self._render(session, view[6], view[7], "".join(parts))
+        return self._render(session, view.page, view.per_page, "".join(parts), view)
 
     def select_image(self, state: Any, page: Any, per_page: Any, evt: gr.SelectData) -> list[Any]:
         try:
@@ -540,20 +594,55 @@ class EditorPanel:
             if not 0 <= position < len(visible):
                 raise UserError("That image is no longer shown; refresh the gallery.")
             item = session.items[visible[position]]
-            info = html.message(f"{item.rel}" + (" (locked: " + item.problem + ")" if item.locked else ""))
-            return [item.rel, info, item.caption]
+            return [item.rel, *self._selected_outputs(session, item.rel)]
         except Exception as exc:  # an unusable click: say so, change nothing
-            out = unchanged(3)
+            out = unchanged(4)
             out[1] = html.error(str(exc) if isinstance(exc, UserError) else f"Unexpected {type(exc).__name__}: {exc}")
             return out
 
     @guarded(2)
-    def suggestions_to_remove(self, state: Any) -> list[Any]:
-        session = self._session(state)
-        common = session.suggest_common_tags(0.9)
+    def suggestions_to_remove(self, *args: Any) -> list[Any]:
+        view = View.of(args)
+        session = self._session(view.state)
+        self._apply_filter(session, *view.filters)
+        common = self._suggest(session, view)
         if not common:
             return [gr.update(), html.message("There are no suggestions for the shown images.")]
         return [
             gr.update(value=", ".join(c.tag for c in common)),
             html.message("Check the tags, then press Remove tags."),
         ]
+
+
+@dataclass(frozen=True)
+class View:
+    """The inputs every editor handler gets first (:meth:`EditorPanel.view_inputs`, in order)."""
+
+    state: Any = None
+    filters: tuple = ("", "and", "", "or", "", "contains")  # include, mode, exclude, mode, search, mode
+    page: Any = 1
+    per_page: Any = 48
+    selected: Any = None  # the selected image (relative path)
+    shown_caption: Any = None  # the caption put in the box when it was filled (None: unknown)
+    activation: Any = ""  # the tagger's activation tag box
+    keep_tokens: int = 1  # the Train tab's keep_tokens (at least the first tag is kept)
+    keep_separator: str = ""  # the Train tab's keep_tokens_separator
+
+    @classmethod
+    def of(cls, args: Sequence[Any]) -> View:
+        values = (list(args[:N_VIEW]) + [None] * N_VIEW)[:N_VIEW]
+        try:
+            keep = int(float(values[12] or 0))
+        except (TypeError, ValueError):
+            keep = 0
+        return cls(
+            state=values[0],
+            filters=tuple(values[1:7]),
+            page=values[7],
+            per_page=values[8],
+            selected=values[9],
+            shown_caption=values[10],
+            activation=str(values[11] or ""),
+            keep_tokens=max(1, keep),
+            keep_separator=str(values[13] or ""),
+        )

@@ -224,3 +224,22 @@ def test_sort_by_tagger_confidence_keeps_the_activation_tag_first(tmp_path: Path
     (root / f"a{TAGGER_SIDECAR_SUFFIX}").write_text(json.dumps(scores))
     assert run_cli(str(root), "--add-front", "irene", "--underscores-to-spaces", "--sort", "confidence") == 0
     assert (root / "a.txt").read_text() == "irene, 1girl, long hair, smile, by hand"
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="FIFOs are POSIX")
+def test_a_caption_that_is_a_fifo_does_not_hang_the_verb(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import os
+    import threading
+
+    root = make_dataset(tmp_path / "ds", {"10_x/a.png": None, "10_x/b.png": "solo"})
+    os.mkfifo(root / "10_x" / "a.txt")
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(run_cli(str(root), "--add-front", "x")), daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():  # unblock the stuck reader, then fail
+        os.close(os.open(root / "10_x" / "a.txt", os.O_WRONLY | os.O_NONBLOCK))
+    assert codes, "the captions verb hangs on a caption that is a FIFO"
+    err = capsys.readouterr().err
+    assert "a.txt is not a regular file" in err
+    assert (root / "10_x" / "b.txt").read_text() == "x, solo"

@@ -171,3 +171,34 @@ def test_stats_frequency_folders_and_captionless(tmp_path: Path) -> None:
         ("3_bg", 1, 0, 3, "bg"),
     ]
     assert ds.class_tokens() == {"irene", "bg"}
+
+
+def test_confidences_come_from_the_folders_scores_file(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "ds", {"10_x/a.png": "smile", "10_x/b.png": "solo"})
+    scores = {"version": 1, "images": {"a.png": {"model": "wd", "general": {"smile": 0.81}}, "b.png": "junk"}}
+    (root / "10_x" / ".tagger").mkdir()
+    (root / "10_x" / ".tagger" / "scores.json").write_text(json.dumps(scores), encoding="utf-8")
+    items = {item.rel: item for item in load_dataset(root).items}
+    assert items["10_x/a.png"].confidence("smile") == pytest.approx(0.81)
+    assert items["10_x/b.png"].confidences is None
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="FIFOs are POSIX")
+def test_a_caption_that_is_a_fifo_or_a_device_is_locked_never_read(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    root = make_dataset(tmp_path / "ds", {"10_x/a.png": None, "10_x/b.png": None, "10_x/c.png": "fine"})
+    os.mkfifo(root / "10_x" / "a.txt")
+    (root / "10_x" / "b.txt").symlink_to("/dev/zero")
+    box: list = []
+    thread = threading.Thread(target=lambda: box.append(load_dataset(root)), daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():  # unblock the stuck reader, then fail
+        os.close(os.open(root / "10_x" / "a.txt", os.O_WRONLY | os.O_NONBLOCK))
+    assert box, "loading hangs on a caption that is a FIFO"
+    items = {item.rel: item for item in box[0].items}
+    for rel in ("10_x/a.png", "10_x/b.png"):
+        assert items[rel].locked and "not a regular file" in items[rel].problem
+    assert items["10_x/c.png"].caption == "fine"

@@ -367,3 +367,80 @@ def test_history_is_bounded(root: Path) -> None:
     while session.undo():
         pass
     assert session.item(0).tags == ("tag1",)
+
+
+# -- item 12.5: the save is a compare-and-swap ------------------------------------------------------------
+
+
+def _race_after_backup(monkeypatch: pytest.MonkeyPatch, path: Path, text: str) -> None:
+    """Another program writes ``path`` right after the backup was taken, before the caption is written."""
+    from lib_lora.captions import backups
+
+    real = backups.write_backup
+
+    def write_backup_then_race(*args, **kwargs):
+        result = real(*args, **kwargs)
+        path.write_text(text, encoding="utf-8")
+        return result
+
+    monkeypatch.setattr(backups, "write_backup", write_backup_then_race)
+
+
+def test_caption_changed_between_backup_and_write_is_not_overwritten(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = CaptionSession.open(root)
+    session.add_tags("irene")
+    caption = root / "1_bg/d.txt"
+    _race_after_backup(monkeypatch, caption, "written by another program")
+    result = session.save()
+    # the other program's text is on disk, ours is kept unsaved, the original is in the backup
+    assert caption.read_text(encoding="utf-8") == "written by another program"
+    assert read_backup(result.backup)["1_bg/d.txt"] == b"scenery, no_humans"
+    (conflict,) = result.unresolved
+    assert conflict.caption == "1_bg/d.txt" and conflict.on_disk == "written by another program"
+    assert "while it was being saved" in conflict.reason and not result.ok
+    assert session.item("1_bg/d.png").dirty and session.item("1_bg/d.png").caption == "irene, scenery, no_humans"
+    assert caption_text(root, "10_irene/a.txt").startswith("irene, 1girl")  # the others were written
+    # the next save sees the change as an ordinary conflict; overwrite backs the other text up first
+    monkeypatch.undo()
+    again = session.save(on_conflict="overwrite")
+    assert again.ok and caption.read_text(encoding="utf-8") == "irene, scenery, no_humans"
+    assert read_backup(again.backup)["1_bg/d.txt"] == b"written by another program"
+
+
+def test_compare_and_swap_checks_at_the_replace_itself(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race injected at the last moment (after the new text is written to its temp file, right
+    before the rename): still not overwritten; a caption created meanwhile is not replaced either."""
+    from lib_lora.captions import session as session_module
+
+    session = CaptionSession.open(root)
+    session.edit("10_irene/a.png", "irene, solo")
+    session.edit("10_irene/c.png", "irene, new")  # no caption file yet
+    raced = {root / "10_irene/a.txt": "edited at the last moment", root / "10_irene/c.txt": "created meanwhile"}
+
+    def race(path: Path) -> None:
+        if path in raced:
+            path.write_text(raced.pop(path), encoding="utf-8")
+
+    monkeypatch.setattr(session_module, "_before_swap", race)
+    result = session.save()
+    assert caption_text(root, "10_irene/a.txt") == "edited at the last moment"
+    assert caption_text(root, "10_irene/c.txt") == "created meanwhile"
+    assert sorted(c.caption for c in result.unresolved) == ["10_irene/a.txt", "10_irene/c.txt"]
+    assert not list((root / "10_irene").glob(".tmp-*"))  # the unused temp files are gone
+
+
+# -- item 12.4: suggestions never name the activation tag -----------------------------------------------
+
+
+def test_suggestions_protect_the_first_kept_tags_and_the_given_activation_tag(tmp_path: Path) -> None:
+    files = {f"1_x/{i}.png": "mychar, red hair, green eyes, extra ||| smile" for i in range(10)}
+    session = CaptionSession.open(make_dataset(tmp_path / "ds", files))
+    names = lambda **kw: [t.tag for t in session.suggest_common_tags(0.9, **kw)]  # noqa: E731
+    # the first tag (where the tagger writes the activation tag) is never suggested by default
+    assert "mychar" not in names()
+    assert names(keep_tokens=2) == ["extra ||| smile", "green eyes"]
+    assert names(keep_tokens=0, activation="mychar, red hair") == ["extra ||| smile", "green eyes"]
+    assert names(keep_tokens=0, keep_tokens_separator="|||") == []
+    assert "mychar" in names(keep_tokens=0)  # nothing protects it: listed (the CLI's plain listing)

@@ -23,7 +23,7 @@ def test_unknown_key_names_the_closest_known_ones() -> None:
     [
         ({"learning_rate": -1e-4}, "learning_rate = -0.0001 is not valid: it must be at least 0"),
         ({"network_dim": 0}, "network_dim = 0 is not valid: it must be at least 1"),
-        ({"train_batch_size": "two"}, "train_batch_size = 'two' is not valid: it must be a int"),
+        ({"train_batch_size": "two"}, "train_batch_size = 'two' is not valid: it must be an integer"),
         ({"network_dim": 4.5}, "network_dim = 4.5 is not valid"),
         ({"mixed_precision": "fp8"}, "mixed_precision = 'fp8' is not valid: choose one of auto, no, fp16, bf16"),
         ({"resolution": "500"}, "multiple of 8"),

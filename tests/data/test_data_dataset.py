@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +16,7 @@ from lib_lora.common.errors import UserError
 from lib_lora.data.buckets import BucketManager, BucketSettings
 from lib_lora.data.dataset import Sample, assign_buckets, plan_buckets, scan_dataset
 from lib_lora.events import RecordingEvents, StopRequested, StopToken
-from support.data_images import listing, make_dataset, truncate, write_image
+from support.data_images import corrupt_zlib_png, listing, make_dataset, truncate, write_image
 
 GUIDE = BucketSettings((512, 512), True, 320, 1280, 64)
 
@@ -111,7 +114,7 @@ def test_corrupt_images_are_skipped_and_listed(dataset: Path) -> None:
 def test_warnings_for_few_and_tiny_images(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "ds", {"1_x": [("a.png", (100, 120), "x")]})
     warnings = scan_dataset(root).warnings
-    assert any("only 1 usable images" in w for w in warnings)
+    assert any("only 1 usable image:" in w for w in warnings)  # "1 image", not "1 images"
     assert any("smaller than 256 px" in w and "a.png" in w for w in warnings)
 
 
@@ -153,11 +156,24 @@ def test_zero_repeats_is_refused_with_the_right_fix(tmp_path: Path) -> None:
     assert "0 times" in message and "at least 1" in message and "'10_irene'" in message
 
 
-def test_unprefixed_folder_beside_good_ones_is_refused_too(tmp_path: Path) -> None:
+def test_unprefixed_folder_beside_good_ones_is_not_used_with_a_warning(tmp_path: Path) -> None:
+    """A stray folder of originals beside the training folders: the Dataset tab says "not used", so
+    the scan (and the bucket table, and training) goes on without it, as sd-scripts does."""
     root = make_dataset(
         tmp_path / "ds", {"10_irene": [("a.png", (300, 300), "x")], "raw": [("b.png", (300, 300), "x")]}
     )
-    _refused(root, "Folder 'raw'")
+    scan = scan_dataset(root)
+    assert [item.path.name for item in scan.items] == ["a.png"]
+    assert [s.name for s in scan.subsets] == ["10_irene"]
+    warning = next(w for w in scan.warnings if "raw" in w)
+    assert "1 folder in" in warning and "is not used for training" in warning and "'10_raw'" in warning
+
+
+def test_zero_repeats_folder_beside_good_ones_is_still_refused(tmp_path: Path) -> None:
+    root = make_dataset(
+        tmp_path / "ds", {"10_irene": [("a.png", (300, 300), "x")], "0_raw": [("b.png", (300, 300), "x")]}
+    )
+    _refused(root, "Folder '0_raw'")
 
 
 def test_folders_without_images_are_ignored(tmp_path: Path) -> None:
@@ -277,3 +293,65 @@ def test_epoch_batches_are_deterministic_and_independent_of_other_epochs() -> No
     assert first.epoch_batches(7, 4) == replayed[4]
     assert len({json.dumps(b) for b in replayed}) == 5  # epochs differ
     assert _plan().epoch_batches(8, 4) != replayed[4]  # seeds differ
+
+
+def test_png_with_a_broken_zlib_stream_is_skipped_by_the_scan(tmp_path: Path) -> None:
+    """Valid chunk CRCs around a corrupt deflate stream: a header check passes it and training stops
+    at the first batch holding it; the scan decodes the pixels, so it is skipped and named at once."""
+    root = make_dataset(tmp_path / "ds", {"10_irene": [("a.png", (320, 320), "irene"), ("b.png", (320, 320), "x")]})
+    corrupt_zlib_png(root / "10_irene" / "b.png")
+    scan = scan_dataset(root)
+    assert [item.path.name for item in scan.items] == ["a.png"]
+    assert [p.name for p, _ in scan.skipped] == ["b.png"]
+    assert any("1 image cannot be read and is skipped: b.png" in w for w in scan.warnings)
+
+
+def _scan_in_thread(root: Path, seconds: float = 20.0):
+    """scan_dataset in a thread: (scan or exception, finished in time)."""
+    box: list = []
+    thread = threading.Thread(target=lambda: box.append(_try(scan_dataset, root)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return (box[0] if box else None), not thread.is_alive()
+
+
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:
+        return exc
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_caption_that_is_a_fifo_does_not_hang_the_scan(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "ds", {"10_irene": [("a.png", (320, 320), "irene"), ("b.png", (320, 320), None)]})
+    fifo = root / "10_irene" / "b.txt"
+    os.mkfifo(fifo)
+    scan, finished = _scan_in_thread(root)
+    if not finished:  # unblock the stuck reader before failing
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert finished, "the scan hangs on a caption that is a FIFO"
+    assert [item.path.name for item in scan.items] == ["a.png"]
+    ((path, why),) = scan.skipped
+    assert path.name == "b.png" and "not a regular file" in why and str(fifo) in why
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero") or os.name != "posix", reason="needs /dev/zero and symlinks")
+def test_caption_symlinked_to_dev_zero_is_refused_not_read(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "ds", {"10_irene": [("a.png", (320, 320), "irene"), ("b.png", (320, 320), None)]})
+    (root / "10_irene" / "b.txt").symlink_to("/dev/zero")
+    scan = scan_dataset(root)
+    assert [item.path.name for item in scan.items] == ["a.png"]
+    assert "not a regular file" in scan.skipped[0][1]
+
+
+def test_caption_over_the_size_cap_is_refused_and_a_symlink_to_a_good_file_is_followed(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "ds", {"10_irene": [("a.png", (320, 320), None), ("b.png", (320, 320), None)]})
+    (root / "10_irene" / "b.txt").write_bytes(b"irene, " * 200_000)  # 1.4 MB
+    real = tmp_path / "shared-caption.txt"
+    real.write_text("irene, linked", encoding="utf-8")
+    (root / "10_irene" / "a.txt").symlink_to(real)
+    scan = scan_dataset(root)
+    assert [(item.path.name, item.caption) for item in scan.items] == [("a.png", "irene, linked")]
+    assert "over the 1 MiB limit" in scan.skipped[0][1]

@@ -398,3 +398,108 @@ def test_cli_caption_and_filter_options(
     assert result["skipped"] == {"rating": 1, "excluded tag": 1}
     caption = (tmp_path / "4_irene" / f"{posts[0].md5}.txt").read_text()
     assert caption == "ireneLoRA, 1girl, irene (kanniiepan), kanniiepan, smile, safe"
+
+
+# -- a hostile booru: local files, foreign hosts, endless files ------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["file", "ftp"])
+def test_a_post_with_a_non_web_file_address_is_skipped_and_the_rest_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scheme: str
+) -> None:
+    patch_sleep(monkeypatch)
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(image_bytes(9))
+    good = FakePost(1, image_bytes(1), character=[IRENE])
+    local = FakePost(2, image_bytes(9), character=[IRENE])
+    local.url_override = f"{scheme}://{'' if scheme == 'file' else '127.0.0.1'}{secret.as_posix()}"
+    with FakeBooru("danbooru", [good, local]) as booru:
+        events = RecordingEvents()
+        result = import_booru(
+            ImportOptions("danbooru", IRENE, tmp_path / "ds", "Irene", base_url=booru.base_url), events
+        )
+    assert [f.md5 for f in result.downloaded] == [good.md5]
+    ((key, reason),) = result.failed
+    assert key.endswith(":2")
+    assert "not a web address" in reason and "only http(s)" in reason
+    assert any("Skipped" in t and "not a web address" in t for t in events.texts("warning"))
+    assert not (tmp_path / "ds" / "1_Irene" / f"{local.md5}.png").exists()
+
+
+def test_a_file_on_another_host_is_not_fetched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_sleep(monkeypatch)
+    good = FakePost(1, image_bytes(1), character=[IRENE])
+    foreign = FakePost(2, image_bytes(2), character=[IRENE], url_override="http://169.254.169.254/latest/x.png")
+    with FakeBooru("danbooru", [good, foreign]) as booru:
+        result = import_booru(ImportOptions("danbooru", IRENE, tmp_path, "Irene", base_url=booru.base_url))
+    assert [f.md5 for f in result.downloaded] == [good.md5]
+    assert "169.254.169.254, not on Danbooru's own servers" in result.failed[0][1]
+
+
+def test_a_redirect_to_a_local_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_sleep(monkeypatch)
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(image_bytes(9))
+    good, bad = FakePost(1, image_bytes(1), character=[IRENE]), FakePost(2, image_bytes(2), character=[IRENE])
+    with FakeBooru("danbooru", [good, bad]) as booru:
+        # urllib alone refuses file:// redirects but follows ftp:// ones
+        booru.fail_file(bad.md5, "redirect", times=10, body=f"ftp://127.0.0.1:1{secret.as_posix()}".encode())
+        result = import_booru(ImportOptions("danbooru", IRENE, tmp_path / "ds", "Irene", base_url=booru.base_url))
+    assert [f.md5 for f in result.downloaded] == [good.md5]
+    assert len(result.failed) == 1 and result.failed[0][0].endswith(":2")
+    assert "HTTP 302: a redirect to an address that is not downloaded" in result.failed[0][1]
+    assert sorted(p.name for p in (tmp_path / "ds" / "1_Irene").iterdir()) == [f"{good.md5}.png", f"{good.md5}.txt"]
+
+
+def test_a_server_sending_more_than_the_declared_size_is_cut_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hostile booru that filled 1.5 GB: the declared size (with slack) caps the download, the
+    part is removed, the post reported, the import goes on."""
+    patch_sleep(monkeypatch)
+    good = FakePost(1, image_bytes(1), character=[IRENE])
+    hostile = FakePost(2, image_bytes(2), character=[IRENE], declared_size=20_000)
+    with FakeBooru("danbooru", [good, hostile]) as booru:
+        booru.fail_file(hostile.md5, "endless", times=10, status=400)  # would be 25 MiB
+        result = import_booru(ImportOptions("danbooru", IRENE, tmp_path, "Irene", base_url=booru.base_url))
+        assert booru.endless_sent
+    assert [f.md5 for f in result.downloaded] == [good.md5]
+    assert "more than 1.0 MiB" in result.failed[0][1] and "declared" in result.failed[0][1]
+    assert sorted(p.name for p in (tmp_path / "1_Irene").iterdir()) == [f"{good.md5}.png", f"{good.md5}.txt"]
+
+
+def test_a_file_without_a_declared_size_stops_at_the_hard_ceiling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patch_sleep(monkeypatch)
+    monkeypatch.setattr(download, "MAX_FILE_BYTES", 2 << 20)
+    hostile = FakePost(2, image_bytes(2), character=[IRENE], declared_size=0)  # "file_size": 0 = unknown
+    with FakeBooru("danbooru", [hostile]) as booru:
+        booru.fail_file(hostile.md5, "endless", times=10, status=400)
+        result = import_booru(ImportOptions("danbooru", IRENE, tmp_path, "Irene", base_url=booru.base_url))
+    assert not result.downloaded and "more than 2.0 MiB" in result.failed[0][1]
+    assert not list((tmp_path / "1_Irene").glob("*.part"))
+
+
+@pytest.mark.parametrize(
+    "site, base, url, ok",
+    [
+        ("danbooru", None, "https://cdn.donmai.us/original/ab/cd/abcd.png", True),
+        ("danbooru", None, "https://danbooru.donmai.us/data/abcd.png", True),
+        ("danbooru", None, "https://cdn.donmai.us:8443/original/abcd.png", False),
+        ("danbooru", None, "https://donmai.us.evil.example/abcd.png", False),
+        ("gelbooru", None, "https://img3.gelbooru.com/images/ab/cd/abcd.png", True),
+        ("safebooru", None, "https://safebooru.org/images/1/abcd.png", True),
+        ("yandere", None, "https://files.yande.re/image/abcd/yande.re%201.png", True),
+        ("konachan", None, "https://konachan.net/image/abcd/x.png", True),
+        ("moebooru", "https://booru.example.org", "https://files.booru.example.org/image/x.png", True),
+        ("moebooru", "https://booru.example.org", "https://example.org/image/x.png", False),
+        ("danbooru", None, "file:///etc/passwd", False),
+    ],
+)
+def test_file_hosts_each_site_may_serve(site: str, base: str | None, url: str, ok: bool) -> None:
+    from lib_lora.importer.clients import make_client
+    from lib_lora.importer.http import HttpClient
+
+    client = make_client(site, HttpClient(), base_url=base, login="1", api_key="k")
+    assert (client.file_url_problem(url) is None) is ok, client.file_url_problem(url)

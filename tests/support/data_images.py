@@ -47,3 +47,27 @@ def make_dataset(root: Path, folders: dict[str, list[tuple[str, tuple[int, int],
 def listing(root: Path) -> list[tuple[str, int, int]]:
     """Every file under ``root`` with its size and mtime (to prove nothing was written)."""
     return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+def corrupt_zlib_png(path: Path, size: tuple[int, int] = (320, 320)) -> Path:
+    """A PNG whose chunks all carry valid CRCs but whose IDAT zlib stream is broken in the middle
+    (PIL's ``verify()`` passes it; decoding the pixels fails)."""
+    import struct
+    import zlib
+
+    write_image(path, size)
+    data = bytearray(path.read_bytes())
+    pos = 8
+    while pos < len(data):
+        length = struct.unpack(">I", data[pos : pos + 4])[0]
+        kind = bytes(data[pos + 4 : pos + 8])
+        if kind == b"IDAT":
+            body = pos + 8
+            for k in range(length // 3, length // 3 + 64):  # garbage in the middle of the deflate stream
+                data[body + k] ^= 0x5A
+            crc = zlib.crc32(bytes(data[pos + 4 : body + length])) & 0xFFFFFFFF
+            data[body + length : body + length + 4] = struct.pack(">I", crc)
+            break
+        pos += 12 + length
+    path.write_bytes(bytes(data))
+    return path

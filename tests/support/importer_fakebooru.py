@@ -74,6 +74,8 @@ class FakePost:
     deleted: bool = False
     banned: bool = False
     md5_override: str | None = None  # claim another md5 than the file's (cross-site copies)
+    url_override: str | None = None  # the file_url the API names (a hostile site: file://, another host)
+    declared_size: int | None = None  # the file_size the API declares (a hostile site lies)
 
     @property
     def md5(self) -> str:
@@ -101,7 +103,7 @@ class RecordedRequest:
 
 @dataclass
 class Fault:
-    kind: str  # "status" | "drop" | "reset" | "html" | "garbage" | "cloudflare"
+    kind: str  # "status" | "drop" | "reset" | "html" | "garbage" | "cloudflare" | "endless" | "redirect"
     status: int = 500
     retry_after: str | None = None
     body: bytes | None = None
@@ -136,6 +138,7 @@ class FakeBooru:
         self.api_faults: deque[Fault] = deque()
         self.file_faults: dict[str, deque[Fault]] = {}
         self.html_instead_of_json = False
+        self.endless_sent = False
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -167,10 +170,18 @@ class FakeBooru:
     def cloudflare_api(self) -> None:
         self.api_faults.append(Fault("cloudflare", 403))
 
-    def fail_file(self, md5: str, kind: str, times: int = 1, status: int = 500, retry_after: str | None = None):
+    def fail_file(
+        self,
+        md5: str,
+        kind: str,
+        times: int = 1,
+        status: int = 500,
+        retry_after: str | None = None,
+        body: bytes | None = None,
+    ):
         queue = self.file_faults.setdefault(md5, deque())
         for _ in range(times):
-            queue.append(Fault(kind, status, retry_after))
+            queue.append(Fault(kind, status, retry_after, body))
 
     # -- what happened -----------------------------------------------------------------------
     def file_requests(self) -> list[RecordedRequest]:
@@ -266,6 +277,20 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         if fault.kind == "garbage":
             self._send(200, b"\x00\x01garbage, not an image" * 20, "image/jpeg")
+            return True
+        if fault.kind == "redirect":  # to the address in the fault's body (file://, ftp://...)
+            self._send(302, b"", "text/plain", {"Location": (fault.body or b"").decode()})
+            return True
+        if fault.kind == "endless":  # a hostile server: a PNG header, then bytes without end or length
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+            self.wfile.write(b"\x89PNG\r\n\x1a\n")
+            chunk = b"\x00" * 65536
+            with contextlib.suppress(OSError):
+                for _ in range(fault.status):  # status = how many 64 KiB chunks at most
+                    self.wfile.write(chunk)
+            self.booru.endless_sent = True
             return True
         return False
 
@@ -386,7 +411,7 @@ class _Handler(BaseHTTPRequestHandler):
             "image_width": width,
             "image_height": height,
             "file_ext": post.ext,
-            "file_size": len(post.data or b""),
+            "file_size": post.declared_size if post.declared_size is not None else len(post.data or b""),
             "is_deleted": post.deleted,
             "is_banned": post.banned,
             "parent_id": None,
@@ -400,7 +425,7 @@ class _Handler(BaseHTTPRequestHandler):
             "tag_string_meta": " ".join(post.meta),
         }
         if not post.hidden and post.data is not None:
-            url = self.booru.file_url(post)
+            url = post.url_override or self.booru.file_url(post)
             item.update({"md5": post.md5, "file_url": url, "large_file_url": url, "preview_file_url": url})
         return item
 
@@ -494,7 +519,7 @@ class _Handler(BaseHTTPRequestHandler):
             "width": width,
             "height": height,
             "file_ext": post.ext,
-            "file_size": len(post.data or b""),
+            "file_size": post.declared_size if post.declared_size is not None else len(post.data or b""),
             "status": "deleted" if post.deleted else "active",
             "parent_id": None,
             "has_children": False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image
 from lib_lora.common.errors import UserError
 from lib_lora.events import Events, RecordingEvents, StopToken
 from lib_lora.tagger import TagFolderOptions, TagOptions, confidences_path, tag_folder
+from lib_lora.tagger.batch import read_scores
 from lib_lora.tagger.models import local_model_files
 from lib_lora.tagger.session import Tagger
 from support.tagger_files import deny_writes_in, snapshot
@@ -66,11 +68,16 @@ def test_existing_caption_policies(tmp_path: Path, tagger: Tagger) -> None:
     assert caption(images["red"]) == EXPECTED_CAPTIONS["red"]
 
 
-def test_confidences_sidecar(tmp_path: Path, tagger: Tagger) -> None:
-    images = make_images(tmp_path, ["red"])
+def test_confidences_go_to_one_hidden_scores_file_per_folder(tmp_path: Path, tagger: Tagger) -> None:
+    """No ``<stem>.tagger.json`` beside every image: one ``.tagger/scores.json`` per folder."""
+    images = make_images(tmp_path, ["red", "green"])
     tag_folder(TagFolderOptions(tmp_path, confidences=True, tags=TagOptions(additional_tags=("irene",))), tagger=tagger)
-    doc = json.loads(confidences_path(images["red"]).read_text(encoding="utf-8"))
-    assert confidences_path(images["red"]).name == "red.tagger.json"
+    assert confidences_path(images["red"]) == tmp_path / ".tagger" / "scores.json"
+    assert not list(tmp_path.glob("*.tagger.json"))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".json") == []
+    scores = json.loads(confidences_path(images["red"]).read_text(encoding="utf-8"))
+    assert scores["version"] == 1 and sorted(scores["images"]) == ["green.png", "red.png"]
+    doc = scores["images"]["red.png"]
     assert doc["tags"] == ["irene", *EXPECTED_CAPTIONS["red"].split(", ")]
     assert doc["character"]["hu tao (genshin impact)"] == pytest.approx(0.9168, abs=1e-3)
     assert max(doc["ratings"], key=doc["ratings"].get) == "sensitive"
@@ -215,3 +222,40 @@ def test_read_only_caption_is_left_alone_even_for_an_administrator(tmp_path: Pat
         assert caption(images["blue"]) == EXPECTED_CAPTIONS["blue"]
     finally:
         protected.chmod(0o644)
+
+
+def test_old_per_image_sidecars_are_migrated_into_the_scores_file(tmp_path: Path, tagger: Tagger) -> None:
+    images = make_images(tmp_path, ["red", "green"])
+    old = {"model": "old", "general": {"smile": 0.7}, "character": {}, "tags": ["smile"]}
+    (tmp_path / "green.tagger.json").write_text(json.dumps(old), encoding="utf-8")
+    (tmp_path / "red.tagger.json").write_text(json.dumps(old), encoding="utf-8")
+    green_caption = images["green"].with_suffix(".txt")
+    green_caption.write_text("smile", encoding="utf-8")  # green is kept (existing="skip"); red is tagged
+    tag_folder(TagFolderOptions(tmp_path, confidences=True), tagger=tagger)
+    scores = read_scores(tmp_path)
+    assert scores["green.png"] == old  # carried over from the old sidecar
+    assert scores["red.png"]["model"] != "old"  # the new run's scores win
+    assert not list(tmp_path.glob("*.tagger.json"))  # migrated, then removed
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+@pytest.mark.parametrize("existing", ["skip", "overwrite"])
+def test_a_caption_that_is_a_fifo_never_hangs_the_tagger(tmp_path: Path, tagger: Tagger, existing: str) -> None:
+    import threading
+
+    images = make_images(tmp_path, ["red", "green"])
+    fifo = images["red"].with_suffix(".txt")
+    os.mkfifo(fifo)
+    box: list = []
+    thread = threading.Thread(
+        target=lambda: box.append(tag_folder(TagFolderOptions(tmp_path, existing=existing), tagger=tagger)),
+        daemon=True,
+    )
+    thread.start()
+    thread.join(30)
+    if thread.is_alive():  # unblock the stuck reader, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert box, "the tagger hangs on a caption that is a FIFO"
+    assert images["green"].with_suffix(".txt").read_text() == EXPECTED_CAPTIONS["green"]
+    if existing == "overwrite":
+        assert "not a regular file" in box[0].failed[0].reason

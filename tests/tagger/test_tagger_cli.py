@@ -174,7 +174,7 @@ def test_flags_reach_the_captions(tmp_path: Path, tiny_model: Path, capsys: pyte
     )
     assert main(["tag", *args, "--existing", "overwrite", "--characters-first", "--confidences"]) == 0
     assert (folder / "red.txt").read_text().startswith("hu tao (genshin impact), 1girl, solo")
-    assert (folder / "red.tagger.json").is_file()
+    assert "red.png" in json.loads((folder / ".tagger" / "scores.json").read_text())["images"]
     capsys.readouterr()
 
 

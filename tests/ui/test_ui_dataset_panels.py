@@ -75,3 +75,20 @@ def test_duplicate_review_panel(tab, tmp_path: Path) -> None:
     # no scan yet: a message, same number of outputs
     out = tab.dataset.keep_pair(None)
     assert len(out) == 5 and "scan for duplicates first" in out[1].lower()
+
+
+def test_bucket_table_still_shows_beside_a_stray_folder_marked_not_used(tab, tmp_path: Path) -> None:
+    from lib_lora.data.demo import write_demo_dataset
+    from support.data_images import write_image
+    from support.ui_tab import subset_args
+
+    root = write_demo_dataset(tmp_path / "data", captions="simple").root
+    write_image(root / "originals" / "big.png", (640, 640))  # a folder of originals, no N_ prefix
+    names = tab.dataset.bucket_names()
+    overview, buckets, _ = tab.dataset.refresh(str(root), *subset_args(tab, names))
+    row = re.search(r"<tr>(?:(?!</tr>).)*originals(?:(?!</tr>).)*</tr>", overview, re.S).group(0)
+    assert "not used" in row
+    assert "12 images in 3 folders" in _text(overview) and "lt-error" not in overview
+    assert "not used for training" in _text(overview)  # the scan's warning names it
+    assert "<table" in buckets and "steps per epoch" in _text(buckets)
+    assert "steps per epoch" in _text(tab.dataset.refresh_buckets(str(root), *subset_args(tab, names)))

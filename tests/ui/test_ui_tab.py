@@ -137,7 +137,7 @@ def test_create_training_folder(tab, tmp_path: Path) -> None:
 
 
 def _view(tab, state, **kw):
-    values = {"include": "", "include_mode": "and", "exclude": "", "exclude_mode": "or", "search": "", "search_mode": "contains", "page": 1, "per_page": 48}  # fmt: skip
+    values = {"include": "", "include_mode": "and", "exclude": "", "exclude_mode": "or", "search": "", "search_mode": "contains", "page": 1, "per_page": 48, "selected": None, "shown_caption": None, "activation": "", "keep_tokens": 1, "keep_tokens_separator": ""}  # fmt: skip
     values.update(kw)
     return [state, *values.values()]
 
@@ -145,7 +145,7 @@ def _view(tab, state, **kw):
 def test_editor_batch_edit_undo_redo_save(tab, dataset: Path) -> None:
     ed = tab.editor
     out = ed.load(*_view(tab, None), str(dataset), ".txt")
-    assert len(out) == 8
+    assert len(out) == 11
     session, gallery = out[0], out[1]
     assert len(gallery) == 12 and all(Path(p).is_file() for p, _ in gallery)
     assert "redfox" in out[3]  # the tag list
@@ -181,13 +181,13 @@ def test_editor_reports_a_caption_changed_on_disk_and_keeps_it(tab, dataset: Pat
 def test_editor_per_image_edit_and_errors_keep_output_count(tab, dataset: Path) -> None:
     ed = tab.editor
     out = ed.add_tags(*_view(tab, None), "x", "front")  # nothing loaded
-    assert len(out) == 8 and all(unchanged(o) for o in out[:7]) and "Load the captions first" in out[7]
+    assert len(out) == 11 and all(unchanged(o) for o in out[:7]) and "Load the captions first" in out[7]
     session = ed.load(*_view(tab, None), str(dataset), ".txt")[0]
-    out = ed.edit_caption(*_view(tab, session), None, "a, b")
+    out = ed.edit_caption(*_view(tab, session), "a, b")
     assert "Select an image" in out[7]
-    rel, info, caption = ed.select_image(session, 1, 48, Select(1))
-    assert rel == session.items[session.visible()[1]].rel and caption
-    ed.edit_caption(*_view(tab, session), rel, "solo, red theme")
+    rel, info, caption, shown = ed.select_image(session, 1, 48, Select(1))
+    assert rel == session.items[session.visible()[1]].rel and caption and shown == caption
+    ed.edit_caption(*_view(tab, session, selected=rel, shown_caption=shown), "solo, red theme")
     assert session.item(rel).caption == "solo, red theme"
     out = ed.replace(*_view(tab, session), "(", "x", True, False)  # a bad regex
     assert "lt-error" in out[7] and "Regular expression" in out[7]
@@ -201,7 +201,7 @@ def test_editor_suggestions_and_paging(tab, dataset: Path) -> None:
     out = ed.show(*_view(tab, session, include="redfox", per_page=12))
     # in every shown image: suggested; the folder's class token (redfox) is not
     assert "red theme (5)" in _text(out[4]) and "redfox (" not in _text(out[4])
-    remove, status = ed.suggestions_to_remove(session)
+    remove, status = ed.suggestions_to_remove(*_view(tab, session, include="redfox"))
     assert value(remove) == "red theme, simple background"
     out = ed.show(*_view(tab, session, page=2, per_page=12))
     assert "Page 1 of 1" in _text(out[2])  # clamped
