@@ -81,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
     if mask is not None and not mask.any():
         raise UserError(f"The mask {args.mask} is empty (no white or painted pixels); nothing was changed.")
 
+    if target.is_file():  # a bad image is reported before a model is loaded (or downloaded)
+        from lib_lora.cleanup.images import read_source
+
+        read_source(target)
+
     from lib_lora.events import Events
 
     class CliEvents(Events):
