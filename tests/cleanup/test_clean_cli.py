@@ -92,7 +92,12 @@ def test_one_mask_for_a_whole_folder(tmp_path: Path, model: Path) -> None:
     ],
 )
 def test_bad_input_is_one_line_and_changes_nothing(
-    tmp_path: Path, model: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, case: str, expected: str
+    tmp_path: Path,
+    model: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+    expected: str,
 ) -> None:
     import onnx
     from huggingface_hub import constants
