@@ -117,7 +117,7 @@ class CleanPanel:
         self.preview_button.click(
             self.preview, [self.view, self.selected, *mask_inputs, *model], [self.pending, self.result, self.status]
         )
-        after_write = [*listing, self.painter, self.kept, self.result, self.pending, self.status]
+        after_write = [*listing, self.painter, self.kept, self.result, self.pending, self.selected_info, self.status]
         self.accept_button.click(self.accept, [self.view, self.selected, self.pending], after_write)
         self.undo_button.click(self.undo, [self.view, self.selected], after_write)
         self.restore_button.click(self.restore, [self.view, self.selected], after_write)
@@ -125,8 +125,9 @@ class CleanPanel:
             lambda view: gr.update(value=list(view.images) if view else []), [self.view], [self.batch_images]
         )
         self.batch_button.click(
-            self.batch, [self.view, self.batch_images, *mask_inputs, *model], [*listing, self.status]
-        )
+            self.batch, [self.view, self.selected, self.batch_images, *mask_inputs, *model],
+            [*listing, self.painter, self.kept, self.selected_info, self.status],
+        )  # fmt: skip
         self.restore_all_button.click(self.restore_all, [self.view], [*listing, self.status])
 
     # ------------------------------------------------------------------ helpers
@@ -181,9 +182,7 @@ class CleanPanel:
                 raise UserError("That image is no longer listed; load the images again.")
             rel = view.images[index]
             image = cleaning.working_copy(view, rel)
-            steps = view.cleaned.get(rel)
-            note = f" — cleaned {steps}x, original kept" if steps else ""
-            return [rel, html.message(f"{rel}{note}"), image, None, None, None]
+            return [rel, self._selected_html(view, rel), image, None, None, None]
         except Exception as exc:  # an unusable click: say so, change nothing
             text = str(exc) if isinstance(exc, UserError) else f"Unexpected {type(exc).__name__}: {exc}"
             return [gr.update(), html.error(text), gr.update(), gr.update(), gr.update(), gr.update()]
@@ -212,13 +211,18 @@ class CleanPanel:
         text = f"Preview of {rel}: {result.changed_pixels} pixels filled in. Accept and save writes it."
         return [result, cleaning.display(result), html.message(text, "ok")]
 
+    def _selected_html(self, view: cleaning.CleanView, rel: str) -> str:
+        steps = view.cleaned.get(rel)
+        return html.message(f"{rel} — cleaned {steps}x, original kept" if steps else rel)
+
     def _after_write(self, view: cleaning.CleanView, rel: str, text: str) -> list[Any]:
         view = cleaning.scan(str(view.root))
         dataset_info.forget_scan(view.root)
         painter = cleaning.working_copy(view, rel) if rel in view.images else gr.update()
-        return [*self._listing(view), painter, None, None, None, html.message(text, "ok")]
+        info = self._selected_html(view, rel)
+        return [*self._listing(view), painter, None, None, None, info, html.message(text, "ok")]
 
-    @guarded(8)
+    @guarded(9)
     def accept(self, view: Any, selected: Any, pending: Any) -> list[Any]:
         view, rel = self._view(view), self._selected(selected)
         if pending is None or pending.source.path != view.path(rel):
@@ -226,26 +230,30 @@ class CleanPanel:
         cleaning.accept(view, pending)
         return self._after_write(view, rel, f"Saved the cleaned {rel}; its original is in .clean-history.")
 
-    @guarded(8)
+    @guarded(9)
     def undo(self, view: Any, selected: Any) -> list[Any]:
         view, rel = self._view(view), self._selected(selected)
         cleaning.undo(view, rel)
         return self._after_write(view, rel, f"Undid the last cleaning of {rel}.")
 
-    @guarded(8)
+    @guarded(9)
     def restore(self, view: Any, selected: Any) -> list[Any]:
         view, rel = self._view(view), self._selected(selected)
         cleaning.restore(view, rel)
         return self._after_write(view, rel, f"Restored the original of {rel} (byte for byte).")
 
-    @guarded(4)
-    def batch(self, view, rels, painted, kept, eraser, model, local) -> list[Any]:
+    @guarded(7)
+    def batch(self, view, selected, rels, painted, kept, eraser, model, local) -> list[Any]:
         view = self._view(view)
         mask = self._mask(painted, kept, bool(eraser))
         text = cleaning.batch(view, list(rels or []), mask, cleaning.chosen_model(model, local), host_events(self.host))
         view = cleaning.scan(str(view.root))
         dataset_info.forget_scan(view.root)
-        return [*self._listing(view), html.message(text, "ok")]
+        if selected in view.images:  # the painter shows the selected image as it is now
+            painter, info = cleaning.working_copy(view, selected), self._selected_html(view, selected)
+        else:
+            painter, info = gr.update(), gr.update()
+        return [*self._listing(view), painter, None, info, html.message(text, "ok")]
 
     @guarded(4)
     def restore_all(self, view: Any) -> list[Any]:

@@ -51,11 +51,29 @@ def is_update(value: Any) -> bool:
     return isinstance(value, dict) and value.get("__type__") in ("update", "generic_update")
 
 
+class _SketchImage(gr.Image):
+    """Gradio 3's sketch image, which sends the bare image (not ``{"image", "mask"}``) until something
+    is painted — its own preprocess then fails; here that is an image with no mask."""
+
+    def get_block_name(self) -> str:
+        return "image"  # the browser's component is the plain Image
+
+    def preprocess(self, x: Any) -> Any:
+        if self.tool == "sketch" and isinstance(x, str):
+            self.tool = "editor"
+            try:
+                image = super().preprocess(x)
+            finally:
+                self.tool = "sketch"
+            return {"image": image, "mask": None}
+        return super().preprocess(x)
+
+
 def mask_painter(label: str, elem_id: str, height: int = 520, brush_radius: int = 20) -> Any:
     """An image the user paints a mask on: Gradio 3's ``Image(tool="sketch")`` (white strokes over
     the image), Gradio 4's ``ImageEditor`` (brush + eraser layers). Read it with :func:`painted_mask`."""
     if GRADIO_MAJOR < 4:
-        return gr.Image(
+        return _SketchImage(
             label=label, source="upload", tool="sketch", type="numpy", interactive=True, height=height,
             brush_radius=brush_radius, brush_color="#ff0000", mask_opacity=0.6, elem_id=elem_id,
         )  # fmt: skip

@@ -75,8 +75,10 @@ def test_paint_preview_accept_undo_restore_and_batch(panel, tmp_path: Path, mode
     out = panel.undo(view, rel)
     assert (root / "5_x" / "0.png").read_bytes() == originals["0.png"] and not out[1][0][1].startswith("cleaned")
     # batch: the same corner mask over both images (scaled to the 600x400 one)
-    out = panel.batch(view, ["5_x/0.png", "5_x/1.png"], strokes(shape, (0.65, 0.8, 1.0, 1.0)), None, False, "", model)
-    assert "Cleaned 2 images" in out[-1]
+    out = panel.batch(
+        view, rel, ["5_x/0.png", "5_x/1.png"], strokes(shape, (0.65, 0.8, 1.0, 1.0)), None, False, "", model
+    )
+    assert "Cleaned 2 images" in out[-1] and "cleaned 1x" in out[-2]
     assert not has_red(root / "5_x" / "0.png") and not has_red(root / "5_x" / "1.png")
     view = out[0]
     out = panel.restore(view, "5_x/1.png")
@@ -93,9 +95,22 @@ def test_bad_input_is_a_message_and_changes_nothing(panel, tmp_path: Path, model
     view = panel.load(str(root))[0]
     empty = strokes((200, 300), (0, 0, 0, 0))
     assert "mask is empty" in panel.preview(view, "5_x/0.png", empty, None, False, "lama-carve", model)[-1]
-    assert "mask is empty" in panel.batch(view, ["5_x/0.png"], empty, None, False, "", model)[-1]
+    assert "mask is empty" in panel.batch(view, None, ["5_x/0.png"], empty, None, False, "", model)[-1]
     assert "does not exist" in panel.preview(view, "5_x/0.png", strokes((200, 300), (0, 0, 0.5, 0.5)), None, False, "", str(tmp_path / "no.onnx"))[-1]  # fmt: skip
     assert "Make a preview" in panel.accept(view, "5_x/0.png", None)[-1]
     assert "has not been cleaned" in panel.restore(view, "5_x/0.png")[-1]
     assert "does not exist" in panel.load(str(tmp_path / "nowhere"))[-1]
     assert snapshot(root) == before
+
+
+def test_the_painter_accepts_an_image_with_nothing_painted(panel) -> None:
+    """Gradio 3 sends the bare image until a stroke is drawn; that is "no mask", not an error."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (1, 2, 3)).save(buffer, format="PNG")
+    sent = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    value = panel.painter.preprocess(sent)
+    assert value["mask"] is None and value["image"].shape == (24, 32, 3)
+    assert panel._mask(value, None, False) is None
