@@ -10,7 +10,8 @@ Two export forms exist and both are read from the model's own signature:
     output is **0..255**, not 0..1 (Carve-Photos/lama issue #9 documents the same trap). The notebook
     feeds ``np.array(pil_rgb) / 255`` in CHW, the mask as ``(mask > 0)`` after resizing the L-mode mask
     with PIL's default filter (bicubic), and pads to a multiple of 8 (``pad_out_to_modulo=8``,
-    symmetric) for sizes the graph accepts; the exported shape is fixed at 512x512.
+    symmetric) for sizes the graph accepts; the exported shape is fixed at 512x512. It turns the
+    output into bytes with ``astype(uint8)`` (truncation); here it is rounded (at most one level apart).
 (b) **one 4-channel input** (g-ronimo/lama): ``input [1, 4, H, W]`` = RGB in 0..1 with the hole zeroed,
     then the binary mask; H, W multiples of 32 (or fixed); output ``[1, 3, H, W]`` RGB in **0..1**.
 

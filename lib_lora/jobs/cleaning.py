@@ -104,9 +104,31 @@ def with_mask_overlay(image: Image.Image, mask: np.ndarray | None) -> Image.Imag
     return Image.fromarray(rgb.astype(np.uint8))
 
 
-def preview(view: CleanView, rel: str, mask: np.ndarray, model: str, events: Events | None = None) -> Preview:
-    lama = load_lama(model, events=events)
-    return preview_clean(view.path(rel), mask, lama)
+class _Warnings(Events):
+    """Collects the warnings (e.g. why the model runs on the CPU) for the tab's status line."""
+
+    def __init__(self, inner: Events | None) -> None:
+        self.inner = inner
+        self.texts: list[str] = []
+
+    def message(self, level: str, text: str) -> None:
+        if level == "warning":
+            self.texts.append(text)
+        if self.inner is not None:
+            self.inner.message(level, text)
+
+    def progress(self, stage: str, done: int, total: int, text: str = "") -> None:
+        if self.inner is not None:
+            self.inner.progress(stage, done, total, text)
+
+
+def preview(
+    view: CleanView, rel: str, mask: np.ndarray, model: str, events: Events | None = None
+) -> tuple[Preview, list[str]]:
+    """The preview and the warnings to show beside it (a CPU fallback says why)."""
+    collected = _Warnings(events)
+    lama = load_lama(model, events=collected)
+    return preview_clean(view.path(rel), mask, lama), collected.texts
 
 
 def display(preview_result: Preview, side: int = WORKING_SIDE) -> Image.Image:
@@ -141,10 +163,10 @@ def batch(
         raise UserError("Choose the images the mask is for (or press Select all).")
     if mask is None or not mask.any():
         raise UserError("The mask is empty: paint over what should be removed first; nothing was changed.")
-    lama = load_lama(model, events=events)
+    collected = _Warnings(events)
+    lama = load_lama(model, events=collected)
     images = [view.path(rel) for rel in rels]
     result = clean_folder(view.root, lama, mask=mask, images=images, events=events, stop=stop)
     text = result.summary().capitalize() + "; the originals are kept in .clean-history."
-    if result.failed:
-        text += " " + " ".join(why for _, why in result.failed[:5])
-    return text
+    notes = collected.texts[:1] + [why for _, why in result.failed[:5]]
+    return " ".join([text, *notes])

@@ -207,9 +207,11 @@ class CleanPanel:
         mask = self._mask(painted, kept, bool(eraser))
         if mask is None or not mask.any():
             raise UserError("The mask is empty: paint over what should be removed first.")
-        result = cleaning.preview(view, rel, mask, cleaning.chosen_model(model, local), host_events(self.host))
+        chosen = cleaning.chosen_model(model, local)
+        result, warnings = cleaning.preview(view, rel, mask, chosen, host_events(self.host))
         text = f"Preview of {rel}: {result.changed_pixels} pixels filled in. Accept and save writes it."
-        return [result, cleaning.display(result), html.message(text, "ok")]
+        notes = "".join(html.message(w, "warning") for w in warnings)
+        return [result, cleaning.display(result), html.message(text, "ok") + notes]
 
     def _selected_html(self, view: cleaning.CleanView, rel: str) -> str:
         steps = view.cleaned.get(rel)
