@@ -8,7 +8,8 @@
 - **Unchanged pixels**: PNG, BMP and WebP (written lossless) keep every pixel outside the mask exactly.
   A JPEG is re-encoded with its own quantisation tables and chroma subsampling, so unmasked pixels
   move by JPEG rounding only (a few levels), never by a new quality setting. ICC profile and EXIF are
-  carried over. Palette images are written as RGB(A) with the same colours.
+  carried over. Palette images are written as RGB(A) with the same colours; 16-bit images are refused
+  (an 8-bit rewrite would change every pixel).
 """
 
 from __future__ import annotations
@@ -76,16 +77,21 @@ class SourceImage:
         return np.asarray(image.convert("RGB"))
 
 
-def _working_mode(image: Image.Image) -> Image.Image:
+def _working_mode(image: Image.Image, path: Path) -> Image.Image:
     mode = image.mode
     if mode in ("RGB", "RGBA", "L", "LA"):
         return image
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
-        return Image.fromarray(np.clip(array * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8), "L")
+        raise UserError(
+            f"The image {path} has 16-bit or float pixels; cleaning writes 8-bit images, so it is left as it is."
+        )
     has_alpha = mode in ("PA", "La", "RGBa") or "transparency" in image.info
-    return image.convert("RGBA" if has_alpha else "RGB")
+    try:
+        return image.convert("RGBA" if has_alpha else "RGB")
+    except (ValueError, OSError) as exc:
+        raise UserError(
+            f"The image {path} uses the colour mode {mode}, which cannot be converted to RGB ({exc})."
+        ) from None
 
 
 def read_source(path: str | os.PathLike) -> SourceImage:
@@ -119,7 +125,7 @@ def read_source(path: str | os.PathLike) -> SourceImage:
     if fmt in ("JPEG", "MPO"):
         info["_qtables"] = getattr(opened, "quantization", None)
         info["_subsampling"] = JpegImagePlugin.get_sampling(opened) if opened.mode in ("RGB", "YCbCr") else -1
-    return SourceImage(path, data, _working_mode(opened), fmt, orientation, info)
+    return SourceImage(path, data, _working_mode(opened, path), fmt, orientation, info)
 
 
 def apply_result(source: SourceImage, upright_result: np.ndarray, upright_mask: np.ndarray) -> Image.Image:

@@ -404,3 +404,25 @@ def test_failed_image_write_leaves_no_history_step(tmp_path: Path, models, monke
     assert snapshot(tmp_path) == before
     assert not (tmp_path / ".clean-history").exists()
     shutil.rmtree(tmp_path / ".clean-history", ignore_errors=True)
+
+
+def test_palette_and_greyscale_keep_their_pixels(tmp_path: Path, models) -> None:
+    rgb, mask = marked(160, 120, [(100, 90, 140, 110)])
+    grey = save(np.asarray(Image.fromarray(rgb).convert("L")), tmp_path / "g.png")
+    palette = tmp_path / "p.png"
+    Image.fromarray(rgb).quantize(64).save(palette)
+    for path in (grey, palette):
+        before = np.asarray(Image.open(path).convert("RGB"))
+        clean_image(path, mask, lama(models, IMAGE_MASK), root=tmp_path)
+        after = np.asarray(Image.open(path).convert("RGB"))
+        assert np.array_equal(after[~mask], before[~mask]), path.name
+    assert Image.open(grey).mode == "L"
+
+
+def test_sixteen_bit_image_is_refused_and_kept(tmp_path: Path, models) -> None:
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((40, 40), 40000, dtype=np.uint16)).save(path)
+    before = snapshot(tmp_path)
+    with pytest.raises(UserError, match="16-bit or float pixels"):
+        clean_image(path, np.ones((40, 40), dtype=bool), lama(models, IMAGE_MASK), root=tmp_path)
+    assert snapshot(tmp_path) == before
