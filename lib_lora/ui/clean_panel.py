@@ -110,24 +110,29 @@ class CleanPanel:
             [self.view],
             [self.selected, self.selected_info, self.painter, self.kept, self.result, self.pending],
         )
+        # Gradio 3's sketch keeps its strokes when only the image changes: the painter is emptied
+        # first, then shows the image (with the kept mask in red), so old strokes are never re-sent
+        show = (self.painter_view, [self.view, self.selected, self.kept], [self.painter])
         self.strokes_button.click(
             self.add_strokes, [self.view, self.selected, *mask_inputs], [self.kept, self.painter, self.status]
+        ).then(*show)
+        self.clear_button.click(self.clear, [self.view, self.selected], [self.kept, self.painter, self.status]).then(
+            *show
         )
-        self.clear_button.click(self.clear, [self.view, self.selected], [self.kept, self.painter, self.status])
         self.preview_button.click(
             self.preview, [self.view, self.selected, *mask_inputs, *model], [self.pending, self.result, self.status]
         )
         after_write = [*listing, self.painter, self.kept, self.result, self.pending, self.selected_info, self.status]
-        self.accept_button.click(self.accept, [self.view, self.selected, self.pending], after_write)
-        self.undo_button.click(self.undo, [self.view, self.selected], after_write)
-        self.restore_button.click(self.restore, [self.view, self.selected], after_write)
+        self.accept_button.click(self.accept, [self.view, self.selected, self.pending], after_write).then(*show)
+        self.undo_button.click(self.undo, [self.view, self.selected], after_write).then(*show)
+        self.restore_button.click(self.restore, [self.view, self.selected], after_write).then(*show)
         self.select_all.click(
             lambda view: gr.update(value=list(view.images) if view else []), [self.view], [self.batch_images]
         )
         self.batch_button.click(
             self.batch, [self.view, self.selected, self.batch_images, *mask_inputs, *model],
             [*listing, self.painter, self.kept, self.selected_info, self.status],
-        )  # fmt: skip
+        ).then(*show)  # fmt: skip
         self.restore_all_button.click(self.restore_all, [self.view], [*listing, self.status])
 
     # ------------------------------------------------------------------ helpers
@@ -189,17 +194,28 @@ class CleanPanel:
 
     @guarded(3)
     def add_strokes(self, view: Any, selected: Any, painted: Any, kept: Any, eraser: bool) -> list[Any]:
-        view, rel = self._view(view), self._selected(selected)
+        self._view(view)
+        self._selected(selected)
         mask = self._mask(painted, kept, bool(eraser))
-        image = cleaning.working_copy(view, rel)
         share = 0.0 if mask is None else float(mask.mean())
         text = f"The mask covers {share:.1%} of the image (red). Paint more, erase, or press Preview."
-        return [mask, cleaning.with_mask_overlay(image, mask), html.message(text)]
+        return [mask, None, html.message(text)]
 
     @guarded(3)
     def clear(self, view: Any, selected: Any) -> list[Any]:
-        view, rel = self._view(view), self._selected(selected)
-        return [None, cleaning.working_copy(view, rel), html.message("Mask cleared.")]
+        self._view(view)
+        self._selected(selected)
+        return [None, None, html.message("Mask cleared.")]
+
+    def painter_view(self, view: Any, selected: Any, kept: Any) -> Any:
+        """The selected image as it is on disk, with the kept mask in red."""
+        try:
+            view, rel = self._view(view), self._selected(selected)
+            if rel not in view.images:
+                return gr.update()
+            return cleaning.with_mask_overlay(cleaning.working_copy(view, rel), kept)
+        except Exception:  # nothing selected or the file vanished: the status line of the click says why
+            return gr.update()
 
     @guarded(3)
     def preview(self, view, selected, painted, kept, eraser, model, local) -> list[Any]:
@@ -220,9 +236,8 @@ class CleanPanel:
     def _after_write(self, view: cleaning.CleanView, rel: str, text: str) -> list[Any]:
         view = cleaning.scan(str(view.root))
         dataset_info.forget_scan(view.root)
-        painter = cleaning.working_copy(view, rel) if rel in view.images else gr.update()
         info = self._selected_html(view, rel)
-        return [*self._listing(view), painter, None, None, None, info, html.message(text, "ok")]
+        return [*self._listing(view), None, None, None, None, info, html.message(text, "ok")]
 
     @guarded(9)
     def accept(self, view: Any, selected: Any, pending: Any) -> list[Any]:
@@ -251,11 +266,8 @@ class CleanPanel:
         text = cleaning.batch(view, list(rels or []), mask, cleaning.chosen_model(model, local), host_events(self.host))
         view = cleaning.scan(str(view.root))
         dataset_info.forget_scan(view.root)
-        if selected in view.images:  # the painter shows the selected image as it is now
-            painter, info = cleaning.working_copy(view, selected), self._selected_html(view, selected)
-        else:
-            painter, info = gr.update(), gr.update()
-        return [*self._listing(view), painter, None, info, html.message(text, "ok")]
+        info = self._selected_html(view, selected) if selected in view.images else gr.update()
+        return [*self._listing(view), None, None, info, html.message(text, "ok")]
 
     @guarded(4)
     def restore_all(self, view: Any) -> list[Any]:

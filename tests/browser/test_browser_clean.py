@@ -96,10 +96,23 @@ def test_clean_in_the_browser(tmp_path: Path) -> None:
             slider = page.locator("#lora_trainer_clean_brush input[type=number]")
             slider.fill("30")
             slider.press("Enter")
-            paint(page, (0.6, 0.82, 0.96, 0.96))
+            page.wait_for_timeout(1500)  # the brush update re-renders the painter: paint after it
+            paint(page, (0.45, 0.82, 0.96, 0.96))  # too far to the left ...
             _el(page, "lora_trainer_clean_strokes").click()
             expect(_el(page, "lora_trainer_clean_status")).to_contain_text("The mask covers")
+            painted = float(
+                re.search(r"covers ([\d.]+)%", _el(page, "lora_trainer_clean_status").inner_text()).group(1)
+            )
             page.wait_for_timeout(800)
+            page.locator("#lora_trainer_clean_eraser input").check()  # ... so erase the left part
+            paint(page, (0.4, 0.8, 0.55, 0.98))
+            _el(page, "lora_trainer_clean_strokes").click()
+            expect(_el(page, "lora_trainer_clean_status")).not_to_contain_text(f"covers {painted:.1f}%")
+            erased = float(re.search(r"covers ([\d.]+)%", _el(page, "lora_trainer_clean_status").inner_text()).group(1))
+            assert painted > 5 and 0 < erased < painted, (painted, erased)
+            page.locator("#lora_trainer_clean_eraser input").uncheck()
+            page.wait_for_timeout(800)
+            _shot(page, "clean-0-mask-erased")
             _el(page, "lora_trainer_clean_preview").click()
             expect(_el(page, "lora_trainer_clean_status")).to_contain_text("pixels filled in", timeout=60_000)
             expect(page.locator("#lora_trainer_clean_result img")).to_be_visible()
