@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
-PURE = {"common", "events", "config", "engine", "formats", "data", "tagger", "captions", "importer"}
+PURE = {"common", "events", "config", "engine", "formats", "data", "tagger", "captions", "importer", "cleanup"}
 
 # package -> (lib_lora packages it may import, third-party top-level modules it may import)
 RULES: dict[str, tuple[set[str], set[str]]] = {
@@ -31,6 +31,8 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "data": ({"common", "events", "config"}, {"numpy", "PIL", "torch"}),
     "tagger": ({"common", "events", "config"}, {"numpy", "PIL", "onnxruntime", "huggingface_hub"}),
     "captions": ({"common", "events"}, {"numpy", "PIL"}),
+    # the cleaner opens and fetches its ONNX model through the tagger's session and Hub helpers
+    "cleanup": ({"common", "events", "config", "tagger"}, {"numpy", "PIL", "onnxruntime", "huggingface_hub"}),
     "importer": ({"common", "events"}, {"numpy", "PIL"}),
     "jobs": (PURE, {"torch", "numpy", "PIL", "safetensors", "tqdm", "tomli"}),
     "cli": (PURE | {"jobs", "standalone"}, {"torch", "numpy", "PIL", "safetensors", "tqdm", "tomli"}),

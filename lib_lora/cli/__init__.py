@@ -26,6 +26,7 @@ VERBS: dict[str, str] = {
     "dedupe": "lib_lora.cli.dedupe",
     "tag": "lib_lora.cli.tag",
     "captions": "lib_lora.cli.captions",
+    "clean": "lib_lora.cli.clean",
     "buckets": "lib_lora.cli.buckets",
     "train": "lib_lora.cli.train",
     "modules": "lib_lora.cli.modules",

@@ -4,6 +4,9 @@ The registry lists SmilingWolf's WD taggers (v2 and v3). A model's two files (``
 ``selected_tags.csv``) live in the shared Hugging Face cache, so other tools reuse them; they are
 downloaded lazily, one model at a time, the first time the model is used. Any local folder holding
 those two files is a model too. ``huggingface_hub`` is imported only when the cache is consulted.
+
+:func:`cached_hub_file` and :func:`download_hub_file` (cache lookup; a resumable download that
+reports its progress) are shared with the dataset cleaner's LaMa model.
 """
 
 from __future__ import annotations
@@ -132,9 +135,22 @@ def default_cache_dir() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def _repo_cache_folder(spec: ModelSpec, cache_dir: str | os.PathLike | None) -> Path:
+def _repo_cache_folder(repo_id: str, cache_dir: str | os.PathLike | None) -> Path:
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    return root / ("models--" + spec.repo_id.replace("/", "--"))
+    return root / ("models--" + repo_id.replace("/", "--"))
+
+
+def cached_hub_file(
+    repo_id: str, filename: str, revision: str | None, cache_dir: str | os.PathLike | None = None
+) -> Path | None:
+    """One file of a Hub repo from the local HF cache (no network): the pinned revision, else ``main``."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for rev in [revision, "main"] if revision and revision != "main" else ["main"]:
+        hit = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=rev)
+        if isinstance(hit, str) and Path(hit).is_file():
+            return Path(hit)
+    return None
 
 
 def cached_model_files(spec: ModelSpec, cache_dir: str | os.PathLike | None = None) -> ModelFiles | None:
@@ -183,6 +199,33 @@ def _watch_download(folder: Path, filename: str, total: int, events: Events) -> 
         thread.join()
 
 
+def download_hub_file(
+    repo_id: str,
+    filename: str,
+    revision: str | None,
+    cache_dir: str | os.PathLike | None = None,
+    endpoint: str | None = None,
+    events: Events | None = None,
+) -> Path:
+    """``hf_hub_download`` into the HF cache (resuming a partial download), its progress reported as
+    ``events.progress("downloading", bytes, total, filename)``. Exceptions are huggingface_hub's own."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    events = events or Events()
+    url = hf_hub_url(repo_id, filename, revision=revision, endpoint=endpoint)
+    try:
+        total = int(get_hf_file_metadata(url).size or 0)
+    except Exception:  # the download below reports the real problem
+        total = 0
+    about = f" ({total / 1e6:.0f} MB)" if total > 1e6 else ""
+    events.info(f"Downloading {filename}{about} of {repo_id} into the Hugging Face cache.")
+    blobs = _repo_cache_folder(repo_id, cache_dir) / "blobs"
+    with _watch_download(blobs, filename, total, events):
+        path = hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, endpoint=endpoint)
+    events.progress("downloading", total, total, filename)
+    return Path(path)
+
+
 def download_model_files(
     spec: ModelSpec,
     cache_dir: str | os.PathLike | None = None,
@@ -190,25 +233,10 @@ def download_model_files(
     events: Events | None = None,
 ) -> ModelFiles:
     """Download the model's two files into the HF cache (resuming a partial download)."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
-
-    events = events or Events()
     paths = []
     for filename in (spec.labels_file, spec.model_file):
         try:
-            url = hf_hub_url(spec.repo_id, filename, revision=spec.revision, endpoint=endpoint)
-            try:
-                total = int(get_hf_file_metadata(url).size or 0)
-            except Exception:  # the download below reports the real problem
-                total = 0
-            about = f" ({total / 1e6:.0f} MB)" if total > 1e6 else ""
-            events.info(f"Downloading {filename}{about} of {spec.repo_id} into the Hugging Face cache.")
-            blobs = _repo_cache_folder(spec, cache_dir) / "blobs"
-            with _watch_download(blobs, filename, total, events):
-                path = hf_hub_download(
-                    spec.repo_id, filename, revision=spec.revision, cache_dir=cache_dir, endpoint=endpoint
-                )
-            events.progress("downloading", total, total, filename)
+            path = download_hub_file(spec.repo_id, filename, spec.revision, cache_dir, endpoint, events)
         except Exception as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
@@ -216,7 +244,7 @@ def download_model_files(
                 f"downloaded from {spec.repo_id} ({type(exc).__name__}: {reason}).",
                 manual_placement_hint(spec),
             ) from exc
-        paths.append(Path(path))
+        paths.append(path)
     return ModelFiles(spec.name, paths[1], paths[0], spec, "download")
 
 

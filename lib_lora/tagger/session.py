@@ -4,6 +4,9 @@ Providers: CUDA when onnxruntime-gpu and a GPU work, else DirectML when present,
 a warning that says *why* no GPU is used (a silent CPU fallback is the most reported complaint of
 the existing taggers). Input name, size and batch dimension are read from the model: a fixed
 batch-1 export is fed one image at a time, never reshaped. ``onnxruntime`` is imported lazily.
+
+:func:`open_session` (providers, options, the CPU-fallback warning, a readable load error) is the
+one place any ONNX model of the project is opened; the dataset cleaner's LaMa uses it too.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -68,9 +72,10 @@ class ProviderPlan:
 
 
 def plan_providers(
-    device: str, available: Sequence[str], ort_version: str = "", packages: Sequence[str] = ()
+    device: str, available: Sequence[str], ort_version: str = "", packages: Sequence[str] = (), task: str = "Tagging"
 ) -> ProviderPlan:
-    """Choose the execution providers for ``device`` ("auto", "cuda", "directml", "cpu")."""
+    """Choose the execution providers for ``device`` ("auto", "cuda", "directml", "cpu");
+    ``task`` names the work in the warning ("Tagging runs on the CPU: ...")."""
     device = device.lower()
     if device == "dml":
         device = "directml"
@@ -97,7 +102,103 @@ def plan_providers(
         provider = wanted[0]
         why = f"this {build} build has no {provider} (install {_GPU_PACKAGE[provider]} instead of onnxruntime)"
     asked = "" if device == "auto" else f"{_DEVICE_NAME[wanted[0]]} was asked for but "
-    return ProviderPlan([CPU], f"Tagging runs on the CPU: {asked}{why}.")
+    return ProviderPlan([CPU], f"{task} runs on the CPU: {asked}{why}.")
+
+
+def _ort_version() -> str:
+    import onnxruntime as ort
+
+    return str(ort.__version__)
+
+
+def device_name(providers: Sequence[str]) -> str:
+    """ "CUDA", "DirectML" or "CPU": where a session with these providers runs."""
+    return _DEVICE_NAME.get(providers[0], providers[0]) if providers else "CPU"
+
+
+def _gpu_failure_hint(provider: str, ort_version: str) -> str:
+    if provider == CUDA:
+        cuda = "CUDA 12 and cuDNN 9" if _version_tuple(ort_version) >= (1, 19) else "the CUDA/cuDNN its docs name"
+        return (
+            f"onnxruntime-gpu {ort_version} needs {cuda} and a working NVIDIA driver; "
+            "onnxruntime's own message above names the missing library"
+        )
+    return "the DirectML device could not be opened"
+
+
+def _load_error(exc: Exception, ort_version: str, path: object, what: str, hint: str | None) -> UserError:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    lowered = text.lower()
+    if "protobuf" in lowered or "invalid_protobuf" in lowered or "parse" in lowered:
+        return UserError(f"{path} is not a valid ONNX model file (onnxruntime could not parse it).")
+    opset = "opset" in lowered or "ir_version" in lowered or "unsupported model" in lowered
+    return UserError(f"onnxruntime {ort_version} could not load {what} {path}: {text}", hint if opset else None)
+
+
+@dataclass
+class OpenedSession:
+    session: Any  # onnxruntime.InferenceSession
+    providers: list[str]  # what the session really runs on, best first
+    warnings: list[str]  # why no GPU is used (already sent to ``events.warning``)
+
+    @property
+    def device(self) -> str:
+        return device_name(self.providers)
+
+
+def open_session(
+    model_path: str | os.PathLike,
+    *,
+    device: str = "auto",
+    threads: int = 0,
+    events: Events | None = None,
+    session_config: Mapping[str, str] | None = None,
+    task: str = "Tagging",
+    what: str = "the model",
+    min_onnxruntime: UserError | None = None,
+    load_hint: str | None = None,
+) -> OpenedSession:
+    """An onnxruntime session for ``model_path`` on the best provider ``device`` allows.
+
+    A warning (sent to ``events`` and returned) says why no GPU is used: no GPU build installed,
+    both builds installed, or the GPU provider failed to start. ``min_onnxruntime`` is raised
+    first when given (the model needs a newer onnxruntime); a file onnxruntime cannot load is one
+    :class:`UserError` naming ``what`` and the path (``load_hint`` added for opset/IR errors).
+    """
+    import onnxruntime as ort
+
+    events = events or Events()
+    if min_onnxruntime is not None:
+        raise min_onnxruntime
+    plan = plan_providers(device, ort.get_available_providers(), ort.__version__, _installed_ort_packages(), task)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # this session's chatter; provider load errors still print
+    config = dict(session_config or {})
+    if plan.providers == [CPU]:
+        # idle worker threads that spin take CPU from the decode threads (and other programs):
+        # neutral on an idle 2-core machine, ~10 % faster on a busy one (bench/tagger.py)
+        config.setdefault("session.intra_op.allow_spinning", "0")
+    for key, value in config.items():
+        options.add_session_config_entry(key, value)
+    try:
+        session = ort.InferenceSession(os.fspath(model_path), sess_options=options, providers=plan.providers)
+    except Exception as exc:
+        raise _load_error(exc, ort.__version__, model_path, what, load_hint) from None
+    providers = list(session.get_providers())
+    warnings: list[str] = []
+    if plan.warning:
+        warnings.append(plan.warning)
+    elif plan.providers[0] != CPU and providers[0] != plan.providers[0]:
+        requested = plan.providers[0]
+        warnings.append(
+            f"{task} runs on the CPU: {requested} failed to start ({_gpu_failure_hint(requested, ort.__version__)})."
+        )
+    for text in warnings:
+        events.warning(text)
+    return OpenedSession(session, providers, warnings)
 
 
 @dataclass(frozen=True)
@@ -142,73 +243,30 @@ class Tagger:
         events: Events | None = None,
         session_config: Mapping[str, str] | None = None,
     ) -> None:
-        import onnxruntime as ort
-
         events = events or Events()
         self.files = files
         self.name = files.name
         self.labels: Labels = read_labels(files.labels_path)
-        too_old = check_onnxruntime_version(files.spec, ort.__version__)
-        if too_old is not None:
-            raise too_old
-        plan = plan_providers(device, ort.get_available_providers(), ort.__version__, _installed_ort_packages())
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads > 0:
-            options.intra_op_num_threads = threads
-        options.log_severity_level = 3  # this session's chatter; provider load errors still print
-        config = dict(session_config or {})
-        if plan.providers == [CPU]:
-            # idle worker threads that spin take CPU from the decode threads (and other programs):
-            # neutral on an idle 2-core machine, ~10 % faster on a busy one (bench/tagger.py)
-            config.setdefault("session.intra_op.allow_spinning", "0")
-        for key, value in config.items():
-            options.add_session_config_entry(key, value)
-        try:
-            self.session = ort.InferenceSession(
-                os.fspath(files.model_path), sess_options=options, providers=plan.providers
-            )
-        except Exception as exc:
-            raise self._load_error(exc, ort.__version__) from None
-        self.providers: list[str] = list(self.session.get_providers())
-        self.warnings: list[str] = []  # why no GPU is used; repeated each time the tagger is reused
-        if plan.warning:
-            self.warnings.append(plan.warning)
-        elif plan.providers[0] != CPU and self.providers[0] != plan.providers[0]:
-            requested = plan.providers[0]
-            self.warnings.append(
-                f"Tagging runs on the CPU: {requested} failed to start "
-                f"({self._gpu_failure_hint(requested, ort.__version__)})."
-            )
-        for text in self.warnings:
-            events.warning(text)
+        opened = open_session(
+            files.model_path,
+            device=device,
+            threads=threads,
+            events=events,
+            session_config=session_config,
+            task="Tagging",
+            what="the tagger",
+            min_onnxruntime=check_onnxruntime_version(files.spec, _ort_version()),
+            load_hint="WD v3 taggers need onnxruntime >= 1.17; upgrade onnxruntime (or onnxruntime-gpu).",
+        )
+        self.session = opened.session
+        self.providers: list[str] = opened.providers
+        self.warnings: list[str] = opened.warnings  # why no GPU is used; repeated each time the tagger is reused
         self.input: ModelInput = read_input(self.session, f"The model {files.model_path}")
         self.output_name: str = self.session.get_outputs()[0].name
         n_out = self.session.get_outputs()[0].shape[1]
         if isinstance(n_out, int) and n_out != len(self.labels):
             raise self._label_mismatch(n_out)
         self._lock = threading.Lock()
-
-    @staticmethod
-    def _gpu_failure_hint(provider: str, ort_version: str) -> str:
-        if provider == CUDA:
-            cuda = "CUDA 12 and cuDNN 9" if _version_tuple(ort_version) >= (1, 19) else "the CUDA/cuDNN its docs name"
-            return (
-                f"onnxruntime-gpu {ort_version} needs {cuda} and a working NVIDIA driver; "
-                "onnxruntime's own message above names the missing library"
-            )
-        return "the DirectML device could not be opened"
-
-    def _load_error(self, exc: Exception, ort_version: str) -> UserError:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        path = self.files.model_path
-        lowered = text.lower()
-        if "protobuf" in lowered or "invalid_protobuf" in lowered or "parse" in lowered:
-            return UserError(f"{path} is not a valid ONNX model file (onnxruntime could not parse it).")
-        hint = None
-        if "opset" in lowered or "ir_version" in lowered or "unsupported model" in lowered:
-            hint = "WD v3 taggers need onnxruntime >= 1.17; upgrade onnxruntime (or onnxruntime-gpu)."
-        return UserError(f"onnxruntime {ort_version} could not load the tagger {path}: {text}", hint)
 
     def _label_mismatch(self, n_out: int) -> UserError:
         return UserError(
@@ -223,7 +281,7 @@ class Tagger:
 
     @property
     def device(self) -> str:
-        return _DEVICE_NAME.get(self.providers[0], self.providers[0]) if self.providers else "CPU"
+        return device_name(self.providers)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Scores ``[N, labels]`` for prepared images ``[N, size, size, 3]`` (float32, BGR, 0..255)."""

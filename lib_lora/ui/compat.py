@@ -49,3 +49,73 @@ def hidden_progress() -> dict[str, Any]:
 def is_update(value: Any) -> bool:
     """True for what :func:`update` returns (a dict whose ``__type__`` names an update)."""
     return isinstance(value, dict) and value.get("__type__") in ("update", "generic_update")
+
+
+class _SketchImage(gr.Image):
+    """Gradio 3's sketch image, which sends the bare image (not ``{"image", "mask"}``) until something
+    is painted — its own preprocess then fails; here that is an image with no mask."""
+
+    def get_block_name(self) -> str:
+        return "image"  # the browser's component is the plain Image
+
+    def preprocess(self, x: Any) -> Any:
+        if self.tool == "sketch" and isinstance(x, str):
+            self.tool = "editor"
+            try:
+                image = super().preprocess(x)
+            finally:
+                self.tool = "sketch"
+            return {"image": image, "mask": None}
+        return super().preprocess(x)
+
+
+def mask_painter(label: str, elem_id: str, height: int = 520, brush_radius: int = 20) -> Any:
+    """An image the user paints a mask on: Gradio 3's ``Image(tool="sketch")`` (white strokes over
+    the image), Gradio 4's ``ImageEditor`` (brush + eraser layers). Read it with :func:`painted_mask`."""
+    if GRADIO_MAJOR < 4:
+        return _SketchImage(
+            label=label, source="upload", tool="sketch", type="numpy", interactive=True, height=height,
+            brush_radius=brush_radius, brush_color="#ff0000", mask_opacity=0.6, elem_id=elem_id,
+        )  # fmt: skip
+    return gr.ImageEditor(  # pragma: no cover - Gradio 4 only
+        label=label, type="numpy", sources=(), layers=False, height=height, elem_id=elem_id,
+        brush=gr.Brush(default_size=brush_radius * 2, colors=["#ff0000"], color_mode="fixed"),
+        eraser=gr.Eraser(default_size=brush_radius * 2),
+    )  # fmt: skip
+
+
+def brush_update(radius: float) -> Any:
+    """Change the painter's brush size."""
+    if not isinstance(radius, (int, float)) or radius <= 0:
+        return gr.update()
+    if GRADIO_MAJOR < 4:
+        return gr.update(brush_radius=float(radius))
+    return gr.update(
+        brush=gr.Brush(default_size=int(radius) * 2, colors=["#ff0000"], color_mode="fixed")
+    )  # pragma: no cover
+
+
+def painted_mask(value: Any) -> Any:
+    """The painted strokes of a :func:`mask_painter` value as a bool numpy array [H, W] (None when
+    there is no image): Gradio 3 sends ``{"image", "mask"}``, Gradio 4 ``{"background", "layers"}``."""
+    import numpy as np
+
+    if not isinstance(value, dict):
+        return None
+    if "mask" in value:
+        mask = value.get("mask")
+        if mask is None:
+            return None
+        mask = np.asarray(mask)
+        return (mask.max(axis=-1) if mask.ndim == 3 else mask) > 127
+    layers = value.get("layers") or []  # pragma: no cover - Gradio 4 only
+    background = value.get("background")  # pragma: no cover
+    if background is None:  # pragma: no cover
+        return None
+    shape = np.asarray(background).shape[:2]  # pragma: no cover
+    painted = np.zeros(shape, dtype=bool)  # pragma: no cover
+    for layer in layers:  # pragma: no cover
+        layer = np.asarray(layer)
+        if layer.ndim == 3 and layer.shape[-1] == 4:
+            painted |= layer[..., 3] > 127
+    return painted  # pragma: no cover

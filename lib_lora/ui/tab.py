@@ -1,4 +1,4 @@
-"""The "Train LoRA" tab: four sub-tabs in workflow order, built against a :class:`UIHost`.
+"""The "Train LoRA" tab: its sub-tabs in workflow order, built against a :class:`UIHost`.
 
 ``build_tab(host)`` returns ``(blocks, tab)``: the webui registers ``blocks`` with
 ``on_ui_tabs`` (elem_id ``lora_trainer``, so the page wraps it in ``#tab_lora_trainer``); the
@@ -12,6 +12,7 @@ from typing import Any
 
 import gradio as gr
 
+from lib_lora.ui.clean_panel import CleanPanel
 from lib_lora.ui.dataset_panel import DatasetPanel
 from lib_lora.ui.editor_panel import EditorPanel
 from lib_lora.ui.host import UIHost
@@ -36,6 +37,7 @@ class TrainerTab:
         self.host = host
         self.dataset = DatasetPanel(self)
         self.editor = EditorPanel(self)
+        self.clean = CleanPanel(self)
         self.train = TrainPanel(self)
         self.test = TestPanel(self)
 
@@ -44,6 +46,8 @@ class TrainerTab:
             with gr.Tabs(elem_id="lora_trainer_tabs"):
                 with gr.Tab("Dataset", elem_id="lora_trainer_tab_dataset") as self.dataset_tab:
                     self.dataset.build()
+                with gr.Tab("Clean", elem_id="lora_trainer_tab_clean") as self.clean_tab:
+                    self.clean.build()
                 with gr.Tab("Tag & edit", elem_id="lora_trainer_tab_tag") as self.tag_tab:
                     self.editor.build()
                 with gr.Tab("Train", elem_id="lora_trainer_tab_train") as self.train_tab:
@@ -52,6 +56,7 @@ class TrainerTab:
                     self.test.build()
             self.dataset.wire()
             self.editor.wire()
+            self.clean.wire()
             self.train.wire()
             self.test.wire()
             self.tag_tab.select(self.editor.provider_html, None, [self.editor.provider])

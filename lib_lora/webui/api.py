@@ -10,6 +10,9 @@ API is on: ``--api`` or ``--nowebui``; behind ``--api-auth`` exactly like ``/sda
 - ``POST jobs/{ID}/stop`` — the run stops after the current step and saves; 404 if unknown.
 - ``POST tag`` — ``{"folder", "model", "general_threshold", "character_threshold", "existing",
   "additional_tags", "exclude_tags", "batch_size", "confidences"}`` -> ``{"job": ID}``.
+- ``POST clean`` — ``{"folder", "mask" | "masks", "images", "model", "margin"}`` (one mask for the
+  folder's images — or only ``images``, relative paths —, or a folder of masks mirroring it), or
+  ``{"folder", "restore": true}`` -> ``{"job": ID}``; originals go to ``<folder>/.clean-history``.
 
 Jobs go through the tab's JobManager: one at a time, in order, under the webui's queue lock and
 ``shared.state`` (txt2img waits; Interrupt stops training).
@@ -28,6 +31,7 @@ TAG_KEYS = {
     "exclude_tags", "batch_size", "confidences", "keep_underscores", "general_mcut", "character_mcut",
     "include_ratings", "caption_extension",
 }  # fmt: skip
+CLEAN_KEYS = {"folder", "mask", "masks", "images", "model", "margin", "restore"}
 
 
 def flatten_config(body: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -92,6 +96,62 @@ def tag_options(body: Any) -> Any:
         return TagFolderOptions(folder=folder, tags=tags, **kwargs)
     except TypeError as exc:
         raise UserError(f"A tagger option has the wrong type: {exc}.") from None
+
+
+def clean_job(body: Any) -> tuple[str, Any]:
+    """(job title, job function) for a ``POST clean`` body; UserError for a bad one (checked before queueing)."""
+    from pathlib import Path
+
+    from lib_lora.cleanup.clean import clean_folder, load_lama, read_mask, restore_folder
+
+    if not isinstance(body, Mapping):
+        raise UserError("The request body must be a JSON object with at least a folder.")
+    unknown = sorted(set(body) - CLEAN_KEYS)
+    if unknown:
+        raise UserError(f"Unknown clean option(s): {', '.join(unknown)}; known: {', '.join(sorted(CLEAN_KEYS))}.")
+    folder = body.get("folder")
+    if not folder or not isinstance(folder, str) or not os.path.isdir(folder):
+        raise UserError(f"folder must be an existing dataset folder (got {folder!r}).")
+    if body.get("restore"):
+
+        def restore(events: Any, stop: Any) -> str:
+            restored, refused = restore_folder(folder)
+            for _, why in refused:
+                events.warning(why)
+            events.info(f"Restored {len(restored)} originals.")
+            return f"restored {len(restored)}"
+
+        return f"Restore {folder}", restore
+    if bool(body.get("mask")) == bool(body.get("masks")):
+        raise UserError("Give mask (one mask image for the images) or masks (a folder of masks), not both or neither.")
+    mask = read_mask(body["mask"]) if body.get("mask") else None
+    if mask is not None and not mask.any():
+        raise UserError(f"The mask {body['mask']} is empty (no white or painted pixels).")
+    images = body.get("images")
+    if images is not None:
+        if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+            raise UserError("images must be a list of image paths relative to the folder.")
+        missing = [i for i in images if not (Path(folder) / i).is_file()]
+        if missing:
+            raise UserError(f"Not in {folder}: {', '.join(missing[:5])}.")
+        images = [Path(folder) / i for i in images]
+    margin = body.get("margin", 128)
+    if not isinstance(margin, int) or margin < 0:
+        raise UserError("margin must be a whole number of pixels, 0 or more.")
+    model = body.get("model") or "lama-carve"
+
+    def run(events: Any, stop: Any) -> str:
+        lama = load_lama(model, events=events)
+        result = clean_folder(
+            folder, lama, masks_dir=body.get("masks"), mask=mask, images=images, margin=margin, events=events,
+            stop=stop,
+        )  # fmt: skip
+        for _, why in result.failed:
+            events.warning(why)
+        events.info(result.summary().capitalize() + ".")
+        return result.summary()
+
+    return f"Clean {folder}", run
 
 
 class _Reject(Exception):
@@ -161,6 +221,15 @@ def register_api(app: Any, host: Any) -> None:
         status = host.jobs.submit(
             "tag", f"Tag {options.folder}", lambda events, stop: tag_folder(options, events, stop)
         )
+        return {"job": status.id, "state": status.state}
+
+    @router.post("/clean")
+    def clean(body: Any = required_body) -> dict[str, Any]:
+        try:
+            title, run = clean_job(body)
+        except UserError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        status = host.jobs.submit("clean", title, run)
         return {"job": status.id, "state": status.state}
 
     @router.get("/jobs/{job_id}")

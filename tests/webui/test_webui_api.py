@@ -163,3 +163,41 @@ def test_api_auth_is_required_when_the_webui_requires_it(webui) -> None:
     assert client.get(f"{V1}/jobs/x").status_code == 401
     assert client.get(f"{V1}/jobs/x", auth=("alice", "wrong")).status_code == 401
     assert client.get(f"{V1}/jobs/x", auth=("bob", "pw")).status_code == 404
+
+
+def test_clean_a_folder_then_restore(webui, api) -> None:
+    import numpy as np
+
+    from support.lama_tiny import write_model
+
+    model = write_model(webui.root / "lama" / "lama_fp32.onnx")
+    folder = webui.root / "cleanme"
+    (folder / "1_x").mkdir(parents=True)
+    rgb = np.full((120, 160, 3), (40, 120, 200), dtype=np.uint8)
+    rgb[100:112, 110:150] = (250, 20, 20)
+    Image.fromarray(rgb).save(folder / "1_x" / "a.png")
+    original = (folder / "1_x" / "a.png").read_bytes()
+    mask = np.zeros((120, 160), dtype=np.uint8)
+    mask[96:116, 104:156] = 255
+    Image.fromarray(mask).save(webui.root / "mask.png")
+    body = {"folder": str(folder), "mask": str(webui.root / "mask.png"), "model": str(model)}
+    status = wait(api, api.post(f"{V1}/clean", json=body).json()["job"])
+    assert status["state"] == "done" and "Cleaned 1 images." in status["messages"], status
+    assert (np.asarray(Image.open(folder / "1_x" / "a.png"))[..., 0] < 200).all()
+    status = wait(api, api.post(f"{V1}/clean", json={"folder": str(folder), "restore": True}).json()["job"])
+    assert status["state"] == "done" and (folder / "1_x" / "a.png").read_bytes() == original
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({}, "folder must be an existing dataset folder"),
+        ({"folder": "."}, "Give mask"),
+        ({"folder": ".", "mask": "m.png", "masks": "m"}, "Give mask"),
+        ({"folder": ".", "mask": "/nonexistent/mask.png"}, "does not exist"),
+        ({"folder": ".", "brush": 3}, "Unknown clean option"),
+    ],
+)
+def test_bad_clean_request_is_422(api, body: dict, words: str) -> None:
+    response = api.post(f"{V1}/clean", json=body)
+    assert response.status_code == 422 and words in response.json()["detail"]

@@ -1,0 +1,119 @@
+"""The Clean sub-tab's handlers in-process: load, pick, paint (brush + eraser), preview, accept, undo,
+restore, batch; bad input answers with a message and changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lib_lora.ui.tab import build_tab
+from support.lama_tiny import write_model
+from support.tagger_files import snapshot
+from support.ui_host import FakeHost
+from support.ui_tab import Select, value
+
+RED = (250, 20, 20)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(write_model(tmp_path_factory.mktemp("lama") / "lama_fp32.onnx"))
+
+
+@pytest.fixture
+def panel(tmp_path: Path):
+    _, tab = build_tab(FakeHost(tmp_path))
+    return tab.clean
+
+
+def dataset(root: Path) -> dict[str, bytes]:
+    for n, size in enumerate([(300, 200), (600, 400)]):
+        rgb = np.full((size[1], size[0], 3), (40, 120, 200), dtype=np.uint8)
+        h, w = size[1], size[0]
+        rgb[int(h * 0.85) : int(h * 0.95), int(w * 0.7) : int(w * 0.95)] = RED
+        (root / "5_x").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb).save(root / "5_x" / f"{n}.png")
+    return {p.name: p.read_bytes() for p in (root / "5_x").iterdir()}
+
+
+def strokes(shape: tuple[int, int], box: tuple[float, float, float, float]) -> dict:
+    """A Gradio 3 sketch value: the image and white strokes on black where ``box`` (fractions)."""
+    h, w = shape
+    mask = np.zeros((h, w, 3), dtype=np.uint8)
+    mask[int(h * box[1]) : int(h * box[3]), int(w * box[0]) : int(w * box[2])] = 255
+    return {"image": np.zeros((h, w, 3), dtype=np.uint8), "mask": mask}
+
+
+def has_red(path: Path) -> bool:
+    return bool((np.asarray(Image.open(path).convert("RGB"))[..., 0] > 200).any())
+
+
+def test_paint_preview_accept_undo_restore_and_batch(panel, tmp_path: Path, model: str) -> None:
+    root = tmp_path / "data"
+    originals = dataset(root)
+    view, gallery, choices, status = panel.load(str(root))
+    assert value(choices) is None and len(gallery) == 2 and "2 images" in status
+    rel, info, painter, kept, _, _ = panel.select(view, Select(0))
+    assert rel == "5_x/0.png" and painter.size == (300, 200)
+    shape = (200, 300)
+    # paint too much, then erase a strip: the kept mask follows
+    kept, overlay, _ = panel.add_strokes(view, rel, strokes(shape, (0.6, 0.8, 1.0, 1.0)), None, False)
+    assert kept.sum() == 120 * 40
+    kept, overlay, text = panel.add_strokes(view, rel, strokes(shape, (0.6, 0.8, 0.65, 1.0)), kept, True)
+    assert kept.sum() == 105 * 40 and "covers" in text
+    assert overlay is None  # the painter is emptied (old strokes dropped), then shows the kept mask in red:
+    overlay = np.asarray(panel.painter_view(view, rel, kept))
+    assert overlay[190, 250, 0] > overlay[190, 250, 2] and overlay[10, 10, 0] < overlay[10, 10, 2]
+    pending, shown, text = panel.preview(view, rel, strokes(shape, (0, 0, 0, 0)), kept, False, "lama-carve", model)
+    assert "pixels filled in" in text and (root / "5_x" / "0.png").read_bytes() == originals["0.png"]
+    assert "Cleaning runs on the CPU" in text  # a CPU-only onnxruntime says so (and why)
+    assert not (np.asarray(shown)[..., 0] > 200).any()
+    out = panel.accept(view, rel, pending)
+    view, gallery = out[0], out[1]
+    assert "original is in .clean-history" in out[-1] and not has_red(root / "5_x" / "0.png")
+    assert gallery[0][1].startswith("cleaned (1x)")
+    out = panel.undo(view, rel)
+    assert (root / "5_x" / "0.png").read_bytes() == originals["0.png"] and not out[1][0][1].startswith("cleaned")
+    # batch: the same corner mask over both images (scaled to the 600x400 one)
+    out = panel.batch(
+        view, rel, ["5_x/0.png", "5_x/1.png"], strokes(shape, (0.65, 0.8, 1.0, 1.0)), None, False, "", model
+    )
+    assert "Cleaned 2 images" in out[-1] and "cleaned 1x" in out[-2]
+    assert not has_red(root / "5_x" / "0.png") and not has_red(root / "5_x" / "1.png")
+    view = out[0]
+    out = panel.restore(view, "5_x/1.png")
+    assert (root / "5_x" / "1.png").read_bytes() == originals["1.png"]
+    out = panel.restore_all(out[0])
+    assert "Restored 1 originals" in out[-1]
+    assert {p.name: p.read_bytes() for p in (root / "5_x").iterdir()} == originals
+
+
+def test_bad_input_is_a_message_and_changes_nothing(panel, tmp_path: Path, model: str) -> None:
+    root = tmp_path / "data"
+    dataset(root)
+    before = snapshot(root)
+    view = panel.load(str(root))[0]
+    empty = strokes((200, 300), (0, 0, 0, 0))
+    assert "mask is empty" in panel.preview(view, "5_x/0.png", empty, None, False, "lama-carve", model)[-1]
+    assert "mask is empty" in panel.batch(view, None, ["5_x/0.png"], empty, None, False, "", model)[-1]
+    assert "does not exist" in panel.preview(view, "5_x/0.png", strokes((200, 300), (0, 0, 0.5, 0.5)), None, False, "", str(tmp_path / "no.onnx"))[-1]  # fmt: skip
+    assert "Make a preview" in panel.accept(view, "5_x/0.png", None)[-1]
+    assert "has not been cleaned" in panel.restore(view, "5_x/0.png")[-1]
+    assert "does not exist" in panel.load(str(tmp_path / "nowhere"))[-1]
+    assert snapshot(root) == before
+
+
+def test_the_painter_accepts_an_image_with_nothing_painted(panel) -> None:
+    """Gradio 3 sends the bare image until a stroke is drawn; that is "no mask", not an error."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (1, 2, 3)).save(buffer, format="PNG")
+    sent = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    value = panel.painter.preprocess(sent)
+    assert value["mask"] is None and value["image"].shape == (24, 32, 3)
+    assert panel._mask(value, None, False) is None
