@@ -367,6 +367,16 @@ class TrainConfig:
         group="training",
         label="FP8 base weights",
     )
+    auto_memory: bool = setting(
+        True,
+        "Before training on a GPU, read its free memory and turn on the cheapest savers the run needs to fit "
+        "(memory-efficient attention, cached text encoder outputs, gradient checkpointing, FP8 base weights); "
+        "the log says which and why. Off = exactly the settings above.",
+        group="training",
+        kohya=False,
+        in_metadata=False,
+        label="Auto memory",
+    )
 
     # -- saving ------------------------------------------------------------------------------------
     output_dir: str = setting(

@@ -40,8 +40,9 @@ from lib_lora.engine.network import LoRANetwork
 from lib_lora.engine.savers import Offload, offload_modules
 from lib_lora.engine.step import Batch, LossSettings
 from lib_lora.engine.targets import check_family, select_targets
-from lib_lora.events import Events, SampleImage, SavedFile, StopRequested, StopToken
+from lib_lora.events import Events, MultiEvents, SampleImage, SavedFile, StopRequested, StopToken
 from lib_lora.formats import metadata as md
+from lib_lora.jobs import vram
 from lib_lora.jobs.lora_files import check_file_family, load_network_weights, read_lora_file, save_network
 from lib_lora.jobs.samples import SamplePrompt, load_sample_prompts, sample_path
 
@@ -448,6 +449,9 @@ def train(
     """Train a LoRA on ``bundle`` as ``cfg`` says; see the module docstring."""
     events = events or Events()
     stop = stop or StopToken()
+    cfg = vram.apply_auto_memory(cfg, bundle, events)  # CUDA only: the savers the card needs
+    if bundle.device.type == "cuda":  # the spill guard: steps suddenly 5x slower
+        events = MultiEvents(events, vram.SpillEvents(events.warning))
     plan = plan or prepare(cfg, bundle, events, stop, str(resume) if resume else None)
     state = _read_state(Path(resume), cfg) if resume else None
     seed = state["seed"] if state else plan.seed

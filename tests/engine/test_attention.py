@@ -74,11 +74,19 @@ def test_heads_mask_and_scale_follow_ldm_cross_attention() -> None:
     from ldm.modules.attention import CrossAttention
 
     torch.manual_seed(0)
-    layer = CrossAttention(query_dim=80, context_dim=24, heads=8, dim_head=10)  # SD's 8 heads, odd head width
+    cross = CrossAttention(query_dim=80, context_dim=24, heads=8, dim_head=10)  # SD's 8 heads, odd head width
+    self_attention = CrossAttention(query_dim=80, heads=8, dim_head=10)
     x = torch.randn(3, 7, 80)
     context = torch.randn(3, 5, 24)
     mask = torch.tensor([[1, 1, 0, 1, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
-    for ctx, m in ((None, None), (context, None), (context, mask)):
+    self_mask = torch.ones(3, 7, dtype=torch.bool)
+    self_mask[0, 3:] = False
+    for layer, ctx, m in (
+        (self_attention, None, None),
+        (self_attention, None, self_mask),
+        (cross, context, None),
+        (cross, context, mask),
+    ):
         expected = CrossAttention.forward(layer, x, ctx, m)
         torch.testing.assert_close(sdpa_forward(layer, x, ctx, m), expected, rtol=1e-5, atol=1e-6)
 
