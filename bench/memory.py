@@ -21,6 +21,11 @@ loaded model (so the float8 configuration, whose stored model is smaller, shows 
 
     python bench/memory.py                       # CPU, 512 px, batch 1, dim 8
     python bench/memory.py --device cuda --resolution 512 --batch 1
+    python bench/memory.py --device cuda --arch sdxl --resolution 1024 --dim 32   # GPU only (13 GB in fp32)
+
+``--arch sdxl`` uses the standalone host's diffusers SDXL UNet and its two CLIP text encoders (the
+sgm classes the webui runs are not on PyPI); its default row uses diffusers' plain attention
+processor and +sdpa its ``AttnProcessor2_0``.
 """
 
 from __future__ import annotations
@@ -79,6 +84,112 @@ def build(device: str, dtype):
     return unet, te
 
 
+def build_sdxl(device: str, dtype, arch: str = "sdxl"):
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from lib_lora.standalone.architectures import load_config
+    from lib_lora.standalone.tiny import tiny_configs
+
+    torch.manual_seed(0)
+    if arch == "tiny-sdxl":  # a smoke run of this path on any machine
+        configs = tiny_configs("tiny-sdxl")
+    else:
+        configs = {"unet": load_config("sdxl_unet"), "te1": load_config("clip_l"), "te2": load_config("clip_bigg")}
+    unet = UNet2DConditionModel(**configs["unet"])
+    te1 = CLIPTextModel(CLIPTextConfig(**configs["te1"]))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**configs["te2"]))
+    for module in (unet, te1, te2):
+        module.to(device=device, dtype=dtype).requires_grad_(False).eval()
+    return unet, {"te1": te1, "te2": te2}
+
+
+def run_sdxl(config: str, args: argparse.Namespace) -> dict:
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from lib_lora.engine.fp8 import Fp8Base
+    from lib_lora.engine.network import LoRANetwork
+    from lib_lora.engine.targets import select_targets
+
+    on = savers(config)
+    cuda = args.device.startswith("cuda")
+    dtype = torch.float16 if cuda else torch.float32
+    unet, tes = build_sdxl(args.device, dtype, args.arch)
+    if "fp8_base" in on:
+        Fp8Base([unet], keep_originals=False).install()
+    train_te = "te_cache" not in on
+    network = LoRANetwork(
+        select_targets("sdxl", unet, tes if train_te else {}), args.dim, args.dim,
+        naming={"unet": "diffusers", "te1": "hf", "te2": "hf"}, family="sdxl",
+    )  # fmt: skip
+    network.to(args.device)
+    network.apply_to()
+    network.train()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
+    generator = torch.Generator().manual_seed(1)
+    size = args.resolution // 8
+    latents = torch.randn(args.batch, 4, size, size, generator=generator).to(args.device)
+    noise = torch.randn(latents.shape, generator=generator).to(args.device)
+    vocab = tes["te1"].config.vocab_size - 2
+    tokens = torch.randint(0, vocab, (args.batch, 77), generator=generator).to(args.device)
+    timesteps = torch.randint(0, 1000, (args.batch,), generator=generator).to(args.device)
+    r = args.resolution
+    time_ids = torch.tensor([[r, r, 0, 0, r, r]] * args.batch, device=args.device, dtype=dtype)
+    autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else torch.autocast("cpu", enabled=False)
+
+    def encode():
+        h1 = tes["te1"](tokens, output_hidden_states=True).hidden_states[-2]
+        out2 = tes["te2"](tokens, output_hidden_states=True)
+        return torch.cat([h1, out2.hidden_states[-2]], dim=-1), out2.text_embeds
+
+    cached = None
+    if not train_te:
+        with torch.no_grad(), autocast:
+            cached = tuple(t.detach() for t in encode())
+        for te in tes.values():
+            te.to("cpu")
+    if "sdpa" not in on:
+        unet.set_attn_processor(AttnProcessor())
+    if "checkpointing" in on:
+        unet.enable_gradient_checkpointing()
+        unet.train()
+    gc.collect()
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = _status_kib("VmRSS") * 1024
+        _reset_peak_rss()
+    started = time.perf_counter()
+    with autocast:
+        context, pooled = cached if cached is not None else encode()
+        prediction = unet(
+            latents.to(dtype), timesteps, encoder_hidden_states=context.to(dtype),
+            added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids},
+        ).sample  # fmt: skip
+    loss = torch.nn.functional.mse_loss(prediction.float(), noise)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = _status_kib("VmHWM") * 1024
+    modules = [unet, *tes.values()]
+    return {
+        "config": config,
+        "over_model_bytes": peak - base,
+        "model_bytes": sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()]),
+        "seconds": time.perf_counter() - started,
+        "lora_params": sum(p.numel() for p in network.parameters()),
+        "loss": float(loss.detach()),
+    }
+
+
 def run_config(config: str, args: argparse.Namespace) -> dict:
     import torch
 
@@ -88,10 +199,12 @@ def run_config(config: str, args: argparse.Namespace) -> dict:
     from lib_lora.engine.targets import select_targets
     from lib_lora.webui.model_bundle import _checkpoint_blocks
 
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    if args.arch in ("sdxl", "tiny-sdxl"):
+        return run_sdxl(config, args)
     on = savers(config)
     cuda = args.device.startswith("cuda")
     dtype = torch.float16 if cuda else torch.float32
-    torch.set_num_threads(args.threads or torch.get_num_threads())
     unet, te = build(args.device, dtype)
     fp8 = None
     if "fp8_base" in on:  # as the webui's own FP8 option stores it (the fp32/fp16 copy is not kept)
@@ -158,6 +271,7 @@ def run_config(config: str, args: argparse.Namespace) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="sd15", choices=["sd15", "sdxl", "tiny-sdxl"])
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--dim", type=int, default=8)
@@ -185,8 +299,9 @@ def main() -> int:
             flush=True,
         )
     what = "peak RSS (VmHWM)" if args.device == "cpu" else "torch.cuda.max_memory_allocated"
+    model = "SD1.5 ldm UNet + CLIP-L" if args.arch == "sd15" else f"{args.arch} diffusers UNet + CLIP-L + bigG"
     print(
-        f"SD1.5 ldm UNet + CLIP-L, {args.resolution} px, batch {args.batch}, dim {args.dim}, {args.device}; {what}; "
+        f"{model}, {args.resolution} px, batch {args.batch}, dim {args.dim}, {args.device}; {what}; "
         "each row adds one saver to the rows above it"
     )
     for before, after in zip(rows, rows[1:]):

@@ -88,19 +88,25 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_cpu_dtype() if device == "cpu" else torch.get_autocast_gpu_dtype()
 
 
-def fp8_linear(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def fp8_linear(self: nn.Linear, x: torch.Tensor, *_: Any, **__: Any) -> torch.Tensor:
+    """``nn.Linear.forward`` on a float8 weight (extra arguments, such as diffusers' LoRA ``scale``
+    of its LoRA-compatible layers without a LoRA of their own, change nothing and are ignored)."""
     x = x.to(_compute_dtype(x))
     with torch.autocast(x.device.type, enabled=False):
         return _Fp8Linear.apply(x, self.weight, self.bias)
 
 
-def fp8_conv2d(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+def fp8_conv2d(self: nn.Conv2d, x: torch.Tensor, *_: Any, **__: Any) -> torch.Tensor:
+    """``nn.Conv2d.forward`` on a float8 weight (extra arguments ignored, as :func:`fp8_linear`)."""
     x = x.to(_compute_dtype(x))
     with torch.autocast(x.device.type, enabled=False):
         return _Fp8Conv2d.apply(x, self.weight, self.bias, self)
 
 
 def convertible(module: nn.Module) -> bool:
+    """A plain Linear / zero-padded Conv2d (diffusers' LoRA-compatible ones only without a LoRA of their own)."""
+    if getattr(module, "lora_layer", None) is not None:
+        return False
     if isinstance(module, nn.Linear):
         return True
     return isinstance(module, nn.Conv2d) and module.padding_mode == "zeros" and isinstance(module.padding, tuple)

@@ -159,7 +159,9 @@ def estimate(
     return VramEstimate(sum(parts.values()), parts, available_gib, device_name)
 
 
-def estimate_for(cfg: Any, family: str, **overrides: Any) -> VramEstimate:
+def estimate_for(
+    cfg: Any, family: str, available_gib: float | None = None, device_name: str | None = None, **overrides: Any
+) -> VramEstimate:
     """:func:`estimate` for a TrainConfig (``overrides`` replace its savers)."""
     width, height = cfg.resolution_wh
     values = {
@@ -172,7 +174,7 @@ def estimate_for(cfg: Any, family: str, **overrides: Any) -> VramEstimate:
         cfg.train_text_encoder, values["gradient_checkpointing"], "no" if cfg.mixed_precision == "no" else "fp16",
         cfg.optimizer_type, cfg.cache_latents, sdpa=values["sdpa"],
         cache_text_encoder_outputs=values["cache_text_encoder_outputs"], fp8_base=values["fp8_base"],
-        network_module=cfg.network_module,
+        network_module=cfg.network_module, available_gib=available_gib, device_name=device_name,
     )  # fmt: skip
 
 

@@ -16,6 +16,13 @@ webui's own code paths, so what is learnt is what txt2img sees:
   moments, likewise. Unscaled latents; float32 retry when the half-precision VAE gives NaN.
 - schedule ``alphas_cumprod_original`` (``alphas_cumprod`` may be a sampling-time replacement).
 
+Memory while training: the UNet's ldm/sgm ``CrossAttention`` layers run through torch's
+``scaled_dot_product_attention`` (:mod:`lib_lora.engine.attention`, an instance ``forward`` for the
+run only) whatever the webui's cross-attention setting; the class-level optimisation switch is
+left to the webui. Under the webui's own FP8 weight option the float8 weights are trained on as
+they are (its autocast upcasts them; ``dtype`` is then its UNet compute dtype) and left as they
+were; ``offload_modules`` names the VAE and text modules a run may move off the GPU once cached.
+
 :class:`TrainingSession` wraps a whole run: it refuses unsupported models before anything changes,
 clears the built-in Lora's applied networks, undoes the attention optimisations as the built-in
 trainers do, takes ``--medvram``'s module swapping out of the way, and puts every parameter's
