@@ -11,7 +11,8 @@ attention patch, our non-reentrant block checkpointing, our float8 storage):
     +sdpa           the UNet's attention through torch's scaled_dot_product_attention
     +checkpointing  gradient checkpointing of every UNet block
     +te_cache       UNet only; caption encoded once before the step (cache_text_encoder_outputs),
-                    the text encoder off the device (no-op on the CPU)
+                    the text encoder off the device (on the CPU, where RAM is the device, its
+                    weights are dropped: what a GPU gets back when it leaves)
     +fp8_base       the frozen UNet's Linear/Conv2d weights stored in float8_e4m3fn
 
 Each configuration runs in a fresh process. Figures: on the CPU the process's peak resident memory
@@ -63,6 +64,12 @@ def _status_kib(key: str) -> int:
 def _reset_peak_rss() -> None:
     with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
         handle.write("5")  # resets VmHWM to the current RSS
+
+
+def resident_bytes(module, device: str) -> int:
+    """Bytes of ``module``'s tensors on the training device (what left it does not count)."""
+    kind = device.split(":")[0]
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()] if t.device.type == kind)
 
 
 def build(device: str, dtype):
@@ -149,7 +156,7 @@ def run_sdxl(config: str, args: argparse.Namespace) -> dict:
         with torch.no_grad(), autocast:
             cached = tuple(t.detach() for t in encode())
         for te in tes.values():
-            te.to("cpu")
+            te.to("cpu" if cuda else "meta")
     if "sdpa" not in on:
         unet.set_attn_processor(AttnProcessor())
     if "checkpointing" in on:
@@ -183,7 +190,7 @@ def run_sdxl(config: str, args: argparse.Namespace) -> dict:
     return {
         "config": config,
         "over_model_bytes": peak - base,
-        "model_bytes": sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()]),
+        "model_bytes": sum(resident_bytes(m, args.device) for m in modules),
         "seconds": time.perf_counter() - started,
         "lora_params": sum(p.numel() for p in network.parameters()),
         "loss": float(loss.detach()),
@@ -230,7 +237,7 @@ def run_config(config: str, args: argparse.Namespace) -> dict:
     if not train_te:  # cache_text_encoder_outputs: encoded once, the encoder leaves the device
         with torch.no_grad(), autocast:
             cached = te(tokens).last_hidden_state.detach()
-        te.to("cpu")
+        te.to("cpu" if cuda else "meta")  # on the CPU the device is RAM: the weights are dropped
     attention = SdpaAttention([unet]) if "sdpa" in on else None
     patched = _checkpoint_blocks(unet, {"te": te} if train_te else {}) if "checkpointing" in on else []
     if attention is not None:
@@ -257,7 +264,7 @@ def run_config(config: str, args: argparse.Namespace) -> dict:
     else:
         peak = _status_kib("VmHWM") * 1024
     seconds = time.perf_counter() - started
-    model_bytes = sum(t.numel() * t.element_size() for m in (unet, te) for t in [*m.parameters(), *m.buffers()])
+    model_bytes = sum(resident_bytes(m, args.device) for m in (unet, te))
     del patched, fp8
     return {
         "config": config,

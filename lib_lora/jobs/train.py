@@ -674,17 +674,22 @@ def _offload_after_caching(
 ) -> list[Offload]:
     """The VAE off the training device once latents are cached (as sd-scripts does); the text
     encoders too once every caption is encoded, when cache_text_encoder_outputs is on."""
-    offloads = []
+    offloads: list[Offload] = []
     parts = [("vae", latents_cached), ("text", text_cached and cfg.cache_text_encoder_outputs)]
-    for part, wanted in parts:
-        modules = offload_modules(bundle, part) if wanted else []
-        if not modules:
-            continue
-        offload = Offload(modules)
-        offloads.append(offload)
-        if offload.install():
-            label = "the VAE" if part == "vae" else "the text encoders"
-            events.info(f"{label} moved off the GPU for the run ({offload.bytes_moved / 2**30:.2f} GiB)")
+    try:
+        for part, wanted in parts:
+            modules = offload_modules(bundle, part) if wanted else []
+            if not modules:
+                continue
+            offload = Offload(modules)
+            offloads.append(offload)
+            if offload.install():
+                label = "the VAE" if part == "vae" else "the text encoders"
+                events.info(f"{label} moved off the GPU for the run ({offload.bytes_moved / 2**30:.2f} GiB)")
+    except BaseException:
+        for offload in reversed(offloads):
+            offload.remove()
+        raise
     return offloads
 
 
