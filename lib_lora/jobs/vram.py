@@ -7,7 +7,8 @@ need = resident model + activations + LoRA (weights, gradients, optimizer state)
   latents are cached, the text encoders once their outputs are (``cache_text_encoder_outputs``);
 - activations, per image at the family's reference size, scaled by pixels x batch:
   * the UNet with SDPA attention: measured on the full-size SD1.5 ldm UNet in float32 with
-    ``bench/memory.py`` (CPU, peak RSS over the loaded model, 512 px, batch 1); SDXL scaled from it
+    ``bench/memory.py`` (CPU, peak RSS over the loaded model, 512 px, batch 1, dim 8: default
+    6.59 GiB, +sdpa 2.81, +checkpointing 1.31, +te_cache 1.37 over the model); SDXL scaled from it
     by its UNet's activation volume (not measured); x ``HALF_ACTIVATIONS`` under fp16/bf16
     autocast (an assumption until a GPU run of bench/memory.py calibrates it);
   * quadratic attention (``sdpa`` off): the attention matrices heads x tokens^2 of every
@@ -41,16 +42,18 @@ BASE_PARAMS = {
 # the UNet only (GiB); SD1 from bench/memory.py (+sdpa row minus its LoRA/optimizer and text
 # encoder parts), SDXL scaled by its UNet's activation volume at 1024 px (not measured)
 REFERENCE = {"sd1": 512 * 512, "sdxl": 1024 * 1024}
-UNET_ACTIVATIONS = {"sd1": 2.45, "sdxl": 9.3}
-TE_ACTIVATIONS = {"sd1": 0.35, "sdxl": 0.9}  # float32, per image, when the text encoders train
-CHECKPOINT_KEEP = 0.2  # share of the UNet's activations gradient checkpointing keeps (bench)
+UNET_ACTIVATIONS = {"sd1": 2.64, "sdxl": 10.0}
+# float32, per image, when the text encoders train (CLIP-L at 77 tokens is small: bench rows
+# +checkpointing and +te_cache differ by its weights only; SDXL scaled by its encoders' size)
+TE_ACTIVATIONS = {"sd1": 0.1, "sdxl": 0.4}
+CHECKPOINT_KEEP = 0.5  # share of the UNet's activations the peak keeps with block checkpointing (bench)
 HALF_ACTIVATIONS = 0.55  # fp16/bf16 autocast vs float32 activations (assumption: GroupNorm stays fp32)
 # self-attention layers per level: (downsampling factor, transformer layers, heads)
 ATTENTION_LAYERS = {
     "sd1": [(1, 5, 8), (2, 5, 8), (4, 5, 8), (8, 1, 8)],
     "sdxl": [(2, 10, 10), (4, 60, 20)],
 }
-QUADRATIC_SAVED = 1.5  # attention matrices kept per layer by ldm's attention (fitted to the bench)
+QUADRATIC_SAVED = 1.42  # attention matrices kept per layer by ldm's attention (bench: default - +sdpa)
 # LoRA parameters per rank unit (millions) with kohya's default targets: network type -> family -> (UNet, TE)
 LORA_PER_RANK = {"networks.lora": {"sd1": (0.40, 0.15), "sdxl": (2.9, 0.65)}}
 # optimizer state bytes per trained parameter (besides the fp32 weight and its gradient)

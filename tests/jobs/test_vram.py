@@ -45,14 +45,14 @@ def test_auto_memory_turns_on_the_cheapest_savers_and_says_why() -> None:
     # a 12 GB card with the webui's SDXL model (fp16) loaded: ~6.3 GiB resident, ~5 GiB free
     tight = vram.choose_savers(cfg, "sdxl", free_gib=5.0)
     assert list(tight.changes) == ["cache_text_encoder_outputs", "gradient_checkpointing"]  # sdpa is on already
-    assert tight.fits and tight.need_gib < 9.0
+    assert tight.fits and tight.need_gib < 11.0
     assert tight.lines[-1].startswith("Gradient checkpointing on: without it this run needs ~")
     assert "GiB are free for it" in tight.lines[-1]
-    smaller = vram.choose_savers(cfg, "sdxl", free_gib=1.4)  # an 8 GB card
+    smaller = vram.choose_savers(cfg, "sdxl", free_gib=3.0)  # a 10 GB card
     assert list(smaller.changes) == ["cache_text_encoder_outputs", "gradient_checkpointing", "fp8_base"]
     hopeless = vram.choose_savers(cfg.replace(train_batch_size=8), "sdxl", free_gib=0.0)
     assert not hopeless.fits and "fp8_base" in hopeless.changes and "Even with every saver" in hopeless.lines[-1]
-    no_float8 = vram.choose_savers(cfg, "sdxl", free_gib=1.4, float8_ok=False)
+    no_float8 = vram.choose_savers(cfg, "sdxl", free_gib=3.0, float8_ok=False)
     assert "fp8_base" not in no_float8.changes and not no_float8.fits
 
 
@@ -110,3 +110,28 @@ def test_the_spill_guard_ignores_a_slow_first_step_and_steady_runs() -> None:
     assert [watch.observe(s) for s in [50.0] + [1.0] * 30] == [None] * 31
     watch = vram.StepTimeWatch()
     assert all(watch.observe(s) is None for s in [1.0, 1.0, 1.0, 1.0, 4.9, 4.9, 4.9])
+
+
+# bench/memory.py on this project's CPU machine: full-size SD1.5 ldm UNet + CLIP-L, float32, 512 px,
+# batch 1, dim 8, AdamW; total = the resident model + the step's peak over it (GiB). Measured
+# figures, kept here to hold the estimate to them.
+CPU_BENCH_512 = {
+    "default": ({"sdpa": False}, 10.26),
+    "+sdpa": ({}, 6.47),
+    "+checkpointing": ({"gradient_checkpointing": True}, 4.97),
+    "+te_cache": (
+        {"gradient_checkpointing": True, "cache_text_encoder_outputs": True, "train_text_encoder": False},
+        4.57,
+    ),
+}
+
+
+@pytest.mark.parametrize("row", list(CPU_BENCH_512))
+def test_the_estimate_lands_within_15_percent_of_the_measured_peaks(row) -> None:
+    settings, measured = CPU_BENCH_512[row]
+    settings = dict(settings)
+    train_te = settings.pop("train_text_encoder", True)
+    checkpointing = settings.pop("gradient_checkpointing", False)
+    e = vram.estimate("sd1", 512, 512, 1, 8, None, True, train_te, checkpointing, "no", "AdamW", True, **settings)
+    without_cuda_overhead = e.total_gib - e.parts["overhead"]  # the CPU run has no CUDA context
+    assert abs(without_cuda_overhead / measured - 1) <= 0.15, (row, without_cuda_overhead, measured)
