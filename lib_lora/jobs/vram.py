@@ -8,7 +8,8 @@ need = resident model + activations + LoRA (weights, gradients, optimizer state)
 - activations, per image at the family's reference size, scaled by pixels x batch:
   * the UNet with SDPA attention: measured on the full-size SD1.5 ldm UNet in float32 with
     ``bench/memory.py`` (CPU, peak RSS over the loaded model, 512 px, batch 1, dim 8: default
-    6.59 GiB, +sdpa 2.81, +checkpointing 1.31, +te_cache 1.37 over the model); SDXL scaled from it
+    6.59 GiB, +sdpa 2.81, +checkpointing 1.31, +te_cache 1.37, +fp8_base 1.26 over the model;
+    totals with the model 10.26 / 6.47 / 4.97 / 4.57 / 2.06 GiB); SDXL scaled from it
     by its UNet's activation volume (not measured); x ``HALF_ACTIVATIONS`` under fp16/bf16
     autocast (an assumption until a GPU run of bench/memory.py calibrates it);
   * quadratic attention (``sdpa`` off): the attention matrices heads x tokens^2 of every

@@ -123,6 +123,15 @@ CPU_BENCH_512 = {
         {"gradient_checkpointing": True, "cache_text_encoder_outputs": True, "train_text_encoder": False},
         4.57,
     ),
+    "+fp8_base": (
+        {
+            "gradient_checkpointing": True,
+            "cache_text_encoder_outputs": True,
+            "train_text_encoder": False,
+            "fp8_base": True,
+        },
+        2.06,
+    ),
 }
 
 
