@@ -156,6 +156,14 @@ class TrainConfig:
         group="dataset",
         advanced=True,
     )
+    cache_text_encoder_outputs: bool = setting(
+        False,
+        "Encode every caption once before training, then move the text encoders off the GPU for the run "
+        "(less VRAM). Only when the text encoders are not trained and captions do not change from step to "
+        "step (no caption shuffle or tag/caption dropout).",
+        group="dataset",
+        label="Cache text encoder outputs",
+    )
 
     # -- network -----------------------------------------------------------------------------------
     network_module: str = setting(
@@ -343,6 +351,32 @@ class TrainConfig:
     loss_type: str = setting(
         "l2", "Loss: l2 (mean squared error) or l1.", group="training", choices=("l2", "l1"), advanced=True
     )
+    sdpa: bool = setting(
+        True,
+        "Memory-efficient attention (PyTorch's scaled dot product attention) while training, whatever the "
+        "webui's cross-attention setting: the same result with far less VRAM. Off = the plain attention.",
+        group="training",
+        advanced=True,
+        label="SDPA attention",
+    )
+    fp8_base: bool = setting(
+        False,
+        "Keep the frozen UNet weights in 8-bit float (float8_e4m3fn) during training: about half the VRAM "
+        "of the model, a little slower; the LoRA itself stays in full precision. Needs a GPU with float8 "
+        "support (PyTorch 2.1+). In the webui, its own FP8 weight option is used as it is.",
+        group="training",
+        label="FP8 base weights",
+    )
+    auto_memory: bool = setting(
+        True,
+        "Before training on a GPU, read its free memory and turn on the cheapest savers the run needs to fit "
+        "(memory-efficient attention, cached text encoder outputs, gradient checkpointing, FP8 base weights); "
+        "the log says which and why. Off = exactly the settings above.",
+        group="training",
+        kohya=False,
+        in_metadata=False,
+        label="Auto memory",
+    )
 
     # -- saving ------------------------------------------------------------------------------------
     output_dir: str = setting(
@@ -420,7 +454,7 @@ _NETWORK_ARGS = {"conv_dim": "conv_dim", "conv_alpha": "conv_alpha", "rank_dropo
                  "dropout": "network_dropout"}  # fmt: skip
 # keys of kohya configs that only steer sd-scripts itself; accepted and ignored
 IGNORED_KOHYA_KEYS = frozenset({
-    "save_model_as", "logging_dir", "log_with", "log_prefix", "xformers", "sdpa", "mem_eff_attn", "persistent_data_loader_workers",
+    "save_model_as", "logging_dir", "log_with", "log_prefix", "xformers", "mem_eff_attn", "persistent_data_loader_workers",
     "max_data_loader_n_workers", "lowram", "no_half_vae", "highvram", "vae_batch_size", "log_tracker_name", "console_log_simple",
     "save_state", "save_state_on_train_end", "wandb_api_key", "wandb_run_name",
 })  # fmt: skip
@@ -587,6 +621,33 @@ def check_rules(cfg: TrainConfig) -> None:
         )
     if not cfg.train_data_dir:
         raise ConfigError("train_data_dir is empty: choose the dataset folder (the one holding the N_name subfolders).")
+    check_savers(cfg)
+
+
+def check_savers(cfg: TrainConfig) -> None:
+    """The memory savers' rules (sd-scripts refuses the same combinations)."""
+    if not cfg.cache_text_encoder_outputs:
+        return
+    if cfg.train_text_encoder:
+        raise ConfigError(
+            "cache_text_encoder_outputs needs network_train_unet_only: a text encoder that trains cannot use "
+            "outputs encoded before training."
+        )
+    changing = [
+        name
+        for name, on in (
+            ("shuffle_caption", cfg.shuffle_caption),
+            ("caption_tag_dropout_rate", cfg.caption_tag_dropout_rate > 0),
+            ("caption_dropout_rate", cfg.caption_dropout_rate > 0),
+            ("caption_dropout_every_n_epochs", cfg.caption_dropout_every_n_epochs > 0),
+        )
+        if on
+    ]
+    if changing:
+        raise ConfigError(
+            f"cache_text_encoder_outputs cannot be used with {', '.join(changing)}: captions that change every "
+            "step cannot be encoded once; turn one of them off."
+        )
 
 
 # -- presets ---------------------------------------------------------------------------------------

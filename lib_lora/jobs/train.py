@@ -34,12 +34,15 @@ from lib_lora.data.images import load_and_transform
 from lib_lora.data.latent_cache import LatentCache
 from lib_lora.engine import optim
 from lib_lora.engine.bundle import ModelBundle, TextCond
+from lib_lora.engine.fp8 import Fp8Base, float8_problem
 from lib_lora.engine.loop import LoopHooks, LoopSettings, Position, Schedule, derive_seed, run_loop
 from lib_lora.engine.network import LoRANetwork
+from lib_lora.engine.savers import Offload, offload_modules
 from lib_lora.engine.step import Batch, LossSettings
 from lib_lora.engine.targets import check_family, select_targets
-from lib_lora.events import Events, SampleImage, SavedFile, StopRequested, StopToken
+from lib_lora.events import Events, MultiEvents, SampleImage, SavedFile, StopRequested, StopToken
 from lib_lora.formats import metadata as md
+from lib_lora.jobs import vram
 from lib_lora.jobs.lora_files import check_file_family, load_network_weights, read_lora_file, save_network
 from lib_lora.jobs.samples import SamplePrompt, load_sample_prompts, sample_path
 
@@ -141,6 +144,10 @@ def prepare(
     caption_options(cfg).validate()
     if cfg.mixed_precision == "fp16" and bundle.device.type == "cpu":
         raise UserError("mixed_precision fp16 needs a GPU; use no (or bf16) on the CPU.")
+    if cfg.fp8_base and not _host_float8(bundle):
+        problem = float8_problem(bundle.device)
+        if problem:
+            raise UserError(problem)
     for warning in warnings:
         events.warning(warning)
     scan = scan_dataset(cfg.train_data_dir, cfg.caption_extension, events=events, stop=stop)
@@ -259,7 +266,7 @@ def _base_metadata(
         "ss_scale_weight_norms": None, "ss_ip_noise_gamma": None, "ss_debiased_estimation": False,
         "ss_noise_offset_random_strength": cfg.noise_offset_random_strength, "ss_ip_noise_gamma_random_strength": False,
         "ss_loss_type": cfg.loss_type, "ss_huber_schedule": "snr", "ss_huber_scale": 1.0, "ss_huber_c": 0.1,
-        "ss_fp8_base": False, "ss_fp8_base_unet": False, "ss_validation_seed": None, "ss_validation_split": 0.0,
+        "ss_fp8_base": cfg.fp8_base, "ss_fp8_base_unet": False, "ss_validation_seed": None, "ss_validation_split": 0.0,
         "ss_max_validation_steps": None, "ss_validate_every_n_epochs": None, "ss_validate_every_n_steps": None,
         "ss_resize_interpolation": None,
         "ss_batch_size_per_device": cfg.train_batch_size, "ss_total_batch_size": cfg.train_batch_size * cfg.gradient_accumulation_steps,
@@ -442,6 +449,9 @@ def train(
     """Train a LoRA on ``bundle`` as ``cfg`` says; see the module docstring."""
     events = events or Events()
     stop = stop or StopToken()
+    cfg = vram.apply_auto_memory(cfg, bundle, events)  # CUDA only: the savers the card needs
+    if bundle.device.type == "cuda":  # the spill guard: steps suddenly 5x slower
+        events = MultiEvents(events, vram.SpillEvents(events.warning))
     plan = plan or prepare(cfg, bundle, events, stop, str(resume) if resume else None)
     state = _read_state(Path(resume), cfg) if resume else None
     seed = state["seed"] if state else plan.seed
@@ -483,10 +493,20 @@ def train(
     rng_state = torch.get_rng_state()  # the loop seeds the global RNG per batch (LoRA dropouts)
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
 
+    if hasattr(bundle, "sdpa"):
+        bundle.sdpa = cfg.sdpa
+    fp8 = Fp8Base([bundle.lora_hosts()[0]]) if cfg.fp8_base and not _host_float8(bundle) else None
+    offloads: list[Offload] = []
     try:
+        if fp8 is not None:  # before the LoRA patches the layers, so the LoRA calls the float8 forward
+            fp8.install()
+            events.info(
+                f"fp8_base: {len(fp8.converted)} UNet layers stored in float8 ({fp8.bytes_saved / 2**30:.2f} GiB less)"
+            )
         network.apply_to()
         latents = _prepare_latents(cfg, plan, bundle, seed, events, stop) if cfg.cache_latents else None
         text_cache = _prepare_text_cache(cfg, plan, bundle, options, events)
+        offloads = _offload_after_caching(cfg, bundle, latents is not None, text_cache is not None, events)
 
         def make_batch(epoch: int, samples: list, rng: random.Random) -> Batch:
             flips = [cfg.flip_aug and rng.random() < 0.5 for _ in samples]
@@ -520,7 +540,10 @@ def train(
 
         def after_epoch(epoch: int, step: int) -> None:
             if renderer and cfg.sample_every_n_epochs and epoch % cfg.sample_every_n_epochs == 0:
-                _render_samples(cfg, renderer, network, epoch, step, events)
+                with contextlib.ExitStack() as back:  # the VAE / text encoders return for the samples
+                    for offload in offloads:
+                        back.enter_context(offload.back())
+                    _render_samples(cfg, renderer, network, epoch, step, events)
 
         hooks = LoopHooks(
             epoch_batches=lambda e: plan.buckets.epoch_batches(seed, e), make_batch=make_batch, save=saver,
@@ -558,6 +581,10 @@ def train(
         return TrainResult("stopped", saver.files, 0, None, None, log_path, [])
     finally:
         network.restore()
+        for offload in reversed(offloads):
+            offload.remove()
+        if fp8 is not None:
+            fp8.remove()
         torch.set_rng_state(rng_state)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
@@ -635,6 +662,35 @@ def _prepare_text_cache(
                 cache[caption] = encoded[i : i + 1].detach()
     events.info(f"text encoder outputs cached for {len(cache)} captions")
     return cache
+
+
+def _host_float8(bundle: ModelBundle) -> bool:
+    """The host already stores its UNet weights in float8 (the webui's FP8 weight option)."""
+    return bool(getattr(bundle, "float8_weights", False))
+
+
+def _offload_after_caching(
+    cfg: TrainConfig, bundle: ModelBundle, latents_cached: bool, text_cached: bool, events: Events
+) -> list[Offload]:
+    """The VAE off the training device once latents are cached (as sd-scripts does); the text
+    encoders too once every caption is encoded, when cache_text_encoder_outputs is on."""
+    offloads: list[Offload] = []
+    parts = [("vae", latents_cached), ("text", text_cached and cfg.cache_text_encoder_outputs)]
+    try:
+        for part, wanted in parts:
+            modules = offload_modules(bundle, part) if wanted else []
+            if not modules:
+                continue
+            offload = Offload(modules)
+            offloads.append(offload)
+            if offload.install():
+                label = "the VAE" if part == "vae" else "the text encoders"
+                events.info(f"{label} moved off the GPU for the run ({offload.bytes_moved / 2**30:.2f} GiB)")
+    except BaseException:
+        for offload in reversed(offloads):
+            offload.remove()
+        raise
+    return offloads
 
 
 def _render_samples(

@@ -1,34 +1,62 @@
-"""A rough estimate of the GPU memory a training run needs (shown as an estimate, never enforced).
+"""The GPU memory a training run needs, the savers that make it fit, and the spill guard.
 
-need = frozen base weights + activations + LoRA weights, gradients and optimizer state + overhead
+need = resident model + activations + LoRA (weights, gradients, optimizer state) + overhead
 
-- base weights: parameter counts of SD1.5 / SDXL (UNet, text encoders, VAE unless latents are
-  cached) x bytes per weight (2 in fp16/bf16, 4 in fp32);
-- activations: per latent pixel and image, measured figures at 512 px (SD1) and 1024 px (SDXL) with
-  PyTorch's memory-efficient attention, scaled by pixels x batch, x0.35 with gradient checkpointing,
-  plus the text encoders' when they are trained;
-- LoRA: parameters per rank (kohya's default targets) x (weight + gradient + optimizer states);
+- resident model: parameter counts of SD1.5 / SDXL per part (UNet, text encoders, VAE) x bytes per
+  weight (2 in fp16/bf16, 4 in fp32, 1 for the UNet with ``fp8_base``); the VAE leaves the GPU once
+  latents are cached, the text encoders once their outputs are (``cache_text_encoder_outputs``);
+- activations, per image at the family's reference size, scaled by pixels x batch:
+  * the UNet with SDPA attention: measured on the full-size SD1.5 ldm UNet in float32 with
+    ``bench/memory.py`` (CPU, peak RSS over the loaded model, 512 px, batch 1, dim 8: default
+    6.59 GiB, +sdpa 2.81, +checkpointing 1.31, +te_cache 1.37, +fp8_base 1.26 over the model;
+    totals with the model 10.26 / 6.47 / 4.97 / 4.57 / 2.06 GiB); SDXL scaled from it
+    by its UNet's activation volume (not measured); x ``HALF_ACTIVATIONS`` under fp16/bf16
+    autocast (an assumption until a GPU run of bench/memory.py calibrates it);
+  * quadratic attention (``sdpa`` off): the attention matrices heads x tokens^2 of every
+    self-attention layer, counted exactly from the architecture, x a factor fitted to the bench;
+  * gradient checkpointing keeps ``CHECKPOINT_KEEP`` of the UNet's activations (bench);
+  * a trained text encoder adds its own activations (bench, SD1; SDXL scaled);
+- LoRA: parameters per rank (:data:`LORA_PER_RANK`, kohya's default targets; other network types
+  add their own counts there) x (fp32 weight + fp32 gradient + optimizer state);
 - overhead: the CUDA context and the allocator's slack.
 
-Real use varies with the attention backend, fragmentation and the host (the webui keeps its own
-buffers), so the UI labels this an estimate and only warns.
+:func:`choose_savers` picks the cheapest savers that make a run fit the card's free memory with a
+margin, and says why in plain words; :class:`StepTimeWatch` notices a run that has spilled into
+shared system memory (the Windows driver's fallback: 1 s/it becomes 100 s/it without a word).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lib_lora.events import Events
 
 GIB = 1024**3
-# parameters (millions)
+# parameters (millions) per part
 BASE_PARAMS = {
     "sd1": {"unet": 860, "te": 123, "vae": 84},
     "sdxl": {"unet": 2567, "te": 123 + 695, "vae": 84},
 }
-# activation memory for one image at the reference size, without checkpointing (GiB)
-ACTIVATIONS = {"sd1": (512 * 512, 3.2), "sdxl": (1024 * 1024, 11.0)}
-TE_ACTIVATIONS = {"sd1": 0.25, "sdxl": 0.6}  # per image, when the text encoders train (GiB)
-# LoRA parameters per rank unit (millions) with kohya's default targets (UNet, text encoders)
-LORA_PER_RANK = {"sd1": (0.40, 0.15), "sdxl": (2.9, 0.65)}
+# float32 activations of one image at the reference size with SDPA attention, no checkpointing,
+# the UNet only (GiB); SD1 from bench/memory.py (+sdpa row minus its LoRA/optimizer and text
+# encoder parts), SDXL scaled by its UNet's activation volume at 1024 px (not measured)
+REFERENCE = {"sd1": 512 * 512, "sdxl": 1024 * 1024}
+UNET_ACTIVATIONS = {"sd1": 2.64, "sdxl": 10.0}
+# float32, per image, when the text encoders train (CLIP-L at 77 tokens is small: bench rows
+# +checkpointing and +te_cache differ by its weights only; SDXL scaled by its encoders' size)
+TE_ACTIVATIONS = {"sd1": 0.1, "sdxl": 0.4}
+CHECKPOINT_KEEP = 0.5  # share of the UNet's activations the peak keeps with block checkpointing (bench)
+HALF_ACTIVATIONS = 0.55  # fp16/bf16 autocast vs float32 activations (assumption: GroupNorm stays fp32)
+# self-attention layers per level: (downsampling factor, transformer layers, heads)
+ATTENTION_LAYERS = {
+    "sd1": [(1, 5, 8), (2, 5, 8), (4, 5, 8), (8, 1, 8)],
+    "sdxl": [(2, 10, 10), (4, 60, 20)],
+}
+QUADRATIC_SAVED = 1.42  # attention matrices kept per layer by ldm's attention (bench: default - +sdpa)
+# LoRA parameters per rank unit (millions) with kohya's default targets: network type -> family -> (UNet, TE)
+LORA_PER_RANK = {"networks.lora": {"sd1": (0.40, 0.15), "sdxl": (2.9, 0.65)}}
 # optimizer state bytes per trained parameter (besides the fp32 weight and its gradient)
 OPTIMIZER_STATE = {
     "adamw": 8,
@@ -40,6 +68,8 @@ OPTIMIZER_STATE = {
     "dadaptadam": 16,
 }
 OVERHEAD_GIB = 0.8
+MARGIN = 1.1  # a run must fit in free memory / MARGIN ...
+MARGIN_GIB = 0.5  # ... and leave this much
 
 
 @dataclass(frozen=True)
@@ -68,6 +98,16 @@ class VramEstimate:
         return line
 
 
+def attention_matrices_gib(family: str, width: int, height: int, batch: int, bytes_per: int) -> float:
+    """The self-attention matrices (heads x tokens x tokens) of one forward pass, every layer."""
+    tokens = (width // 8) * (height // 8)
+    total = 0.0
+    for factor, layers, heads in ATTENTION_LAYERS[family]:
+        n = tokens / (factor * factor)
+        total += layers * heads * n * n * bytes_per
+    return total * batch / GIB
+
+
 def estimate(
     family: str,
     width: int,
@@ -83,29 +123,175 @@ def estimate(
     cache_latents: bool = True,
     available_gib: float | None = None,
     device_name: str | None = None,
+    *,
+    sdpa: bool = True,
+    cache_text_encoder_outputs: bool = False,
+    fp8_base: bool = False,
+    network_module: str = "networks.lora",
 ) -> VramEstimate:
     fam = family if family in BASE_PARAMS else "sd1"
-    weight_bytes = 4 if mixed_precision == "no" else 2
+    half = mixed_precision != "no"
+    weight_bytes = 2 if half else 4
     base = BASE_PARAMS[fam]
-    params = base["unet"] + base["te"] + (0 if cache_latents else base["vae"])
-    weights = params * 1e6 * weight_bytes / GIB
-    ref_pixels, ref_gib = ACTIVATIONS[fam]
-    acts = ref_gib * (width * height / ref_pixels) * max(1, batch_size)
+    model = base["unet"] * (1 if fp8_base else weight_bytes)
+    if not cache_text_encoder_outputs:
+        model += base["te"] * weight_bytes
+    if not cache_latents:
+        model += base["vae"] * weight_bytes
+    weights = model * 1e6 / GIB
+    batch = max(1, batch_size)
+    scale = (width * height / REFERENCE[fam]) * batch
+    acts = UNET_ACTIVATIONS[fam] * scale
     if gradient_checkpointing:
-        acts *= 0.35
-    if mixed_precision == "no":
-        acts *= 1.8
+        acts *= CHECKPOINT_KEEP
+    if not sdpa:
+        attention = QUADRATIC_SAVED * attention_matrices_gib(fam, width, height, batch, 4)
+        acts += attention * (CHECKPOINT_KEEP if gradient_checkpointing else 1.0)
     if train_text_encoder:
-        acts += TE_ACTIVATIONS[fam] * max(1, batch_size)
+        acts += TE_ACTIVATIONS[fam] * batch
     if not train_unet:
         acts *= 0.5  # the UNet still runs forward and backward to reach the text encoders
-    unet_rank, te_rank = LORA_PER_RANK[fam]
+    if half:
+        acts *= HALF_ACTIVATIONS
+    per_rank = LORA_PER_RANK.get(network_module, LORA_PER_RANK["networks.lora"])
+    unet_rank, te_rank = per_rank[fam]
     rank = network_dim + (conv_dim or 0) * 0.6
     lora_params = (unet_rank * rank if train_unet else 0) + (te_rank * network_dim if train_text_encoder else 0)
     state = OPTIMIZER_STATE.get(optimizer.lower(), 8)
     lora = lora_params * 1e6 * (4 + 4 + state) / GIB
     parts = {"model": weights, "activations": acts, "LoRA+optimizer": lora, "overhead": OVERHEAD_GIB}
     return VramEstimate(sum(parts.values()), parts, available_gib, device_name)
+
+
+def estimate_for(
+    cfg: Any, family: str, available_gib: float | None = None, device_name: str | None = None, **overrides: Any
+) -> VramEstimate:
+    """:func:`estimate` for a TrainConfig (``overrides`` replace its savers)."""
+    width, height = cfg.resolution_wh
+    values = {
+        "sdpa": cfg.sdpa, "gradient_checkpointing": cfg.gradient_checkpointing,
+        "cache_text_encoder_outputs": cfg.cache_text_encoder_outputs, "fp8_base": cfg.fp8_base,
+    }  # fmt: skip
+    values.update(overrides)
+    return estimate(
+        family, width, height, cfg.train_batch_size, cfg.network_dim, cfg.conv_dim, cfg.train_unet,
+        cfg.train_text_encoder, values["gradient_checkpointing"], "no" if cfg.mixed_precision == "no" else "fp16",
+        cfg.optimizer_type, cfg.cache_latents, sdpa=values["sdpa"],
+        cache_text_encoder_outputs=values["cache_text_encoder_outputs"], fp8_base=values["fp8_base"],
+        network_module=cfg.network_module, available_gib=available_gib, device_name=device_name,
+    )  # fmt: skip
+
+
+# -- auto memory ---------------------------------------------------------------------------------------
+
+# cheapest first: free, free, ~20 % slower, slower and a little less precise
+SAVER_ORDER = ("sdpa", "cache_text_encoder_outputs", "gradient_checkpointing", "fp8_base")
+SAVER_WORDS = {
+    "sdpa": "memory-efficient attention",
+    "cache_text_encoder_outputs": "cached text encoder outputs",
+    "gradient_checkpointing": "gradient checkpointing",
+    "fp8_base": "FP8 base weights",
+}
+
+
+@dataclass
+class SaverChoice:
+    changes: dict[str, bool] = field(default_factory=dict)  # settings to turn on
+    need_gib: float = 0.0  # estimated need of the run with the chosen savers
+    free_gib: float | None = None
+    fits: bool = True
+    lines: list[str] = field(default_factory=list)  # what was chosen and why, in plain words
+
+
+def _usable(cfg: Any, name: str, float8_ok: bool) -> bool:
+    if getattr(cfg, name):
+        return False  # already on
+    if name == "cache_text_encoder_outputs":
+        from lib_lora.config import check_savers
+
+        try:
+            check_savers(cfg.replace(cache_text_encoder_outputs=True))
+        except Exception:
+            return False
+    if name == "fp8_base":
+        return float8_ok
+    return True
+
+
+def choose_savers(
+    cfg: Any, family: str, free_gib: float, resident_gib: float | None = None, float8_ok: bool = True
+) -> SaverChoice:
+    """The cheapest savers (in :data:`SAVER_ORDER`) that make the run fit with a margin.
+
+    ``free_gib`` is the card's free memory now; ``resident_gib`` what the loaded model already holds
+    on it (default: the estimate's model part), which the run's need includes, so the run has
+    ``free + resident`` to fit in. Savers the user turned on stay on; only savers that are off are
+    added."""
+    resident = estimate_for(cfg, family, fp8_base=False, cache_text_encoder_outputs=False).parts["model"]
+    resident = resident if resident_gib is None else resident_gib
+    room = free_gib + resident
+    budget = room / MARGIN - MARGIN_GIB
+
+    def need(changes: dict[str, bool]) -> float:
+        return estimate_for(cfg, family, **changes).total_gib
+
+    choice = SaverChoice(free_gib=room)
+    choice.need_gib = need({})
+    if choice.need_gib <= budget:
+        choice.lines.append(
+            f"Memory: this run needs ~{choice.need_gib:.1f} GiB and {room:.1f} GiB are free for it; "
+            "no extra saver needed."
+        )
+        return choice
+    changes: dict[str, bool] = {}
+    for name in SAVER_ORDER:
+        if not _usable(cfg, name, float8_ok):
+            continue
+        before = need(changes)
+        changes[name] = True
+        choice.lines.append(
+            f"{SAVER_WORDS[name].capitalize()} on: without it this run needs ~{before:.1f} GiB, "
+            f"{room:.1f} GiB are free for it (with it ~{need(changes):.1f} GiB)."
+        )
+        if need(changes) <= budget:
+            break
+    choice.changes = changes
+    choice.need_gib = need(changes)
+    choice.fits = choice.need_gib <= budget
+    if not choice.fits:
+        choice.lines.append(
+            f"Even with every saver this run needs ~{choice.need_gib:.1f} GiB of {room:.1f} GiB free: lower the "
+            "batch size, the resolution or network_dim, or use AdamW8bit/Adafactor."
+        )
+    return choice
+
+
+def apply_auto_memory(
+    cfg: Any,
+    bundle: Any,
+    events: Events,
+    free: Callable[[], tuple[str, float, float] | None] | None = None,
+) -> Any:
+    """Before a run on CUDA with ``auto_memory`` on: the cheapest savers that make it fit the card's
+    free memory are turned on, and why is said in plain words. ``cfg`` as it was otherwise."""
+    if not getattr(cfg, "auto_memory", False) or bundle.device.type != "cuda":
+        return cfg
+    found = (free or gpu_free)()
+    if found is None:
+        return cfg
+    name, free_gib, total_gib = found
+    from lib_lora.engine.fp8 import float8_problem
+
+    float8_ok = float8_problem(bundle.device) is None
+    choice = choose_savers(cfg, bundle.family, free_gib, float8_ok=float8_ok)
+    for line in choice.lines:
+        (events.info if choice.fits else events.warning)(line)
+    if choice.changes:
+        cfg = cfg.replace(**choice.changes)
+    spill = over_physical_memory(estimate_for(cfg, bundle.family).total_gib, total_gib, name)
+    if spill:
+        events.warning(spill)
+    return cfg
 
 
 def gpu_memory() -> tuple[str, float] | None:
@@ -120,3 +306,77 @@ def gpu_memory() -> tuple[str, float] | None:
         return props.name, props.total_memory / GIB
     except Exception:
         return None
+
+
+def gpu_free() -> tuple[str, float, float] | None:
+    """(name, free GiB, total GiB) of the current CUDA device now; None without one."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        free, total = torch.cuda.mem_get_info()
+        return torch.cuda.get_device_name(), free / GIB, total / GIB
+    except Exception:
+        return None
+
+
+# -- spill guard -----------------------------------------------------------------------------------------
+
+SPILL_FIX = (
+    "lower train_batch_size or the resolution, turn on gradient_checkpointing, cache_text_encoder_outputs "
+    "or fp8_base, or close other programs using the GPU"
+)
+
+
+def over_physical_memory(need_gib: float, total_gib: float, name: str = "the GPU") -> str | None:
+    """One sentence when a run needs more than the card physically has (the driver would spill)."""
+    if need_gib <= total_gib:
+        return None
+    return (
+        f"This run needs ~{need_gib:.1f} GiB but {name} has {total_gib:.1f} GiB: on Windows the driver then "
+        f"spills into system memory and training becomes 10-100x slower; {SPILL_FIX}."
+    )
+
+
+class StepTimeWatch:
+    """Notices when steps become ``factor`` times slower than the first steps (VRAM spilled into
+    shared system memory). :meth:`observe` returns one sentence, once, when that happens."""
+
+    def __init__(self, baseline_steps: int = 3, factor: float = 5.0, window: int = 3) -> None:
+        self.baseline_steps = baseline_steps
+        self.factor = factor
+        self.window = window
+        self.times: list[float] = []
+        self.warned = False
+
+    def observe(self, seconds: float) -> str | None:
+        self.times.append(seconds)
+        # the first step pays for warm-up (kernels, allocator): the baseline is the steps after it
+        first = self.times[1 : 1 + self.baseline_steps]
+        if self.warned or len(first) < self.baseline_steps or len(self.times) < 1 + self.baseline_steps + self.window:
+            return None
+        baseline = sorted(first)[len(first) // 2]
+        recent = self.times[-self.window :]
+        if baseline > 0 and min(recent) >= self.factor * baseline:
+            self.warned = True
+            return (
+                f"Training slowed from {baseline:.2f} s to {min(recent):.1f} s per step: the GPU memory is "
+                f"probably full and spilling into system memory; press Stop (what was learnt is saved) and "
+                f"{SPILL_FIX}."
+            )
+        return None
+
+
+class SpillEvents(Events):
+    """An Events listener that feeds step times to a :class:`StepTimeWatch` and reports its
+    sentence as a warning through ``report``."""
+
+    def __init__(self, report: Callable[[str], None], watch: StepTimeWatch | None = None) -> None:
+        self.report = report
+        self.watch = watch or StepTimeWatch()
+
+    def step(self, info: Any) -> None:
+        sentence = self.watch.observe(float(info.seconds))
+        if sentence:
+            self.report(sentence)

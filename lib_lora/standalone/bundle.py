@@ -72,8 +72,10 @@ def join_chunks(hidden: torch.Tensor, chunks: int) -> torch.Tensor:
 
 
 def _module_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype a module computes in: its first parameter's, skipping float8 storage (fp8_base)."""
     for param in module.parameters():
-        return param.dtype
+        if "float8" not in str(param.dtype):
+            return param.dtype
     return torch.float32
 
 
@@ -125,6 +127,7 @@ class DiffusersBundle:
         self.latent_scaling = LATENT_SCALING[family]
         self.alphas_cumprod = ddpm_alphas_cumprod()
         self._vae_id: str | None = None
+        self.sdpa = True  # training attention through torch's SDPA (diffusers' AttnProcessor2_0)
 
     @staticmethod
     def check_text_options(clip_skip: int | None, max_token_length: int) -> None:
@@ -155,6 +158,11 @@ class DiffusersBundle:
     def modules(self) -> list[nn.Module]:
         """Every module of the model (UNet, text encoders, VAE)."""
         return [self.unet, *self.text_encoders.values(), self.vae]
+
+    def offload_modules(self, part: str) -> list[nn.Module]:
+        """What may leave the GPU during a run: ``vae`` once latents are cached, ``text`` once every
+        caption is encoded (``cache_text_encoder_outputs``)."""
+        return [self.vae] if part == "vae" else list(self.text_encoders.values()) if part == "text" else []
 
     def vae_identity(self) -> str:
         """``<12 hex of a few VAE weights>-<dtype>``: the same VAE in the same precision, the same id."""
@@ -306,8 +314,13 @@ class DiffusersBundle:
         modes: dict[nn.Module, bool] = {self.unet: unet_mode, self.vae: False}
         modes.update({te: train_text_encoder for te in encoders})
         flags = self._checkpointing_flags()
+        processors = dict(self.unet.attn_processors) if hasattr(self.unet, "attn_processors") else None
         with frozen_base(self.modules(), modes):
             try:
+                if processors is not None and not self.sdpa:  # the plain attention, when asked
+                    from diffusers.models.attention_processor import AttnProcessor
+
+                    self.unet.set_attn_processor(AttnProcessor())
                 if gradient_checkpointing:
                     self.unet.enable_gradient_checkpointing()
                 else:
@@ -320,3 +333,5 @@ class DiffusersBundle:
                     self.unet.disable_gradient_checkpointing()
                 for module, flag in flags.items():
                     module.gradient_checkpointing = flag
+                if processors is not None and not self.sdpa:
+                    self.unet.set_attn_processor(processors)

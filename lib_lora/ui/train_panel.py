@@ -27,6 +27,7 @@ ESTIMATE_FIELDS = (
     "train_batch_size", "max_train_epochs", "max_train_steps", "gradient_accumulation_steps", "network_dim", "conv_dim",
     "network_train_unet_only", "network_train_text_encoder_only", "gradient_checkpointing", "mixed_precision",
     "optimizer_type", "cache_latents", "caption_extension",
+    "cache_text_encoder_outputs", "sdpa", "fp8_base", "auto_memory", "shuffle_caption",
 )  # fmt: skip
 # user text a preset never overwrites
 KEEP_ON_PRESET = frozenset(
@@ -195,14 +196,13 @@ class TrainPanel:
         else:
             parts.append(html.message("Total steps: choose a dataset folder with images (Dataset tab)."))
         gpu = vram.gpu_memory()
-        width, height = cfg.resolution_wh
-        estimate = vram.estimate(
-            self.family, width, height, cfg.train_batch_size, cfg.network_dim, cfg.conv_dim, cfg.train_unet,
-            cfg.train_text_encoder, cfg.gradient_checkpointing,
-            "no" if cfg.mixed_precision == "no" else "fp16", cfg.optimizer_type, cfg.cache_latents,
-            available_gib=gpu[1] if gpu else None, device_name=gpu[0] if gpu else None,
-        )  # fmt: skip
+        estimate = vram.estimate_for(
+            cfg, self.family, available_gib=gpu[1] if gpu else None, device_name=gpu[0] if gpu else None
+        )
         text = estimate.text()
+        free = vram.gpu_free() if cfg.auto_memory else None
+        if free is not None:  # what Start's auto memory would turn on now, and why
+            text += " " + " ".join(vram.choose_savers(cfg, self.family, free[1]).lines)
         if getattr(self.host.model_info(), "demo", False):
             text += " (Figures for a full-size model of this family; the demo model needs very little.)"
         parts.append(html.message(text, "warning" if estimate.fits is False else "info"))

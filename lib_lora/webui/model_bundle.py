@@ -16,6 +16,13 @@ webui's own code paths, so what is learnt is what txt2img sees:
   moments, likewise. Unscaled latents; float32 retry when the half-precision VAE gives NaN.
 - schedule ``alphas_cumprod_original`` (``alphas_cumprod`` may be a sampling-time replacement).
 
+Memory while training: the UNet's ldm/sgm ``CrossAttention`` layers run through torch's
+``scaled_dot_product_attention`` (:mod:`lib_lora.engine.attention`, an instance ``forward`` for the
+run only) whatever the webui's cross-attention setting; the class-level optimisation switch is
+left to the webui. Under the webui's own FP8 weight option the float8 weights are trained on as
+they are (its autocast upcasts them; ``dtype`` is then its UNet compute dtype) and left as they
+were; ``offload_modules`` names the VAE and text modules a run may move off the GPU once cached.
+
 :class:`TrainingSession` wraps a whole run: it refuses unsupported models before anything changes,
 clears the built-in Lora's applied networks, undoes the attention optimisations as the built-in
 trainers do, takes ``--medvram``'s module swapping out of the way, and puts every parameter's
@@ -38,6 +45,7 @@ from torch import nn
 
 from lib_lora.common.errors import UserError
 from lib_lora.common.tags import escape_for_prompt
+from lib_lora.engine.attention import SdpaAttention
 from lib_lora.engine.bundle import TextCond, frozen_base
 
 NO_MODEL = "No Stable Diffusion checkpoint is loaded: choose one in the checkpoint list at the top of the page."
@@ -123,7 +131,12 @@ def model_problem(sd_model: Any, training: bool = True) -> str | None:
     if not training:
         return None
     if getattr(devices, "fp8", False):
-        return "FP8 weight storage is on (Settings > Optimizations > FP8 weight); turn it off to train a LoRA."
+        from lib_lora.engine.fp8 import float8_problem
+
+        device = torch.device(devices.device) if devices.device is not None else torch.device("cpu")
+        problem = float8_problem(device)
+        if problem:
+            return problem
     try:
         from modules import sd_unet
 
@@ -191,6 +204,11 @@ class WebuiBundle:
         self.device = torch.device(devices.device) if devices.device is not None else torch.device("cpu")
         unet = sd_model.model.diffusion_model
         self.dtype = next(unet.parameters()).dtype
+        # the webui's FP8 weight option stores Linear/Conv2d weights in float8 and computes in its
+        # UNet dtype under its autocast: train on top of that, in that dtype
+        self.float8_weights = bool(getattr(devices, "fp8", False)) or "float8" in str(self.dtype)
+        if "float8" in str(self.dtype):
+            self.dtype = getattr(devices, "dtype_unet", None) or torch.float16
         self.latent_scaling = float(sd_model.scale_factor)
         alphas = getattr(sd_model, "alphas_cumprod_original", None)
         if alphas is None:
@@ -201,6 +219,7 @@ class WebuiBundle:
             raise UserError(f"max_token_length must be 75, 150 or 225, not {max_token_length!r}.")
         self.chunks = CHUNK_TOKENS[max_token_length]
         self.medvram = bool(getattr(sd_model, "lowvram", False))
+        self.sdpa = True  # training attention through torch's SDPA (engine.attention), whatever the webui's setting
         self._te_training = False
         self._empty: dict[str, torch.Tensor] = {}
 
@@ -224,6 +243,16 @@ class WebuiBundle:
         if self.family == "sd1":
             return [self.sd_model.cond_stage_model]
         return [self.sd_model.conditioner]
+
+    def offload_modules(self, part: str) -> list[nn.Module]:
+        """What may leave the GPU during a run: ``vae`` once latents are cached, ``text`` once every
+        caption is encoded (``cache_text_encoder_outputs``). Under --medvram they are the webui's
+        to move."""
+        if self.medvram:
+            return []
+        if part == "vae":
+            return [self.sd_model.first_stage_model]
+        return self.text_modules() if part == "text" else []
 
     def vae_identity(self) -> str:
         from modules import sd_vae
@@ -382,13 +411,16 @@ class WebuiBundle:
     def training(self, *, train_unet: bool, train_text_encoder: bool, gradient_checkpointing: bool) -> Iterator[None]:
         """Base weights frozen (the webui leaves ``requires_grad`` on), ldm/sgm's own checkpoint
         flags off (their CheckpointFunction only backprops into a block's own parameters, which
-        drops LoRA gradients), our non-reentrant checkpointing on request; all undone on exit."""
+        drops LoRA gradients), our non-reentrant checkpointing on request, the UNet's attention
+        through SDPA (:mod:`lib_lora.engine.attention`, per instance) unless ``sdpa`` is off; all
+        undone on exit."""
         unet, encoders, _ = self.lora_hosts()
         flags = _disable_checkpoint_flags([unet, *encoders.values()])
         patched: list[tuple[nn.Module, Any]] = []
         self._te_training = train_text_encoder
+        attention = SdpaAttention([unet]) if self.sdpa else contextlib.nullcontext()
         try:
-            with frozen_base([self.sd_model], {}):
+            with frozen_base([self.sd_model], {}), attention:
                 if gradient_checkpointing:
                     patched = _checkpoint_blocks(unet, encoders if train_text_encoder else {})
                 yield

@@ -44,11 +44,6 @@ def _lowvram(webui):
     return wm.tiny_sd1()
 
 
-def _fp8(webui):
-    webui.devices.fp8 = True
-    return wm.tiny_sd1()
-
-
 def _sd_unet(webui):
     import modules.sd_unet
 
@@ -65,7 +60,6 @@ def _sd_unet(webui):
         (_forge, "Forge model object"),
         (_sd3, "SD3 models are not supported"),
         (_inpaint, "Inpainting"),
-        (_fp8, "FP8 weight storage"),
         (_sd_unet, "SD Unet option 'trt-unet'"),
     ],
 )

@@ -1,5 +1,6 @@
 """modules/devices.py: the device and dtypes the webui chose, autocast() and torch_gc() with the
-1.10.1 rules that matter on a float32 CPU setup (``--use-cpu all --no-half``: autocast is a no-op)."""
+1.10.1 rules that matter on a float32 CPU setup (``--use-cpu all --no-half``: autocast is a no-op,
+except with FP8 weight storage, which computes in bfloat16 on the CPU)."""
 
 import contextlib
 
@@ -20,6 +21,8 @@ gc_calls = 0
 def autocast(disable=False):
     if disable or force_fp16:
         return contextlib.nullcontext()
+    if fp8 and device == cpu:  # FP8 weight storage on the CPU computes in bfloat16 (1.10.1)
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=True)
     if dtype == torch.float32 or dtype_inference == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast("cuda")
