@@ -135,10 +135,13 @@ def overview(root: str | os.PathLike, caption_extension: str = ".txt") -> Datase
     text = str(root or "").strip()
     if not text:
         return DatasetOverview(Path("."), error="No dataset folder chosen: enter a folder path (or create one).")
-    path = Path(text).expanduser()
+    path = Path(os.path.abspath(Path(text).expanduser()))  # a relative path: from the working folder, shown absolute
     result = DatasetOverview(path)
     if not path.exists():
-        result.error = f"Dataset folder {path} does not exist: create it with the button below, or check the path."
+        result.error = (
+            f"Dataset folder {path} does not exist: create it with the buttons above "
+            "(Create training folder, or Create demo dataset in this folder), or check the path."
+        )
         return result
     if not path.is_dir():
         result.error = f"Dataset folder {path} is a file, not a folder."

@@ -57,10 +57,17 @@ def long_js(host: Any, kind: str) -> str | None:
     return fn(kind) if fn else None
 
 
+def user_path(text: str | os.PathLike) -> str:
+    """A folder typed in the tab as the absolute path it means: ``~`` expanded, a relative path taken
+    from the working folder (where the app or the webui was started), as messages then show it."""
+    return os.path.abspath(os.path.expanduser(str(text).strip()))
+
+
 def resolve_output_dir(host: Any, choice: str | None, custom: str | None) -> str:
-    """The custom folder when given, else the chosen entry of the host's folders, else its default."""
+    """The custom folder when given (absolute, see :func:`user_path`), else the chosen entry of the
+    host's folders, else its default."""
     if custom and str(custom).strip():
-        return os.path.expanduser(str(custom).strip())
+        return user_path(custom)
     choices = host.output_dir_choices() or {}
     if choice and choice in choices:
         return choices[choice]

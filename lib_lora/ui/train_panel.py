@@ -3,6 +3,7 @@ and the live view of a run (status, loss chart, saved epochs, samples)."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -10,10 +11,18 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from lib_lora.common.errors import UserError
-from lib_lora.config import PRESETS, TrainConfig, build_config, native_resolution, preset_values
+from lib_lora.config import (
+    PRESETS,
+    TrainConfig,
+    build_config,
+    config_problems,
+    label_name,
+    native_resolution,
+    preset_values,
+)
 from lib_lora.jobs import dataset_info, editor, vram
 from lib_lora.ui import html
-from lib_lora.ui.common import guarded, host_events, job_html, long_js, resolve_output_dir
+from lib_lora.ui.common import guarded, hook, host_events, job_html, long_js, resolve_output_dir, user_path
 from lib_lora.ui.compat import hidden_progress, js_kwargs
 from lib_lora.ui.forms import SettingsForm, build_settings_form
 
@@ -78,7 +87,7 @@ class TrainPanel:
                 list(PRESETS),
                 value=preset,
                 label="Preset",
-                info=PRESETS[preset].get("_doc"),
+                info=self.preset_info(preset),
                 elem_id="lora_trainer_preset",
             )
             self.name = gr.Textbox(
@@ -100,11 +109,10 @@ class TrainPanel:
             initial["sample_every_n_epochs"] = settings.sample_every_n_epochs
         initial.update(getattr(settings, "form_defaults", None) or {})
         self.form = build_settings_form(hidden, initial)
-        try:
-            first_estimate = self._estimate_html("", {**TrainConfig().as_dict(), **initial})
-        except UserError as exc:
-            first_estimate = html.error(str(exc))
-        self.estimate = gr.HTML(first_estimate, elem_id="lora_trainer_estimate")
+        self.estimate = gr.HTML(
+            html.message("The settings are checked as you change them; choose a dataset folder first (Dataset tab)."),
+            elem_id="lora_trainer_estimate",
+        )
         with gr.Row():
             self.check_button = gr.Button("Check settings", elem_id="lora_trainer_check")
             self.start = gr.Button(
@@ -134,11 +142,17 @@ class TrainPanel:
     def wire(self) -> None:
         folder = self.tab.dataset.folder
         self.model_refresh.click(self.refresh_model, None, [self.model_info, self.start])
-        self.preset.change(self.apply_preset, [self.preset], [*self.form.inputs(), self.preset, self.estimate])
-        estimate_inputs = [folder, *self.estimate_inputs()]
-        for component in self.estimate_inputs():
-            component.change(self.update_estimate, estimate_inputs, [self.estimate], **hidden_progress())
-        folder.change(self.update_estimate, estimate_inputs, [self.estimate], **hidden_progress())
+        # one validator for the live check and the Check settings button (config.config_problems): it
+        # runs on every edit of a field, after a preset, and when the dataset folder or its content changes
+        live_check = {"fn": self.check, "inputs": self.run_inputs(), "outputs": [self.estimate], **hidden_progress()}
+        self.preset.change(self.apply_preset, [self.preset], [*self.form.inputs(), self.preset, self.estimate]).then(
+            **live_check
+        )
+        for component in [*self.form.inputs(), self.name, self.output_custom]:
+            component.input(**live_check)
+        self.output_choice.change(**live_check)
+        folder.change(**live_check)
+        self.tab.dataset.overview.change(**live_check)  # a dataset made, refreshed or imported
         self.check_button.click(self.check, self.run_inputs(), [self.estimate])
 
         live = [self.live, self.chart, self.epochs, self.samples, self.sample_count]
@@ -170,12 +184,33 @@ class TrainPanel:
         doc = PRESETS[name].get("_doc", "")
         return [*self.form.updates(values), gr.update(info=doc), html.message(f"Preset {name} applied: {doc}", "ok")]
 
+    def preset_info(self, name: str) -> str:
+        """The preset's description, and what the form shows instead when the host starts it with
+        other values (the demo model's small, quick ones)."""
+        doc = PRESETS[name].get("_doc", "")
+        shrunk = getattr(self.host.settings(), "form_defaults", None) or {}
+        if not shrunk:
+            return doc
+        shown = ", ".join(f"{label_name(k).lower()} {'default' if v is None else v}" for k, v in shrunk.items())
+        return (
+            f"{doc} For the demo model the form starts smaller so a run takes minutes on a CPU ({shown}); "
+            "choose the preset again to get its full values."
+        )
+
     def _config(self, folder: str, name: str, choice: str, custom: str, values: Sequence[Any]) -> TrainConfig:
         form_values = self.form.values(values)
-        form_values["train_data_dir"] = (folder or "").strip()
+        form_values["train_data_dir"] = user_path(folder) if (folder or "").strip() else ""
         form_values["output_name"] = (name or "").strip()
         form_values["output_dir"] = resolve_output_dir(self.host, choice, custom)
-        return build_config(form_values, family=self.family, native=self.native)
+        return build_config(form_values, family=self.family, native=self.native, names=label_name)
+
+    def _checked(self, folder: str, name: str, choice: str, custom: str, values: Sequence[Any]):
+        """The config and every problem of the form (config.config_problems, in the labels' words)."""
+        form_values = self.form.values(values)
+        form_values["train_data_dir"] = user_path(folder) if (folder or "").strip() else ""
+        form_values["output_name"] = (name or "").strip()
+        form_values["output_dir"] = resolve_output_dir(self.host, choice, custom)
+        return config_problems(form_values, names=label_name)
 
     def _estimate_html(self, folder: str, values: dict[str, Any]) -> str:
         from lib_lora.jobs.train import math_steps_note
@@ -209,19 +244,24 @@ class TrainPanel:
         return "".join(parts)
 
     @guarded(1)
-    def update_estimate(self, folder: str, *values: Any) -> str:
-        return self._estimate_html(folder, self.form.values_subset(self.estimate_names(), values))
-
-    @guarded(1)
     def check(self, folder: str, name: str, choice: str, custom: str, *values: Any) -> str:
-        cfg = self._config(folder, name, choice, custom, values)
+        """The live check and the Check settings button: every problem at once, then (when the
+        settings are valid) the steps and the VRAM estimate."""
+        cfg, problems = self._checked(folder, name, choice, custom, values)
+        parts = [html.error(p) for p in problems]
         info = self.host.model_info()
-        problems = [] if info.loaded and not info.problem else [html.error(info.problem or "No model is loaded.")]
-        overview = dataset_info.overview(folder, cfg.caption_extension)
-        if overview.error:
-            problems.append(html.error(overview.error))
-        ok = html.message(f"Settings are valid; files go to {cfg.output_dir}.", "ok") if not problems else ""
-        return ok + "".join(problems) + self._estimate_html(folder, cfg.as_dict())
+        if not info.loaded or info.problem:
+            parts.append(html.error(info.problem or "No model is loaded."))
+        if cfg.train_data_dir:
+            overview = dataset_info.overview(folder, cfg.caption_extension)
+            if overview.error:
+                parts.append(html.error(overview.error))
+        if not parts:
+            where = os.path.abspath(cfg.output_dir)
+            parts.append(html.message(f"Settings are valid; files go to {where}.", "ok"))
+        if problems:
+            return "".join(parts)
+        return "".join(parts) + self._estimate_html(folder, cfg.as_dict())
 
     @guarded(1)
     def start_training(self, task_id: str, folder: str, name: str, choice: str, custom: str, *values: Any) -> str:
@@ -232,6 +272,10 @@ class TrainPanel:
             self.family = info.family
             self.native = native_resolution(info.family, demo=info.demo)
         cfg = self._config(folder, name, choice, custom, values)
+        allow = hook(self.host, "allow_folder")  # the standalone app may show the run's files
+        if allow:
+            allow(cfg.output_dir)
+            allow(cfg.train_data_dir)
         current = self.host.jobs.current("train")
         if current is not None and current.state in ("running", "queued"):
             raise UserError(f"A training is already running ({current.title}); stop it or wait for it to finish.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import threading
 import time
@@ -61,8 +62,9 @@ def test_form_has_every_setting_with_its_label_and_help_and_labels_are_unique(ta
             assert f.name not in form
             continue
         component = form[f.name]
-        assert component.label == (f.metadata["label"] or f.name)
-        assert component.info == f.metadata["help"]
+        # every label in plain words; the help and the sd-scripts key in the line under it
+        assert component.label == f.metadata["label"] and "_" not in component.label, f.name
+        assert component.info.startswith(f.metadata["help"]) and component.info.endswith(f": {f.name}]"), f.name
         folded = "Advanced settings" in _ancestor_labels(component)
         assert folded == bool(f.metadata["advanced"]), f.name
     labels = [b.label for b in tab.blocks.blocks.values() if getattr(b, "label", None)]
@@ -248,9 +250,9 @@ def _run(tab, dataset: Path | str, **changes):
 
 
 def test_start_refuses_bad_input_and_changes_nothing(host: FakeHost, tab, dataset: Path) -> None:
-    assert "train_data_dir is empty" in _run(tab, "")
-    assert "network_dim = 0" in _run(tab, dataset, network_dim=0)
-    assert "learning_rate" in _run(tab, dataset, learning_rate="fast")
+    assert "Dataset folder is empty" in _run(tab, "")  # the tab names settings by their labels
+    assert "Network dim (rank) = 0" in _run(tab, dataset, network_dim=0)
+    assert "Learning rate = &#x27;fast&#x27; is not valid" in _run(tab, dataset, learning_rate="fast")
     assert "does not exist" in _run(tab, dataset / "missing")
     empty = dataset.parent / "empty"
     (empty / "10_nothing").mkdir(parents=True)
@@ -304,9 +306,26 @@ def test_presets_and_estimate(tab, dataset: Path) -> None:
     updates = dict(zip(tab.train.form.names, out[:n]))
     assert value(updates["network_dim"]) == 128
     assert "Preset style applied" in out[-1]
-    names = tab.train.estimate_names()
-    text = _text(tab.train.update_estimate(str(dataset), *subset_args(tab, names)))
+    text = _text(tab.train.check(str(dataset), "mylora", "Lora folder", "", *form_args(tab)))
     assert "steps per epoch" in text and "1,000-2,000 steps" in text and "Estimated VRAM need" in text
+    assert "Settings are valid" in text
+
+
+def test_live_check_lists_every_problem_in_the_labels_words(tab, dataset: Path) -> None:
+    args = form_args(tab, max_train_epochs=-2, resolution="100000", train_batch_size=2.5)
+    out = tab.train.check(str(dataset), "", "Lora folder", "", *args)
+    errors = [html.unescape(_text(e)).strip() for e in re.findall(r'<div class="lt-msg lt-error">.*?</div>', out)]
+    assert errors == [
+        "Error: Batch size = 2.5 is not valid: it must be a whole number.",
+        "Error: Epochs = -2 is not valid: it must be at least 1.",
+        "Error: Resolution = '100000' is not valid: each side must be a multiple of 8 from 64 to 4096 pixels.",
+        "Error: LoRA name is empty: type a name for the LoRA files.",
+    ]
+    # no step count or VRAM figure from settings that cannot train
+    assert "steps per epoch" not in out and "VRAM" not in out and "Settings are valid" not in out
+    # Start refuses with the same words
+    refused = _text(tab.train.start_training("", str(dataset), "", "Lora folder", "", *args))
+    assert "Epochs = -2 is not valid" in refused and "LoRA name is empty" in refused
 
 
 # -- Test -------------------------------------------------------------------------------------------
