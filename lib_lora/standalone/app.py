@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from lib_lora.common.errors import UserError
 from lib_lora.events import Events, StepInfo, StopToken
 from lib_lora.jobs.grid import assemble_grid, save_grid
 from lib_lora.jobs.manager import JobManager
+from lib_lora.standalone.security import AccessPolicy, FolderList, gradio_temp_folder, secure_app
 from lib_lora.ui.compat import queue_kwargs
 from lib_lora.ui.host import GridRequest, GridResult, HostSettings, ModelInfo
 from lib_lora.ui.tab import TITLE, build_tab, stylesheet
@@ -100,6 +101,11 @@ class StandaloneHost:
         self.checkpoint = str(checkpoint) if checkpoint else None
         self.demo = self.checkpoint is None
         self.lora_dir = str(Path(lora_dir).expanduser().resolve())
+        # what /file= may serve: Gradio's temporary copies, thumbnails, the LoRA folder, and the
+        # dataset / output folders chosen in the tab (added by allow_folder)
+        from lib_lora.jobs.editor import thumbnail_folder
+
+        self.served_folders = FolderList([gradio_temp_folder(), thumbnail_folder(), self.lora_dir])
         self.device = device
         self.jobs = JobManager()
         self._settings = settings or HostSettings(form_defaults=DEMO_FORM if self.demo else {})
@@ -182,6 +188,10 @@ class StandaloneHost:
     # ------------------------------------------------------------------ UIHost
     def settings(self) -> HostSettings:
         return self._settings
+
+    def allow_folder(self, folder: str | os.PathLike | None) -> None:
+        """A dataset or output folder the user chose in the tab: its files may be served to the page."""
+        self.served_folders.add(folder)
 
     def output_dir_choices(self) -> dict[str, str]:
         return {f"LoRA folder ({self.lora_dir})": self.lora_dir}
@@ -287,15 +297,46 @@ def build_app(host: StandaloneHost) -> gr.Blocks:
     return app
 
 
+@contextlib.contextmanager
+def _secured_create_app(policy: AccessPolicy) -> Iterator[None]:
+    """While Gradio builds its FastAPI app, put :class:`LocalOnly` in place of its CORS middleware
+    (``Blocks.launch`` makes the app and starts serving in one call; gradio 3.41 and 4.x both build
+    it with ``App.create_app``)."""
+    from gradio.routes import App
+
+    original = App.__dict__["create_app"]
+    make = original.__func__ if isinstance(original, staticmethod) else original
+
+    def create_app(*args: Any, **kwargs: Any) -> Any:
+        app = make(*args, **kwargs)
+        secure_app(app, policy)
+        return app
+
+    App.create_app = staticmethod(create_app)
+    try:
+        yield
+    finally:
+        App.create_app = original
+
+
 def launch(
-    host: StandaloneHost, server_name: str = "127.0.0.1", port: int = 7870, block: bool = True, quiet: bool = False
+    host: StandaloneHost,
+    server_name: str = "127.0.0.1",
+    port: int = 7870,
+    block: bool = True,
+    quiet: bool = False,
+    allow_origins: Iterable[str] = (),
 ) -> gr.Blocks:
-    """Build and serve the app; with ``block`` wait until Ctrl-C."""
+    """Build and serve the app; with ``block`` wait until Ctrl-C. Only the app's own page (and the
+    ``allow_origins`` the user named) may call it; ``/file=`` serves only the app's own folders
+    (see :mod:`lib_lora.standalone.security`)."""
     app = build_app(host)
-    app.launch(
-        server_name=server_name, server_port=port, prevent_thread_lock=True, show_api=False, quiet=quiet,
-        inbrowser=False, share=False,
-    )  # fmt: skip
+    policy = AccessPolicy(server_name, host.served_folders, allow_origins)
+    with _secured_create_app(policy):
+        app.launch(
+            server_name=server_name, server_port=port, prevent_thread_lock=True, show_api=False, quiet=quiet,
+            inbrowser=False, share=False, allowed_paths=host.served_folders.as_strings,
+        )  # fmt: skip
     if block:
         with contextlib.suppress(KeyboardInterrupt):
             app.block_thread()
