@@ -27,28 +27,8 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-def normalize_origin(url: str) -> str:
-    """``scheme://host[:port]`` of a URL as a browser sends it in ``Origin`` (lower case, no path);
-    ValueError for something that is not an http(s) URL."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{url!r} is not an http(s) origin such as http://localhost:3000")
-    host = parts.hostname.lower()
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
-
-
-def _hostname(host_header: str) -> str:
-    host = host_header.strip().lower()
-    if host.startswith("["):  # [::1]:7870
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+from lib_lora.common.origin import LOOPBACK_NAMES, cross_site_refusal, host_name, normalize_origin
 
 
 def is_within(path: Path, root: Path) -> bool:
@@ -104,27 +84,14 @@ class AccessPolicy:
         self.server_name = server_name
         self.files = files
         self.allow_origins = frozenset(normalize_origin(o) for o in allow_origins)
-        self.check_host = _hostname(server_name) in LOOPBACK_NAMES if check_host is None else check_host
+        self.check_host = host_name(server_name) in LOOPBACK_NAMES if check_host is None else check_host
 
     def refusal(self, scope: dict[str, Any]) -> str | None:
         """Why the request is refused, or None."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        host = headers.get("host", "")
-        if self.check_host and _hostname(host) not in LOOPBACK_NAMES:
-            return f"Host {host!r} is not this app's address; open it as http://127.0.0.1 or http://localhost."
-        origin = headers.get("origin")
-        if origin is not None:
-            try:
-                origin_norm = normalize_origin(origin)
-            except ValueError:
-                return f"Requests from origin {origin!r} are refused."
-            own = {f"{scheme}://{host.lower()}" for scheme in ("http", "https")}
-            if origin_norm not in own and origin_norm not in self.allow_origins:
-                return f"Requests from another site ({origin}) are refused; start the app with --allow-origin to allow one."
-        else:
-            site = headers.get("sec-fetch-site", "")
-            if site in ("cross-site", "same-site") and headers.get("sec-fetch-mode") != "navigate":
-                return "Requests from another site are refused."
+        reason = cross_site_refusal(headers, self.allow_origins, self.check_host)
+        if reason is not None:
+            return reason
         path = scope.get("path", "")
         if path.startswith("/proxy=") or (path.startswith("/file=") and not self.files.allows(path[len("/file=") :])):
             return "This file is not served: only the app's own outputs and the folders chosen in it are."
