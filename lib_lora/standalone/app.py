@@ -205,11 +205,18 @@ class StandaloneHost:
         return prepare(cfg, self.bundle(cfg), events)
 
     def train(self, cfg: Any, events: Events, stop: StopToken) -> Any:
-        from lib_lora.jobs.train import train
+        """Train on the model; with samples asked for and the prompt box empty, the samples use the
+        activation text and the dataset's most frequent tags (as in the webui)."""
+        from lib_lora.jobs.samples import default_sample_prompt
+        from lib_lora.jobs.train import prepare, train
         from lib_lora.standalone.sampler import training_renderer
 
         bundle = self.bundle(cfg)
-        return train(cfg, bundle, events, stop, renderer=training_renderer(bundle, cfg))
+        plan = None
+        if cfg.sample_every_n_epochs and not cfg.sample_prompts:
+            plan = prepare(cfg, bundle, events, stop)
+            cfg = cfg.replace(sample_prompts=default_sample_prompt(plan, cfg))
+        return train(cfg, bundle, events, stop, renderer=training_renderer(bundle, cfg), plan=plan)
 
     def render_grid(self, request: GridRequest, events: Events, stop: StopToken) -> GridResult:
         from lib_lora.standalone.sampler import generate
@@ -293,6 +300,7 @@ def build_app(host: StandaloneHost) -> gr.Blocks:
         with gr.Tabs(), gr.Tab(TITLE, elem_id="tab_lora_trainer"):
             _, tab = build_tab(host)
     app.queue(**queue_kwargs(8))
+    _no_queue_eta(app)
     app.lora_trainer_tab = tab  # type: ignore[attr-defined]
     return app
 
@@ -317,6 +325,16 @@ def _secured_create_app(policy: AccessPolicy) -> Iterator[None]:
         yield
     finally:
         App.create_app = original
+
+
+def _no_queue_eta(app: gr.Blocks) -> None:
+    """Gradio's progress text shows "elapsed/ETA", the ETA being the average duration of every event
+    the queue ran — mostly the live views' one-second refreshes — so a training showed "57.7/0.1s".
+    Without that average there is no ETA: the text shows the elapsed time, and the live view under
+    Start shows the run's own ETA."""
+    queue = getattr(app, "_queue", None)
+    if queue is not None and hasattr(queue, "update_estimation"):
+        queue.update_estimation = lambda *args, **kwargs: None
 
 
 def launch(

@@ -106,7 +106,8 @@ def _component(name: str, initial: dict[str, Any]) -> Any:
     if kind.startswith("bool") and "None" not in kind:
         return gr.Checkbox(value=value, label=label, info=info, elem_id=elem_id)
     if kind.startswith("int") and "None" not in kind:
-        return gr.Number(value=value, label=label, info=info, precision=0, elem_id=elem_id)
+        # no precision=0: Gradio would round 2.5 to 2 silently; the validator says "a whole number"
+        return gr.Number(value=value, label=label, info=info, elem_id=elem_id)
     if kind.startswith("float") and "None" not in kind:
         return gr.Number(value=value, label=label, info=info, elem_id=elem_id)
     placeholder = "empty = default" if "None" in kind else None

@@ -57,7 +57,14 @@ class TrainerTab:
             self.tag_tab.select(self.editor.provider_html, None, [self.editor.provider])
             self.train_tab.select(self.train.refresh_model, None, [self.train.model_info, self.train.start])
             live = [self.train.live, self.train.chart, self.train.epochs, self.train.samples, self.train.sample_count]
-            self.train_tab.select(self.train.follow, [self.train.sample_count], live, show_progress="hidden")
+            self.train_tab.select(
+                self.train.follow, [self.train.sample_count], [*live, self.train.result], show_progress="hidden"
+            )
+            # a reloaded page shows the running training's dataset and settings, not the defaults
+            blocks.load(self.train.restore_running, None, self.train.restore_outputs(), show_progress="hidden").then(
+                self.dataset.refresh, [self.dataset.folder, *self.dataset.bucket_inputs()],
+                [self.dataset.overview, self.dataset.buckets, self.dataset.status], show_progress="hidden",
+            )  # fmt: skip
         self.blocks = blocks
         return blocks
 

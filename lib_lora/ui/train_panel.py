@@ -71,6 +71,7 @@ class TrainPanel:
         self.tab = tab
         self.host = tab.host
         self.form = SettingsForm()
+        self.running_inputs: list[Any] | None = None  # what the running training was started with
 
     # ------------------------------------------------------------------ layout
     def build(self) -> None:
@@ -144,7 +145,11 @@ class TrainPanel:
         self.model_refresh.click(self.refresh_model, None, [self.model_info, self.start])
         # one validator for the live check and the Check settings button (config.config_problems): it
         # runs on every edit of a field, after a preset, and when the dataset folder or its content changes
-        live_check = {"fn": self.check, "inputs": self.run_inputs(), "outputs": [self.estimate], **hidden_progress()}
+        # it also clears a status line a later edit made stale ("does not exist", "No training is running.")
+        live_check = {
+            "fn": self.live_check, "inputs": self.run_inputs(), "outputs": [self.estimate, self.result],
+            **hidden_progress(),
+        }  # fmt: skip
         self.preset.change(self.apply_preset, [self.preset], [*self.form.inputs(), self.preset, self.estimate]).then(
             **live_check
         )
@@ -156,6 +161,7 @@ class TrainPanel:
         self.check_button.click(self.check, self.run_inputs(), [self.estimate])
 
         live = [self.live, self.chart, self.epochs, self.samples, self.sample_count]
+        self.start.click(lambda: "", None, [self.result], queue=False, **hidden_progress())  # the last run's line
         poll = self.start.click(self.poll, [self.sample_count], live, every=1, **hidden_progress())
         run = self.start.click(
             self.host.wrap_long_handler(self.start_training, 1), [self.task, *self.run_inputs()], [self.result],
@@ -243,6 +249,27 @@ class TrainPanel:
         parts.append(html.message(text, "warning" if estimate.fits is False else "info"))
         return "".join(parts)
 
+    def training_running(self) -> bool:
+        current = self.host.jobs.current("train")
+        return current is not None and current.state in ("running", "queued")
+
+    @guarded(2, status=0)
+    def live_check(self, folder: str, name: str, choice: str, custom: str, *values: Any) -> list[Any]:
+        """:meth:`check` as the fields change; the status line under Start is cleared (what it said
+        was about the settings before this edit) unless a training is running."""
+        return [self.check(folder, name, choice, custom, *values), gr.update() if self.training_running() else ""]
+
+    def restore_outputs(self) -> list[Any]:
+        return [self.tab.dataset.folder, self.name, self.output_choice, self.output_custom, *self.form.inputs()]
+
+    def restore_running(self) -> list[Any]:
+        """On page load: while a training runs, the dataset folder and the settings it was started
+        with (a reloaded page would otherwise show the defaults beside a run that uses others)."""
+        n = 4 + len(self.form.components)
+        if not self.training_running() or self.running_inputs is None or len(self.running_inputs) != n:
+            return [gr.update() for _ in range(n)]
+        return [gr.update(value=v) for v in self.running_inputs]
+
     @guarded(1)
     def check(self, folder: str, name: str, choice: str, custom: str, *values: Any) -> str:
         """The live check and the Check settings button: every problem at once, then (when the
@@ -272,6 +299,8 @@ class TrainPanel:
             self.family = info.family
             self.native = native_resolution(info.family, demo=info.demo)
         cfg = self._config(folder, name, choice, custom, values)
+        if not self.training_running():
+            self.running_inputs = [folder, name, choice, custom, *values]
         allow = hook(self.host, "allow_folder")  # the standalone app may show the run's files
         if allow:
             allow(cfg.output_dir)
@@ -303,17 +332,32 @@ class TrainPanel:
 
     def follow(self, shown_samples: int) -> Iterator[list[Any]]:
         """The live view while a training runs (e.g. one started before the page was reloaded, or
-        from the HTTP API): updates every second until it ends."""
+        from the HTTP API): updates every second until it ends; then the status line under Start
+        says how it ended (it may still say "Stopping after this step...")."""
+        was_running = self.training_running()
         out = self.poll(-1)
-        yield out
+        yield [*out, gr.update()]
         while True:
             status = self.host.jobs.current("train")
             if status is None or status.state not in ("running", "queued"):
                 break
             time.sleep(1.0)
-            out = self.poll(out[-1])
-            yield out
-        yield self.poll(-1)
+            out = self.poll(out[-2])
+            yield [*out, gr.update()]
+        status = self.host.jobs.current("train")
+        yield [*self.poll(-1), self.outcome_html(status) if was_running and status is not None else gr.update()]
+
+    @staticmethod
+    def outcome_html(status: Any) -> str:
+        """How a training ended, as the status line under Start says it."""
+        if status.state == "failed":
+            return html.error(status.error or "Training failed.")
+        names = [f["path"].replace("\\", "/").rsplit("/", 1)[-1] for f in status.files]
+        files = ", ".join(names) or "no files"
+        if status.state == "stopped":
+            return html.message(f"Stopped at step {status.step}; saved: {files}.", "warning")
+        folder = os.path.dirname(status.files[-1]["path"]) if status.files else ""
+        return html.message(f"Training finished: {status.step} steps; saved {files} in {folder}.", "ok")
 
     @guarded(5, status=0)
     def poll(self, shown_samples: int) -> list[Any]:

@@ -366,6 +366,8 @@ def test_follow_shows_a_running_training_until_it_ends(host: FakeHost, tab, data
     worker.join(10)
     assert "running" in views[0][0] and "done" in views[-1][0]
     assert "mylora-000001.safetensors" in views[-1][2]
+    # the status line under Start says how it ended (a reloaded page's Stop line does not stay)
+    assert "Training finished: 3 steps" in views[-1][5] and all(unchanged(v[5]) for v in views[:-1])
 
 
 def test_every_handler_answers_empty_input_with_all_its_outputs(
