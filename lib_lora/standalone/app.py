@@ -24,6 +24,7 @@ from lib_lora.events import Events, StepInfo, StopToken
 from lib_lora.jobs.grid import assemble_grid, save_grid
 from lib_lora.jobs.manager import JobManager
 from lib_lora.standalone.security import AccessPolicy, FolderList, gradio_temp_folder, secure_app
+from lib_lora.tagger.models import DEMO_MODEL as DEMO_TAGGER
 from lib_lora.ui.compat import queue_kwargs
 from lib_lora.ui.host import GridRequest, GridResult, HostSettings, ModelInfo
 from lib_lora.ui.tab import TITLE, build_tab, stylesheet
@@ -108,7 +109,9 @@ class StandaloneHost:
         self.served_folders = FolderList([gradio_temp_folder(), thumbnail_folder(), self.lora_dir])
         self.device = device
         self.jobs = JobManager()
-        self._settings = settings or HostSettings(form_defaults=DEMO_FORM if self.demo else {})
+        if settings is None and self.demo:  # the quick start: small settings, the built-in demo tagger
+            settings = HostSettings(form_defaults=DEMO_FORM, tagger_model=DEMO_TAGGER)
+        self._settings = settings or HostSettings()
         self._progress = GradioProgress()
         self._bundle: Any = None
         self._bundle_key: tuple | None = None

@@ -94,8 +94,11 @@ def job_line(status: JobStatus) -> str:
 STATE_LEVEL = {"queued": "info", "running": "info", "done": "ok", "stopped": "warning", "failed": "error"}
 
 
-def job_html(status: JobStatus | None, idle: str = "Not started.", show_messages: int = 6) -> str:
-    """The live status panel of a job: state, progress bar, the numbers, recent messages."""
+def job_html(
+    status: JobStatus | None, idle: str = "Not started.", show_messages: int = 6, show_error: bool = True
+) -> str:
+    """The live status panel of a job: state, progress bar, the numbers, recent messages; the error
+    too unless the panel's button shows it in its own status line (``show_error`` False: once is enough)."""
     if status is None:
         return html.message(idle)
     parts = [f'<div class="lt-job lt-job-{html.esc(status.state)}">']
@@ -107,7 +110,7 @@ def job_html(status: JobStatus | None, idle: str = "Not started.", show_messages
             parts.append(html.progress_bar(status.step, status.total_steps, f"step {status.step}/{status.total_steps}"))
         elif status.total:
             parts.append(html.progress_bar(status.done, status.total, f"{status.stage} {status.done}/{status.total}"))
-    if status.error:
+    if status.error and show_error:
         parts.append(html.error(status.error))
     shown = [(lvl, text) for lvl, text in status.messages if lvl in ("info", "warning")][-show_messages:]
     if shown:

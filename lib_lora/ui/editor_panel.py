@@ -279,7 +279,7 @@ class EditorPanel:
 
     @guarded(1)
     def poll_tagging(self) -> str:
-        return job_html(self.host.jobs.current("tag"), "Not tagged yet.")
+        return job_html(self.host.jobs.current("tag"), "Not tagged yet.", show_error=False)  # the result says it
 
     def stop_tagging(self) -> str:
         job = self.host.jobs.current("tag")

@@ -384,4 +384,5 @@ class TrainPanel:
             gallery = gr.update(value=shown)
         else:
             gallery = gr.update()
-        return [job_html(status, "No training yet."), chart, table, gallery, len(samples)]
+        # the error is in the status line under Start (start_training / follow), not twice
+        return [job_html(status, "No training yet.", show_error=False), chart, table, gallery, len(samples)]

@@ -241,6 +241,28 @@ def test_tagging_with_a_local_tiny_tagger(tab, tmp_path: Path) -> None:
     assert "Tagging runs on the" in _text(tab.editor.provider_html())
 
 
+def test_offline_tagger_error_is_one_sentence_shown_once(tab, tmp_path: Path, monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    data = write_demo_dataset(tmp_path / "untagged").root
+    args = ["task(1)", str(data), "wd-v1-4-vit-tagger-v2", "", 0.35, 0.85, False, False, "skip", "", "", 4]
+    shown = tab.editor.start_tagging(*args) + tab.editor.poll_tagging()  # the result line + the progress panel
+    errors = [e for e in re.findall(r'lt-error">(.*?)</div>', shown) if "tagger model" in e]
+    assert len(errors) == 1 and shown.count("not in the Hugging Face cache") == 1, errors
+    text = html.unescape(errors[0])
+    assert text.startswith(
+        "Error: The tagger model wd-v1-4-vit-tagger-v2 (SmilingWolf/wd-v1-4-vit-tagger-v2) is not in"
+    )
+    assert text.count(". ") == 0 and text.endswith("(demo-tagger needs no download).")
+    # the demo tagger needs nothing from the network
+    args[2] = "demo-tagger"
+    assert "12 captions written" in _text(tab.editor.start_tagging(*args))
+    assert "red theme" in (data / "3_redfox" / "redfox_01.txt").read_text(encoding="utf-8")
+
+
 # -- Train ------------------------------------------------------------------------------------------
 
 

@@ -177,7 +177,9 @@ def test_another_site_cannot_drive_the_api(webui) -> None:
     client = TestClient(app, base_url=LOCAL)
     assert client.get(f"{V1}/jobs/x").status_code == 404  # no Origin: a script or curl on this machine
     assert client.get(f"{V1}/jobs/x", headers={"Origin": LOCAL}).status_code == 404  # the webui's own page
-    assert client.get(f"{V1}/jobs/x", headers={"Origin": "http://localhost:3000"}).status_code == 404  # --cors-allow-origins
+    assert (
+        client.get(f"{V1}/jobs/x", headers={"Origin": "http://localhost:3000"}).status_code == 404
+    )  # --cors-allow-origins
     refused = client.post(f"{V1}/tag", json={"folder": "."}, headers={"Origin": "http://evil.example"})
     assert refused.status_code == 403 and "another site" in refused.json()["detail"]
     simple_form = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Content-Type": "text/plain"}
