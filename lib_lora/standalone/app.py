@@ -303,9 +303,30 @@ def build_app(host: StandaloneHost) -> gr.Blocks:
         with gr.Tabs(), gr.Tab(TITLE, elem_id="tab_lora_trainer"):
             _, tab = build_tab(host)
     app.queue(**queue_kwargs(8))
-    _no_queue_eta(app)
     app.lora_trainer_tab = tab  # type: ignore[attr-defined]
     return app
+
+
+@contextlib.contextmanager
+def _secured_create_app(policy: AccessPolicy) -> Iterator[None]:
+    """While Gradio builds its FastAPI app, put :class:`LocalOnly` in place of its CORS middleware
+    (``Blocks.launch`` makes the app and starts serving in one call; gradio 3.41 and 4.x both build
+    it with ``App.create_app``)."""
+    from gradio.routes import App
+
+    original = App.__dict__["create_app"]
+    make = original.__func__ if isinstance(original, staticmethod) else original
+
+    def create_app(*args: Any, **kwargs: Any) -> Any:
+        app = make(*args, **kwargs)
+        secure_app(app, policy)
+        return app
+
+    App.create_app = staticmethod(create_app)
+    try:
+        yield
+    finally:
+        App.create_app = original
 
 
 @contextlib.contextmanager

@@ -213,6 +213,7 @@ class EditorPanel:
             tag_inputs,
             [self.tag_result],
             **js_kwargs(long_js(self.host, "tag")),
+            **hidden_progress(),  # the progress panel above is the progress: no second bar with a wrong ETA
         )
         load_inputs = [*view, folder, self.tab.caption_extension_input()]
         run.then(self.poll_tagging, None, [self.tag_progress], cancels=[poll]).then(self.load, load_inputs, out)

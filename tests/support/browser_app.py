@@ -117,5 +117,7 @@ VISIBLE_GENERATING_JS = """() => Array.from(document.querySelectorAll('#tab_lora
     .filter(e => { const s = getComputedStyle(e); return s.opacity !== '0' && s.display !== 'none'
                    && s.borderTopColor !== 'rgba(0, 0, 0, 0)' && s.borderTopWidth !== '0px'; })
     .map(e => (e.closest('[id]') || e).id)"""
+# the progress texts Gradio's trackers show (a tracker an event hides keeps its text, at opacity 0)
 PROGRESS_TEXTS_JS = """() => Array.from(document.querySelectorAll('#tab_lora_trainer .progress-text, #tab_lora_trainer .meta-text, #tab_lora_trainer .meta-text-center'))
+    .filter(e => { const w = e.closest('.wrap'); return !(w && getComputedStyle(w).opacity === '0'); })
     .map(e => e.innerText)"""
