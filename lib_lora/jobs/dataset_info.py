@@ -202,7 +202,7 @@ def create_dataset(root: str | os.PathLike, name: str, repeats: int) -> Path:
     if not value.is_integer() or value < 1:
         raise UserError(f"Repeats must be a whole number of at least 1 (got {repeats!r}).")
     count = int(value)
-    path = Path(text).expanduser()
+    path = Path(os.path.abspath(Path(text).expanduser()))  # relative: from the working folder
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} is a file, not a dataset folder.")
     if parse_subset_name(path.name) is not None and path.exists() and any(iter_image_files(path, recursive=False)):

@@ -392,6 +392,25 @@ def test_follow_shows_a_running_training_until_it_ends(host: FakeHost, tab, data
     assert "Training finished: 3 steps" in views[-1][5] and all(unchanged(v[5]) for v in views[:-1])
 
 
+def test_a_reloaded_page_gets_the_running_trainings_settings_back(host: FakeHost, tab, dataset: Path) -> None:
+    assert all(unchanged(u) for u in tab.train.restore_running())  # nothing running: the page's own values
+    host.step_delay = 0.2
+    args = form_args(tab, max_train_epochs=1, network_dim=3, resolution="64")
+    worker = threading.Thread(
+        target=lambda: tab.train.start_training("task(5)", str(dataset), "reloaded", "Lora folder", "", *args)
+    )
+    worker.start()
+    deadline = time.time() + 10
+    while not (host.jobs.current("train") and host.jobs.current("train").state == "running") and time.time() < deadline:
+        time.sleep(0.02)
+    restored = [value(u) for u in tab.train.restore_running()]
+    worker.join(20)
+    assert restored[:4] == [str(dataset), "reloaded", "Lora folder", ""]
+    form = dict(zip(tab.train.form.names, restored[4:]))
+    assert (form["max_train_epochs"], form["network_dim"], form["resolution"]) == (1, 3, "64")
+    assert all(unchanged(u) for u in tab.train.restore_running())  # it ended
+
+
 def test_every_handler_answers_empty_input_with_all_its_outputs(
     tab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
