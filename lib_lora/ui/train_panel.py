@@ -30,13 +30,6 @@ if TYPE_CHECKING:
     from lib_lora.ui.host import ModelInfo
     from lib_lora.ui.tab import TrainerTab
 
-# settings the steps note and the VRAM estimate follow
-ESTIMATE_FIELDS = (
-    "resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale",
-    "train_batch_size", "max_train_epochs", "max_train_steps", "gradient_accumulation_steps", "network_dim", "conv_dim",
-    "network_train_unet_only", "network_train_text_encoder_only", "gradient_checkpointing", "mixed_precision",
-    "optimizer_type", "cache_latents", "caption_extension",
-)  # fmt: skip
 # user text a preset never overwrites
 KEEP_ON_PRESET = frozenset(
     {"activation_text", "sample_prompts", "training_comment", "network_weights", "caption_prefix", "caption_suffix"}
@@ -131,12 +124,6 @@ class TrainPanel:
         self.samples = gr.Gallery(label="Sample images", columns=4, height=360, elem_id="lora_trainer_samples")
 
     # ------------------------------------------------------------------ events
-    def estimate_inputs(self) -> list[Any]:
-        return [self.form.components[n] for n in ESTIMATE_FIELDS if n in self.form.components]
-
-    def estimate_names(self) -> list[str]:
-        return [n for n in ESTIMATE_FIELDS if n in self.form.components]
-
     def run_inputs(self) -> list[Any]:
         return [self.tab.dataset.folder, self.name, self.output_choice, self.output_custom, *self.form.inputs()]
 
