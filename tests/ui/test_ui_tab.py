@@ -394,6 +394,8 @@ def test_follow_shows_a_running_training_until_it_ends(host: FakeHost, tab, data
 
 def test_a_reloaded_page_gets_the_running_trainings_settings_back(host: FakeHost, tab, dataset: Path) -> None:
     assert all(unchanged(u) for u in tab.train.restore_running())  # nothing running: the page's own values
+    bucket_args = subset_args(tab, tab.dataset.bucket_names())
+    assert all(unchanged(u) for u in tab.refresh_restored_dataset("", *bucket_args))  # no "no folder" error
     host.step_delay = 0.2
     args = form_args(tab, max_train_epochs=1, network_dim=3, resolution="64")
     worker = threading.Thread(
