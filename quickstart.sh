@@ -3,18 +3,33 @@
 # built-in demo model. Open http://127.0.0.1:7870 and follow the tabs left to right.
 #   bash quickstart.sh                                  # demo model (tiny, random weights)
 #   bash quickstart.sh --checkpoint model.safetensors   # your SD1.x / SDXL checkpoint
+# Each step prints a line first, and pip shows its download progress: the first run downloads a few GB.
 set -euo pipefail
 cd "$(dirname "$0")"
 
+step() { printf '\n==> [%s/4] %s\n' "$1" "$2"; }
+
 PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+if [ -x .venv/bin/python ]; then
+    step 1 "Using the virtual environment in $(pwd)/.venv"
+else
+    step 1 "Creating a virtual environment in $(pwd)/.venv"
+    "$PYTHON" -m venv .venv
+fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # torch first (on Linux this wheel carries CUDA; pick another build from pytorch.org if you need one),
 # then the app with the versions the tests run against.
-python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
-pip install -q -c requirements/test-constraints.txt -e ".[standalone]"
+if python -c "import torch" 2>/dev/null; then
+    step 2 "torch is already installed"
+else
+    step 2 "Installing torch (the largest download: it can take several minutes)"
+    pip install --progress-bar on torch==2.13.0
+fi
+step 3 "Installing the app and its packages (gradio, diffusers, transformers, onnxruntime)"
+pip install --progress-bar on -c requirements/test-constraints.txt -e ".[standalone]"
 
+step 4 "Starting the app (the first page load builds the demo model; Ctrl-C stops it)"
 exec python -m lib_lora serve "$@"

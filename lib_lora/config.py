@@ -13,17 +13,25 @@ import math
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from lib_lora.common.errors import UserError
 
 GROUPS = ("model", "dataset", "network", "optimizer", "training", "saving", "samples")
+MIN_SIDE, MAX_SIDE = 64, 4096  # training resolution and bucket sides, in pixels
+MAX_EPOCHS = 10_000
+MAX_STEPS = 10_000_000
 
 
 class ConfigError(UserError):
-    """A setting that is unknown or breaks a rule; the message names the key and the rule."""
+    """Settings that are unknown or break a rule. The message names each key (or, for the tab, each
+    label) and its rule, one problem per line; ``problems`` holds the same lines as a list."""
+
+    def __init__(self, message: str, hint: str | None = None, problems: list[str] | None = None) -> None:
+        super().__init__(message, hint)
+        self.problems = list(problems) if problems else [message]
 
 
 def setting(
@@ -64,12 +72,14 @@ class TrainConfig:
         choices=("auto", "sd1", "sdxl"),
         advanced=True,
         kohya=False,
+        label="Model family",
     )
     v_parameterization: bool | None = setting(
         None,
         "The model predicts v (v-prediction models such as NoobAI-XL v-pred). Empty = detect.",
         group="model",
         advanced=True,
+        label="V-prediction model",
     )
     clip_skip: int | None = setting(
         None,
@@ -77,6 +87,7 @@ class TrainConfig:
         group="model",
         minimum=1,
         maximum=12,
+        label="CLIP skip",
     )
     max_token_length: int | None = setting(
         None,
@@ -84,6 +95,7 @@ class TrainConfig:
         group="model",
         choices=(None, 75, 150, 225),
         advanced=True,
+        label="Caption length (tokens)",
     )
 
     # -- dataset -----------------------------------------------------------------------------------
@@ -94,38 +106,58 @@ class TrainConfig:
         label="Dataset folder",
     )
     caption_extension: str = setting(
-        ".txt", "Extension of the caption files beside the images.", group="dataset", advanced=True
+        ".txt",
+        "Extension of the caption files beside the images.",
+        group="dataset",
+        advanced=True,
+        label="Caption file extension",
     )
-    resolution: str = setting("512", "Training resolution: 512, or width,height such as 768,512.", group="dataset")
+    resolution: str = setting(
+        "512", "Training resolution: 512, or width,height such as 768,512.", group="dataset", label="Resolution"
+    )
     enable_bucket: bool = setting(
         False,
         "Aspect-ratio buckets: train each image near its own shape instead of a square crop.",
         group="dataset",
         label="Buckets",
     )
-    min_bucket_reso: int = setting(256, "Smallest bucket side.", group="dataset", minimum=64)
-    max_bucket_reso: int = setting(1024, "Largest bucket side.", group="dataset", minimum=64)
+    min_bucket_reso: int = setting(
+        256, "Smallest bucket side.", group="dataset", minimum=64, maximum=4096, label="Smallest bucket side (px)"
+    )
+    max_bucket_reso: int = setting(
+        1024, "Largest bucket side.", group="dataset", minimum=64, maximum=4096, label="Largest bucket side (px)"
+    )
     bucket_reso_steps: int = setting(
         64,
         "Bucket sides are multiples of this (64 for SD1, 32 or 64 for SDXL).",
         group="dataset",
         minimum=8,
         advanced=True,
+        label="Bucket side step (px)",
     )
     bucket_no_upscale: bool = setting(
-        False, "Never upscale small images; buckets are made to fit them.", group="dataset", advanced=True
+        False,
+        "Never upscale small images; buckets are made to fit them.",
+        group="dataset",
+        advanced=True,
+        label="Never upscale into buckets",
     )
     shuffle_caption: bool = setting(
-        False, "Shuffle the comma-separated tags of each caption every step.", group="dataset"
+        False, "Shuffle the comma-separated tags of each caption every step.", group="dataset", label="Shuffle tags"
     )
     keep_tokens: int = setting(
         0,
         "Keep the first N tags in place when shuffling (1 keeps the activation tag first).",
         group="dataset",
         minimum=0,
+        label="Tags kept in front",
     )
     keep_tokens_separator: str = setting(
-        "", "Text before this separator (e.g. |||) stays fixed when shuffling.", group="dataset", advanced=True
+        "",
+        "Text before this separator (e.g. |||) stays fixed when shuffling.",
+        group="dataset",
+        advanced=True,
+        label="Keep-in-front separator",
     )
     caption_tag_dropout_rate: float = setting(
         0.0,
@@ -134,27 +166,54 @@ class TrainConfig:
         minimum=0,
         maximum=1,
         advanced=True,
+        label="Tag dropout",
     )
     caption_dropout_rate: float = setting(
-        0.0, "Train on an empty caption with this probability.", group="dataset", minimum=0, maximum=1, advanced=True
+        0.0,
+        "Train on an empty caption with this probability.",
+        group="dataset",
+        minimum=0,
+        maximum=1,
+        advanced=True,
+        label="Caption dropout",
     )
     caption_dropout_every_n_epochs: int = setting(
-        0, "Train every N-th epoch on empty captions (0 = never).", group="dataset", minimum=0, advanced=True
+        0,
+        "Train every N-th epoch on empty captions (0 = never).",
+        group="dataset",
+        minimum=0,
+        advanced=True,
+        label="Empty captions every N epochs",
     )
-    caption_prefix: str | None = setting(None, "Text added before every caption.", group="dataset", advanced=True)
-    caption_suffix: str | None = setting(None, "Text added after every caption.", group="dataset", advanced=True)
-    flip_aug: bool = setting(False, "Randomly mirror images (not for asymmetric characters).", group="dataset")
+    caption_prefix: str | None = setting(
+        None, "Text added before every caption.", group="dataset", advanced=True, label="Caption prefix"
+    )
+    caption_suffix: str | None = setting(
+        None, "Text added after every caption.", group="dataset", advanced=True, label="Caption suffix"
+    )
+    flip_aug: bool = setting(
+        False, "Randomly mirror images (not for asymmetric characters).", group="dataset", label="Mirror images"
+    )
     random_crop: bool = setting(
-        False, "Crop at a random place instead of the centre (needs cache_latents off).", group="dataset", advanced=True
+        False,
+        "Crop at a random place instead of the centre (needs cache_latents off).",
+        group="dataset",
+        advanced=True,
+        label="Random crop",
     )
     cache_latents: bool = setting(
-        True, "Encode every image once before training (faster, less VRAM).", group="dataset", advanced=True
+        True,
+        "Encode every image once before training (faster, less VRAM).",
+        group="dataset",
+        advanced=True,
+        label="Cache encoded images",
     )
     cache_latents_to_disk: bool = setting(
         False,
         "Keep the encoded images in .npz files beside them, reused by later runs.",
         group="dataset",
         advanced=True,
+        label="Cache encoded images on disk",
     )
     cache_text_encoder_outputs: bool = setting(
         False,
@@ -172,6 +231,7 @@ class TrainConfig:
         group="network",
         choices=("networks.lora",),
         advanced=True,
+        label="Network type",
     )
     network_dim: int = setting(
         4,
@@ -189,7 +249,13 @@ class TrainConfig:
         label="Network alpha",
     )
     network_dropout: float | None = setting(
-        None, "Dropout on the LoRA's inner activations.", group="network", minimum=0, maximum=1, advanced=True
+        None,
+        "Dropout on the LoRA's inner activations.",
+        group="network",
+        minimum=0,
+        maximum=1,
+        advanced=True,
+        label="Network dropout",
     )
     network_args: tuple[str, ...] = setting(
         (),
@@ -197,6 +263,7 @@ class TrainConfig:
         group="network",
         advanced=True,
         in_metadata=False,
+        label="Network arguments",
     )
     conv_dim: int | None = setting(
         None,
@@ -207,6 +274,7 @@ class TrainConfig:
         advanced=True,
         kohya=False,
         in_metadata=False,
+        label="Convolution dim (rank)",
     )
     conv_alpha: float | None = setting(
         None,
@@ -216,6 +284,7 @@ class TrainConfig:
         advanced=True,
         kohya=False,
         in_metadata=False,
+        label="Convolution alpha",
     )
     rank_dropout: float | None = setting(
         None,
@@ -226,6 +295,7 @@ class TrainConfig:
         advanced=True,
         kohya=False,
         in_metadata=False,
+        label="Rank dropout",
     )
     module_dropout: float | None = setting(
         None,
@@ -236,20 +306,28 @@ class TrainConfig:
         advanced=True,
         kohya=False,
         in_metadata=False,
+        label="Module dropout",
     )
     network_weights: str | None = setting(
-        None, "Start from an existing LoRA file (ours or sd-scripts').", group="network", advanced=True
+        None,
+        "Start from an existing LoRA file (ours or sd-scripts').",
+        group="network",
+        advanced=True,
+        label="Start from LoRA file",
     )
     network_train_unet_only: bool = setting(
-        False, "Train only the UNet (recommended for SDXL on small GPUs).", group="network"
+        False, "Train only the UNet (recommended for SDXL on small GPUs).", group="network", label="Train the UNet only"
     )
     network_train_text_encoder_only: bool = setting(
-        False, "Train only the text encoder(s).", group="network", advanced=True
+        False, "Train only the text encoder(s).", group="network", advanced=True, label="Train the text encoder only"
     )
 
     # -- optimizer -------------------------------------------------------------------------------
     optimizer_type: str = setting(
-        "AdamW", "AdamW, AdamW8bit, Lion, SGDNesterov, Prodigy, DAdaptAdam or Adafactor.", group="optimizer"
+        "AdamW",
+        "AdamW, AdamW8bit, Lion, SGDNesterov, Prodigy, DAdaptAdam or Adafactor.",
+        group="optimizer",
+        label="Optimizer",
     )
     optimizer_args: tuple[str, ...] = setting(
         (),
@@ -257,6 +335,7 @@ class TrainConfig:
         group="optimizer",
         advanced=True,
         in_metadata=False,
+        label="Optimizer arguments",
     )
     learning_rate: float = setting(
         1e-4,
@@ -277,22 +356,32 @@ class TrainConfig:
     )
     lr_scheduler: str = setting(
         "constant", "How the learning rate changes over the run.", group="optimizer",
-        choices=("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "adafactor"),
-    )  # fmt: skip
+        choices=("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "adafactor"), label="Learning rate schedule")  # fmt: skip
     lr_warmup_steps: float = setting(
-        0, "Warm-up steps (or a fraction of all steps, when below 1).", group="optimizer", minimum=0, advanced=True
+        0,
+        "Warm-up steps (or a fraction of all steps, when below 1).",
+        group="optimizer",
+        minimum=0,
+        advanced=True,
+        label="Warm-up steps",
     )
     lr_scheduler_num_cycles: int = setting(
         1,
         "Restarts of cosine_with_restarts (the guide uses about a tenth of the epochs).",
         group="optimizer",
         minimum=1,
+        label="Schedule restarts",
     )
     lr_scheduler_power: float = setting(
-        1.0, "Power of the polynomial schedule.", group="optimizer", minimum=0, advanced=True
+        1.0, "Power of the polynomial schedule.", group="optimizer", minimum=0, advanced=True, label="Schedule power"
     )
     max_grad_norm: float = setting(
-        1.0, "Clip gradients to this norm (0 = off).", group="optimizer", minimum=0, advanced=True
+        1.0,
+        "Clip gradients to this norm (0 = off).",
+        group="optimizer",
+        minimum=0,
+        advanced=True,
+        label="Gradient clipping",
     )
 
     # -- training ----------------------------------------------------------------------------------
@@ -300,28 +389,49 @@ class TrainConfig:
         1, "Images per step. Higher needs more VRAM.", group="training", minimum=1, maximum=64, label="Batch size"
     )
     max_train_epochs: int | None = setting(
-        None, "Number of epochs (wins over max_train_steps).", group="training", minimum=1, label="Epochs"
+        None,
+        "Number of epochs (wins over max_train_steps).",
+        group="training",
+        minimum=1,
+        maximum=MAX_EPOCHS,
+        label="Epochs",
     )
     max_train_steps: int = setting(
-        1600, "Number of optimizer steps when max_train_epochs is empty.", group="training", minimum=1
+        1600,
+        "Number of optimizer steps when max_train_epochs is empty.",
+        group="training",
+        minimum=1,
+        maximum=MAX_STEPS,
+        label="Steps (when epochs is empty)",
     )
     gradient_accumulation_steps: int = setting(
-        1, "Add up gradients of N batches per optimizer step.", group="training", minimum=1, advanced=True
+        1,
+        "Add up gradients of N batches per optimizer step.",
+        group="training",
+        minimum=1,
+        maximum=1024,
+        advanced=True,
+        label="Gradient accumulation",
     )
     gradient_checkpointing: bool = setting(
-        False, "Recompute activations in the backward pass: much less VRAM, ~20% slower.", group="training"
+        False,
+        "Recompute activations in the backward pass: much less VRAM, ~20% slower.",
+        group="training",
+        label="Gradient checkpointing",
     )
     mixed_precision: str = setting(
         "auto",
         "no, fp16 or bf16; auto = fp16 on a GPU (bf16 where supported), no on the CPU.",
         group="training",
         choices=("auto", "no", "fp16", "bf16"),
+        label="Precision",
     )
     seed: int | None = setting(
         None,
         "Random seed; the same seed gives the same run. Empty = a random seed (recorded in the file).",
         group="training",
         minimum=0,
+        label="Seed",
     )
     noise_offset: float | None = setting(
         None,
@@ -330,9 +440,14 @@ class TrainConfig:
         minimum=0,
         maximum=1,
         advanced=True,
+        label="Noise offset",
     )
     noise_offset_random_strength: bool = setting(
-        False, "Use a random noise offset between 0 and noise_offset.", group="training", advanced=True
+        False,
+        "Use a random noise offset between 0 and noise_offset.",
+        group="training",
+        advanced=True,
+        label="Random noise offset strength",
     )
     min_snr_gamma: float | None = setting(
         None,
@@ -341,15 +456,33 @@ class TrainConfig:
         minimum=0,
         exclusive_minimum=True,
         advanced=True,
+        label="Min-SNR gamma",
     )
     min_timestep: int | None = setting(
-        None, "Lowest timestep trained (0-999).", group="training", minimum=0, maximum=999, advanced=True
+        None,
+        "Lowest timestep trained (0-999).",
+        group="training",
+        minimum=0,
+        maximum=999,
+        advanced=True,
+        label="Lowest timestep",
     )
     max_timestep: int | None = setting(
-        None, "Highest timestep trained plus one (1-1000).", group="training", minimum=1, maximum=1000, advanced=True
+        None,
+        "Highest timestep trained plus one (1-1000).",
+        group="training",
+        minimum=1,
+        maximum=1000,
+        advanced=True,
+        label="Highest timestep",
     )
     loss_type: str = setting(
-        "l2", "Loss: l2 (mean squared error) or l1.", group="training", choices=("l2", "l1"), advanced=True
+        "l2",
+        "Loss: l2 (mean squared error) or l1.",
+        group="training",
+        choices=("l2", "l1"),
+        advanced=True,
+        label="Loss",
     )
     sdpa: bool = setting(
         True,
@@ -386,17 +519,29 @@ class TrainConfig:
         "lora", "File name of the LoRA; epochs are saved as NAME-000005.safetensors.", group="saving", label="LoRA name"
     )
     save_precision: str = setting(
-        "fp16", "Precision of the saved file.", group="saving", choices=("fp16", "bf16", "float"), advanced=True
+        "fp16",
+        "Precision of the saved file.",
+        group="saving",
+        choices=("fp16", "bf16", "float"),
+        advanced=True,
+        label="Saved file precision",
     )
-    save_every_n_epochs: int | None = setting(None, "Save an epoch file every N epochs.", group="saving", minimum=1)
+    save_every_n_epochs: int | None = setting(
+        None, "Save an epoch file every N epochs.", group="saving", minimum=1, label="Save every N epochs"
+    )
     save_every_n_steps: int | None = setting(
-        None, "Save a step file every N steps.", group="saving", minimum=1, advanced=True
+        None, "Save a step file every N steps.", group="saving", minimum=1, advanced=True, label="Save every N steps"
     )
     save_last_n_epochs: int | None = setting(
-        None, "Keep only the last N epoch files.", group="saving", minimum=1, advanced=True
+        None,
+        "Keep only the last N epoch files.",
+        group="saving",
+        minimum=1,
+        advanced=True,
+        label="Keep the last N epoch files",
     )
     training_comment: str | None = setting(
-        None, "A comment stored in the file's metadata.", group="saving", advanced=True
+        None, "A comment stored in the file's metadata.", group="saving", advanced=True, label="Comment"
     )
     activation_text: str | None = setting(
         None,
@@ -404,6 +549,7 @@ class TrainConfig:
         group="saving",
         kohya=False,
         in_metadata=False,
+        label="Activation text",
     )
     preferred_weight: float = setting(
         1.0,
@@ -414,19 +560,26 @@ class TrainConfig:
         advanced=True,
         kohya=False,
         in_metadata=False,
+        label="Suggested weight",
     )
 
     # -- samples -----------------------------------------------------------------------------------
     sample_every_n_epochs: int | None = setting(
-        None, "Render sample images every N epochs.", group="samples", minimum=1
+        None, "Render sample images every N epochs.", group="samples", minimum=1, label="Samples every N epochs"
     )
     sample_prompts: str | None = setting(
         None,
         "Sample prompts: a file with one prompt per line, or the prompts themselves (one per line); options --n --w --h --d --s --l as sd-scripts.",
         group="samples",
+        label="Sample prompts",
     )
     sample_sampler: str = setting(
-        "ddim", "Sampler for sample images.", group="samples", choices=("ddim", "euler", "euler_a"), advanced=True
+        "ddim",
+        "Sampler for sample images.",
+        group="samples",
+        choices=("ddim", "euler", "euler_a"),
+        advanced=True,
+        label="Sample sampler",
     )
 
     # -- derived values ----------------------------------------------------------------------------
@@ -483,8 +636,32 @@ def _field_type(name: str) -> str:
     return str(FIELDS[name].type)
 
 
-def coerce(name: str, value: Any) -> Any:
-    """Turn a TOML / CLI / UI value into the field's type; ConfigError naming the key otherwise."""
+def key_name(name: str) -> str:
+    """How problems name a setting for the CLI, TOML files and the HTTP API: its key."""
+    return name
+
+
+def label_name(name: str) -> str:
+    """How problems name a setting in the tab: its label (the words on screen)."""
+    return plain_label(name)
+
+
+def plain_label(name: str) -> str:
+    """The label the forms show: the field's ``label``, else its name in plain words."""
+    field_ = FIELDS.get(name)
+    label = field_.metadata.get("label") if field_ is not None else None
+    if label:
+        return str(label)
+    words = name.replace("_", " ").strip()
+    return words[:1].upper() + words[1:]
+
+
+_KIND_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text", "tuple": "a list"}
+
+
+def coerce(name: str, value: Any, names: Callable[[str], str] = key_name) -> Any:
+    """Turn a TOML / CLI / UI value into the field's type; ConfigError naming the setting otherwise
+    (by its key, or as ``names`` says)."""
     kind = _field_type(name)
     nullable = "None" in kind
     if value is None or (nullable and isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
@@ -492,7 +669,7 @@ def coerce(name: str, value: Any) -> Any:
             return None
         if kind.startswith("str"):
             return ""
-        raise ConfigError(f"{name} needs a value.")
+        raise ConfigError(f"{names(name)} needs a value.")
     try:
         if kind.startswith("bool"):
             if isinstance(value, bool):
@@ -525,11 +702,12 @@ def coerce(name: str, value: Any) -> Any:
             w, h = parse_resolution(value)
             return str(w) if w == h else f"{w},{h}"
         return str(value)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("resolution", names(name), 1)) from None
     except (TypeError, ValueError):
         expected = kind.replace(" | None", "").split("[")[0]
-        words = {"int": "an integer (a whole number)", "float": "a number", "bool": "true or false"}
         raise ConfigError(
-            f"{name} = {value!r} is not valid: it must be {words.get(expected, 'a ' + expected)}."
+            f"{names(name)} = {value!r} is not valid: it must be {_KIND_WORDS.get(expected, expected)}."
         ) from None
 
 
@@ -557,84 +735,115 @@ def normalize_key(key: str) -> str:
 
 def merge_values(base: TrainConfig, values: Mapping[str, Any]) -> TrainConfig:
     """``base`` with ``values`` applied (kohya names; unknown keys refused with the closest names)."""
+    cfg, problems = _merge(base, values, key_name)
+    if problems:
+        raise ConfigError("\n".join(problems), problems=problems)
+    return cfg
+
+
+def _merge(base: TrainConfig, values: Mapping[str, Any], names: Callable[[str], str]) -> tuple[TrainConfig, list[str]]:
+    """``base`` with every value that can be read applied, and one problem per value that cannot."""
     changes: dict[str, Any] = {}
+    problems: list[str] = []
     for raw_key, value in values.items():
         key = normalize_key(raw_key)
         if key in IGNORED_KOHYA_KEYS:
             continue
         if key not in FIELDS:
-            raise unknown_key_error(raw_key)
-        changes[key] = coerce(key, value)
+            problems.append(str(unknown_key_error(raw_key)))
+            continue
+        try:
+            changes[key] = coerce(key, value, names)
+        except ConfigError as exc:
+            problems.append(str(exc))
     if "network_args" in changes:
-        for key, value in _network_args_to_fields(changes["network_args"]).items():
-            changes.setdefault(key, value)
-    return dataclasses.replace(base, **changes)
+        try:
+            for key, value in _network_args_to_fields(changes["network_args"]).items():
+                changes.setdefault(key, value)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return dataclasses.replace(base, **changes), problems
 
 
-def check_rules(cfg: TrainConfig) -> None:
-    """Every per-field rule (bounds, choices) and the cross-field rules; ConfigError on the first
-    broken one, naming the key and the rule."""
+def rule_problems(cfg: TrainConfig, names: Callable[[str], str] = key_name) -> list[str]:
+    """Every broken rule of ``cfg`` (bounds, choices, then the rules between fields), one sentence
+    each, naming each setting as ``names`` says (keys for the CLI, labels for the tab)."""
+    problems: list[str] = []
     for f in fields(cfg):
         value = getattr(cfg, f.name)
         meta = f.metadata
         if value is None or isinstance(value, (tuple, bool)):
-            if (
-                meta.get("choices")
-                and value is not None
-                and not isinstance(value, tuple)
-                and value not in meta["choices"]
-            ):
-                raise ConfigError(f"{f.name} = {value!r} is not one of {', '.join(map(str, meta['choices']))}.")
             continue
         if meta.get("choices") and value not in meta["choices"]:
             options = ", ".join(str(c) for c in meta["choices"] if c is not None)
-            raise ConfigError(f"{f.name} = {value!r} is not valid: choose one of {options}.")
+            problems.append(f"{names(f.name)} = {value!r} is not valid: choose one of {options}.")
+            continue
         if isinstance(value, (int, float)):
             low, high = meta.get("minimum"), meta.get("maximum")
             if low is not None and (value < low or (meta.get("exclusive_minimum") and value == low)):
                 rule = f"greater than {low:g}" if meta.get("exclusive_minimum") else f"at least {low:g}"
-                raise ConfigError(f"{f.name} = {value!r} is not valid: it must be {rule}.")
-            if high is not None and value > high:
-                raise ConfigError(f"{f.name} = {value!r} is not valid: it must be at most {high:g}.")
-    width, height = cfg.resolution_wh
-    if width < 64 or height < 64 or width % 8 or height % 8:
-        raise ConfigError(
-            f"resolution = {cfg.resolution!r} is not valid: each side must be at least 64 and a multiple of 8."
-        )
+                problems.append(f"{names(f.name)} = {value!r} is not valid: it must be {rule}.")
+            elif high is not None and value > high:
+                problems.append(f"{names(f.name)} = {value!r} is not valid: it must be at most {high:g}.")
+    try:
+        width, height = cfg.resolution_wh
+    except ConfigError as exc:
+        problems.append(str(exc).replace("resolution", names("resolution"), 1))
+    else:
+        if not all(MIN_SIDE <= side <= MAX_SIDE and side % 8 == 0 for side in (width, height)):
+            problems.append(
+                f"{names('resolution')} = {cfg.resolution!r} is not valid: each side must be a multiple of 8 "
+                f"from {MIN_SIDE} to {MAX_SIDE} pixels."
+            )
     if cfg.min_bucket_reso > cfg.max_bucket_reso:
-        raise ConfigError(
-            f"min_bucket_reso ({cfg.min_bucket_reso}) must not exceed max_bucket_reso ({cfg.max_bucket_reso})."
+        problems.append(
+            f"{names('min_bucket_reso')} ({cfg.min_bucket_reso}) must not exceed "
+            f"{names('max_bucket_reso')} ({cfg.max_bucket_reso})."
         )
     if cfg.network_train_unet_only and cfg.network_train_text_encoder_only:
-        raise ConfigError("network_train_unet_only and network_train_text_encoder_only cannot both be on.")
+        problems.append(
+            f"{names('network_train_unet_only')} and {names('network_train_text_encoder_only')} cannot both be on."
+        )
     if cfg.min_timestep is not None and cfg.max_timestep is not None and cfg.min_timestep >= cfg.max_timestep:
-        raise ConfigError(f"min_timestep ({cfg.min_timestep}) must be below max_timestep ({cfg.max_timestep}).")
+        problems.append(
+            f"{names('min_timestep')} ({cfg.min_timestep}) must be below {names('max_timestep')} ({cfg.max_timestep})."
+        )
     if cfg.random_crop and cfg.cache_latents:
-        raise ConfigError(
-            "random_crop cannot be used with cache_latents (cached latents are centre-cropped); turn one off."
+        problems.append(
+            f"{names('random_crop')} cannot be used with {names('cache_latents')} (cached latents are "
+            "centre-cropped); turn one off."
         )
     if cfg.learning_rate == 0 and not (cfg.unet_lr or cfg.text_encoder_lr):
-        raise ConfigError("learning_rate is 0 and no unet_lr / text_encoder_lr is set: nothing would train.")
-    if not cfg.output_name or re.search(r"[\\/:*?\"<>|]", cfg.output_name) or cfg.output_name in (".", ".."):
-        raise ConfigError(
-            f'output_name = {cfg.output_name!r} is not valid: use a plain file name without / \\ : * ? " < > |.'
+        problems.append(
+            f"{names('learning_rate')} is 0 and no {names('unet_lr')} / {names('text_encoder_lr')} is set: "
+            "nothing would train."
+        )
+    name = cfg.output_name
+    if not name.strip():
+        problems.append(f"{names('output_name')} is empty: type a name for the LoRA files.")
+    elif name.strip() in (".", "..") or re.search(r"[\\/:*?\"<>|]", name):
+        problems.append(
+            f'{names("output_name")} = {name!r} is not valid: use a plain file name without / \\ : * ? " < > |.'
         )
     if not cfg.train_data_dir:
-        raise ConfigError("train_data_dir is empty: choose the dataset folder (the one holding the N_name subfolders).")
-    check_savers(cfg)
+        problems.append(
+            f"{names('train_data_dir')} is empty: choose the dataset folder (the one holding the N_name subfolders)."
+        )
+    problems += saver_problems(cfg, names)
+    return problems
 
 
-def check_savers(cfg: TrainConfig) -> None:
+def saver_problems(cfg: TrainConfig, names: Callable[[str], str] = key_name) -> list[str]:
     """The memory savers' rules (sd-scripts refuses the same combinations)."""
     if not cfg.cache_text_encoder_outputs:
-        return
+        return []
     if cfg.train_text_encoder:
-        raise ConfigError(
-            "cache_text_encoder_outputs needs network_train_unet_only: a text encoder that trains cannot use "
-            "outputs encoded before training."
-        )
+        return [
+            f"{names('cache_text_encoder_outputs')} needs {names('network_train_unet_only')}: a text encoder "
+            "that trains cannot use outputs encoded before training."
+        ]
     changing = [
-        name
+        names(name)
         for name, on in (
             ("shuffle_caption", cfg.shuffle_caption),
             ("caption_tag_dropout_rate", cfg.caption_tag_dropout_rate > 0),
@@ -644,10 +853,31 @@ def check_savers(cfg: TrainConfig) -> None:
         if on
     ]
     if changing:
-        raise ConfigError(
-            f"cache_text_encoder_outputs cannot be used with {', '.join(changing)}: captions that change every "
-            "step cannot be encoded once; turn one of them off."
-        )
+        return [
+            f"{names('cache_text_encoder_outputs')} cannot be used with {', '.join(changing)}: captions that "
+            "change every step cannot be encoded once; turn one of them off."
+        ]
+    return []
+
+
+def check_rules(cfg: TrainConfig, names: Callable[[str], str] = key_name) -> None:
+    """Every per-field rule (bounds, choices) and the cross-field rules; one ConfigError listing
+    every broken one (one line each), naming each setting as ``names`` says."""
+    problems = rule_problems(cfg, names)
+    if problems:
+        raise ConfigError("\n".join(problems), problems=problems)
+
+
+def config_problems(
+    values: Mapping[str, Any],
+    *,
+    names: Callable[[str], str] = key_name,
+) -> tuple[TrainConfig, list[str]]:
+    """The one validator of the CLI, the HTTP API, the tab's live check and its Check settings button:
+    ``values`` over the defaults, every problem at once (values that cannot be read and broken rules),
+    and the config with each unreadable value left at its default."""
+    cfg, problems = _merge(TrainConfig(), values, names)
+    return cfg, problems + rule_problems(cfg, names)
 
 
 # -- presets ---------------------------------------------------------------------------------------
@@ -751,14 +981,18 @@ def build_config(
     family: str = "sd1",
     native: int | None = None,
     check: bool = True,
+    names: Callable[[str], str] = key_name,
 ) -> TrainConfig:
-    """Defaults < preset < ``values``; validated (unless ``check`` is False)."""
+    """Defaults < preset < ``values``; validated (unless ``check`` is False): one ConfigError that
+    lists every problem, naming each setting as ``names`` says."""
     cfg = TrainConfig()
     if preset:
         cfg = merge_values(cfg, preset_values(preset, family, native))
-    cfg = merge_values(cfg, values)
+    cfg, problems = _merge(cfg, values, names)
     if check:
-        check_rules(cfg)
+        problems += rule_problems(cfg, names)
+    if problems:
+        raise ConfigError("\n".join(problems), problems=problems)
     return cfg
 
 

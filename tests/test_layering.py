@@ -39,7 +39,19 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "ui": ({"common", "events", "config", "jobs"}, {"gradio", "numpy", "PIL"}),
     "standalone": (
         PURE | {"jobs", "ui"},
-        {"torch", "numpy", "PIL", "safetensors", "diffusers", "transformers", "gradio", "tqdm", "huggingface_hub"},
+        # starlette: the ASGI framework under gradio's server (the app's access rule is a middleware)
+        {
+            "torch",
+            "numpy",
+            "PIL",
+            "safetensors",
+            "diffusers",
+            "transformers",
+            "gradio",
+            "tqdm",
+            "huggingface_hub",
+            "starlette",
+        },
     ),
     "webui": (None, None),  # everything, including the webui's `modules`
 }

@@ -135,10 +135,13 @@ def overview(root: str | os.PathLike, caption_extension: str = ".txt") -> Datase
     text = str(root or "").strip()
     if not text:
         return DatasetOverview(Path("."), error="No dataset folder chosen: enter a folder path (or create one).")
-    path = Path(text).expanduser()
+    path = Path(os.path.abspath(Path(text).expanduser()))  # a relative path: from the working folder, shown absolute
     result = DatasetOverview(path)
     if not path.exists():
-        result.error = f"Dataset folder {path} does not exist: create it with the button below, or check the path."
+        result.error = (
+            f"Dataset folder {path} does not exist: create it with the buttons above "
+            "(Create training folder, or Create demo dataset in this folder), or check the path."
+        )
         return result
     if not path.is_dir():
         result.error = f"Dataset folder {path} is a file, not a folder."
@@ -199,7 +202,7 @@ def create_dataset(root: str | os.PathLike, name: str, repeats: int) -> Path:
     if not value.is_integer() or value < 1:
         raise UserError(f"Repeats must be a whole number of at least 1 (got {repeats!r}).")
     count = int(value)
-    path = Path(text).expanduser()
+    path = Path(os.path.abspath(Path(text).expanduser()))  # relative: from the working folder
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} is a file, not a dataset folder.")
     if parse_subset_name(path.name) is not None and path.exists() and any(iter_image_files(path, recursive=False)):

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lib_lora.common.errors import UserError
 
@@ -70,3 +72,17 @@ def sample_path(folder: Path, name: str, epoch: int | None, step: int, index: in
     when = f"e{epoch:06d}" if epoch is not None else f"{step:06d}"
     suffix = f"_{seed}" if seed is not None else ""
     return folder / f"{name}_{when}_{index:02d}_{stamp}{suffix}.png"
+
+
+def default_sample_prompt(plan: Any, cfg: Any) -> str:
+    """The sample prompt of a run whose prompt box is empty (both hosts, as the webui's built-in
+    trainer previews): the activation text and the dataset's most frequent tags."""
+    from lib_lora.jobs.train import default_activation_text
+
+    activation = cfg.activation_text if cfg.activation_text is not None else default_activation_text(plan.scan)
+    counts: Counter[str] = Counter()
+    for tags in plan.scan.tag_frequency().values():
+        counts.update(tags)
+    words = [w.strip() for w in activation.split(",") if w.strip()]
+    words += [tag for tag, _ in counts.most_common(12) if tag not in words][: max(0, 8 - len(words))]
+    return ", ".join(words) or "a picture"

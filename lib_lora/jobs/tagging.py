@@ -14,6 +14,7 @@ from lib_lora.common.errors import UserError
 from lib_lora.events import Events, StopToken
 from lib_lora.tagger import (
     DEFAULT_MODEL,
+    DEMO_MODEL,
     EXISTING_POLICIES,
     MODELS,
     TagFolderOptions,
@@ -36,12 +37,17 @@ POLICY_LABELS = {
 
 
 def model_choices() -> list[str]:
-    """The registry's tagger names, default first."""
-    return [DEFAULT_MODEL] + [name for name in MODELS if name != DEFAULT_MODEL]
+    """The registry's tagger names, default first; the built-in demo tagger last."""
+    return [DEFAULT_MODEL] + [name for name in MODELS if name != DEFAULT_MODEL] + [DEMO_MODEL]
 
 
 def model_note(name: str) -> str:
     """One line about a registry model: size and whether it is already downloaded."""
+    if name == DEMO_MODEL:
+        return (
+            f"{DEMO_MODEL}: the built-in demo tagger (tiny, no download). It only sees colours: fine for the demo "
+            "dataset, useless on real images; choose a WD tagger for those."
+        )
     spec = MODELS.get(name)
     if spec is None:
         return ""

@@ -207,11 +207,9 @@ def _usable(cfg: Any, name: str, float8_ok: bool) -> bool:
     if getattr(cfg, name):
         return False  # already on
     if name == "cache_text_encoder_outputs":
-        from lib_lora.config import check_savers
+        from lib_lora.config import saver_problems
 
-        try:
-            check_savers(cfg.replace(cache_text_encoder_outputs=True))
-        except Exception:
+        if saver_problems(cfg.replace(cache_text_encoder_outputs=True)):
             return False
     if name == "fp8_base":
         return float8_ok

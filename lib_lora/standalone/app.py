@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from lib_lora.common.errors import UserError
 from lib_lora.events import Events, StepInfo, StopToken
 from lib_lora.jobs.grid import assemble_grid, save_grid
 from lib_lora.jobs.manager import JobManager
+from lib_lora.standalone.security import AccessPolicy, FolderList, gradio_temp_folder, secure_app
+from lib_lora.tagger.models import DEMO_MODEL as DEMO_TAGGER
 from lib_lora.ui.compat import queue_kwargs
 from lib_lora.ui.host import GridRequest, GridResult, HostSettings, ModelInfo
 from lib_lora.ui.tab import TITLE, build_tab, stylesheet
@@ -100,9 +102,16 @@ class StandaloneHost:
         self.checkpoint = str(checkpoint) if checkpoint else None
         self.demo = self.checkpoint is None
         self.lora_dir = str(Path(lora_dir).expanduser().resolve())
+        # what /file= may serve: Gradio's temporary copies, thumbnails, the LoRA folder, and the
+        # dataset / output folders chosen in the tab (added by allow_folder)
+        from lib_lora.jobs.editor import thumbnail_folder
+
+        self.served_folders = FolderList([gradio_temp_folder(), thumbnail_folder(), self.lora_dir])
         self.device = device
         self.jobs = JobManager()
-        self._settings = settings or HostSettings(form_defaults=DEMO_FORM if self.demo else {})
+        if settings is None and self.demo:  # the quick start: small settings, the built-in demo tagger
+            settings = HostSettings(form_defaults=DEMO_FORM, tagger_model=DEMO_TAGGER)
+        self._settings = settings or HostSettings()
         self._progress = GradioProgress()
         self._bundle: Any = None
         self._bundle_key: tuple | None = None
@@ -183,6 +192,10 @@ class StandaloneHost:
     def settings(self) -> HostSettings:
         return self._settings
 
+    def allow_folder(self, folder: str | os.PathLike | None) -> None:
+        """A dataset or output folder the user chose in the tab: its files may be served to the page."""
+        self.served_folders.add(folder)
+
     def output_dir_choices(self) -> dict[str, str]:
         return {f"LoRA folder ({self.lora_dir})": self.lora_dir}
 
@@ -195,11 +208,18 @@ class StandaloneHost:
         return prepare(cfg, self.bundle(cfg), events)
 
     def train(self, cfg: Any, events: Events, stop: StopToken) -> Any:
-        from lib_lora.jobs.train import train
+        """Train on the model; with samples asked for and the prompt box empty, the samples use the
+        activation text and the dataset's most frequent tags (as in the webui)."""
+        from lib_lora.jobs.samples import default_sample_prompt
+        from lib_lora.jobs.train import prepare, train
         from lib_lora.standalone.sampler import training_renderer
 
         bundle = self.bundle(cfg)
-        return train(cfg, bundle, events, stop, renderer=training_renderer(bundle, cfg))
+        plan = None
+        if cfg.sample_every_n_epochs and not cfg.sample_prompts:
+            plan = prepare(cfg, bundle, events, stop)
+            cfg = cfg.replace(sample_prompts=default_sample_prompt(plan, cfg))
+        return train(cfg, bundle, events, stop, renderer=training_renderer(bundle, cfg), plan=plan)
 
     def render_grid(self, request: GridRequest, events: Events, stop: StopToken) -> GridResult:
         from lib_lora.standalone.sampler import generate
@@ -287,15 +307,78 @@ def build_app(host: StandaloneHost) -> gr.Blocks:
     return app
 
 
+@contextlib.contextmanager
+def _secured_create_app(policy: AccessPolicy) -> Iterator[None]:
+    """While Gradio builds its FastAPI app, put :class:`LocalOnly` in place of its CORS middleware
+    (``Blocks.launch`` makes the app and starts serving in one call; gradio 3.41 and 4.x both build
+    it with ``App.create_app``)."""
+    from gradio.routes import App
+
+    original = App.__dict__["create_app"]
+    make = original.__func__ if isinstance(original, staticmethod) else original
+
+    def create_app(*args: Any, **kwargs: Any) -> Any:
+        app = make(*args, **kwargs)
+        secure_app(app, policy)
+        return app
+
+    App.create_app = staticmethod(create_app)
+    try:
+        yield
+    finally:
+        App.create_app = original
+
+
+@contextlib.contextmanager
+def _secured_create_app(policy: AccessPolicy) -> Iterator[None]:
+    """While Gradio builds its FastAPI app, put :class:`LocalOnly` in place of its CORS middleware
+    (``Blocks.launch`` makes the app and starts serving in one call; gradio 3.41 and 4.x both build
+    it with ``App.create_app``)."""
+    from gradio.routes import App
+
+    original = App.__dict__["create_app"]
+    make = original.__func__ if isinstance(original, staticmethod) else original
+
+    def create_app(*args: Any, **kwargs: Any) -> Any:
+        app = make(*args, **kwargs)
+        secure_app(app, policy)
+        return app
+
+    App.create_app = staticmethod(create_app)
+    try:
+        yield
+    finally:
+        App.create_app = original
+
+
+def _no_queue_eta(app: gr.Blocks) -> None:
+    """Gradio's progress text shows "elapsed/ETA", the ETA being the average duration of every event
+    the queue ran — mostly the live views' one-second refreshes — so a training showed "57.7/0.1s".
+    Without that average there is no ETA: the text shows the elapsed time, and the live view under
+    Start shows the run's own ETA."""
+    queue = getattr(app, "_queue", None)
+    if queue is not None and hasattr(queue, "update_estimation"):
+        queue.update_estimation = lambda *args, **kwargs: None
+
+
 def launch(
-    host: StandaloneHost, server_name: str = "127.0.0.1", port: int = 7870, block: bool = True, quiet: bool = False
+    host: StandaloneHost,
+    server_name: str = "127.0.0.1",
+    port: int = 7870,
+    block: bool = True,
+    quiet: bool = False,
+    allow_origins: Iterable[str] = (),
 ) -> gr.Blocks:
-    """Build and serve the app; with ``block`` wait until Ctrl-C."""
+    """Build and serve the app; with ``block`` wait until Ctrl-C. Only the app's own page (and the
+    ``allow_origins`` the user named) may call it; ``/file=`` serves only the app's own folders
+    (see :mod:`lib_lora.standalone.security`)."""
     app = build_app(host)
-    app.launch(
-        server_name=server_name, server_port=port, prevent_thread_lock=True, show_api=False, quiet=quiet,
-        inbrowser=False, share=False,
-    )  # fmt: skip
+    policy = AccessPolicy(server_name, host.served_folders, allow_origins)
+    with _secured_create_app(policy):
+        app.launch(
+            server_name=server_name, server_port=port, prevent_thread_lock=True, show_api=False, quiet=quiet,
+            inbrowser=False, share=False, allowed_paths=host.served_folders.as_strings,
+        )  # fmt: skip
     if block:
         with contextlib.suppress(KeyboardInterrupt):
             app.block_thread()

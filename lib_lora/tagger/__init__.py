@@ -31,6 +31,7 @@ from lib_lora.tagger.labels import (
 )
 from lib_lora.tagger.models import (
     DEFAULT_MODEL,
+    DEMO_MODEL,
     MODELS,
     ModelFiles,
     ModelSpec,
@@ -44,6 +45,7 @@ from lib_lora.tagger.session import DEVICES, Tagger, load_tagger, plan_providers
 __all__ = [
     "CONFIDENCES_SUFFIX",
     "DEFAULT_MODEL",
+    "DEMO_MODEL",
     "DEVICES",
     "EXISTING_POLICIES",
     "MODELS",

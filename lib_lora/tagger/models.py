@@ -5,12 +5,21 @@ The registry lists SmilingWolf's WD taggers (v2 and v3). A model's two files (``
 downloaded lazily, one model at a time, the first time the model is used. Any local folder holding
 those two files is a model too. ``huggingface_hub`` is imported only when the cache is consulted.
 
+``demo-tagger`` is built in: a tiny ONNX model (a few KB, shipped in ``tagger/demo_tagger/``) with
+the real WD I/O contract — NHWC float32 BGR 0..255 input, sigmoid scores over a
+``selected_tags.csv`` with ratings, general and character rows — whose scores come only from the
+image's mean colour. It tags the demo dataset's colours (red theme, blue sky, green theme...), so the
+quick start runs offline end to end; it knows nothing of real images. It is a shipped file rather
+than one generated at first use because generating needs the ``onnx`` package, a development
+dependency only (tests/support/tagger_tiny.py makes it; a test checks the shipped file is what it makes).
+
 :func:`cached_hub_file` and :func:`download_hub_file` (cache lookup; a resumable download that
 reports its progress) are shared with the dataset cleaner's LaMa model.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -22,6 +31,7 @@ from lib_lora.common.errors import UserError
 from lib_lora.events import Events
 from lib_lora.tagger.labels import LABELS_FILE
 
+log = logging.getLogger("lib_lora.tagger")
 MODEL_FILE = "model.onnx"
 V3_MIN_ONNXRUNTIME = "1.17.0"
 
@@ -78,6 +88,20 @@ MODELS: dict[str, ModelSpec] = {
     )
 }
 DEFAULT_MODEL = "wd-v1-4-swinv2-tagger-v2"
+DEMO_MODEL = "demo-tagger"
+DEMO_FOLDER = Path(__file__).resolve().parent / "demo_tagger"
+
+
+def is_demo(name: str | os.PathLike) -> bool:
+    return os.fspath(name).strip().lower() == DEMO_MODEL
+
+
+def demo_model_files() -> ModelFiles:
+    """The built-in demo tagger's files (see the module docstring)."""
+    model_path, labels_path = DEMO_FOLDER / MODEL_FILE, DEMO_FOLDER / LABELS_FILE
+    if not (model_path.is_file() and labels_path.is_file()):
+        raise UserError(f"The built-in {DEMO_MODEL} is missing from {DEMO_FOLDER}: reinstall Train LoRA.")
+    return ModelFiles(DEMO_MODEL, model_path, labels_path, None, "builtin")
 
 
 def find_spec(name: str) -> ModelSpec | None:
@@ -170,11 +194,19 @@ def cached_model_files(spec: ModelSpec, cache_dir: str | os.PathLike | None = No
 
 
 def manual_placement_hint(spec: ModelSpec) -> str:
+    """The fix, as the end of the one sentence that says the model is missing."""
     revision = f" (revision {spec.revision})" if spec.revision else ""
     return (
-        f"Download {spec.model_file} and {spec.labels_file} from {spec.url}{revision} into one folder and "
-        f"pass that folder as the model, or run once with internet access to fill the Hugging Face cache."
+        f"connect to the internet once, or put {spec.model_file} and {spec.labels_file} from {spec.url}{revision} "
+        f"in one folder and pass that folder as the model ({DEMO_MODEL} needs no download)"
     )
+
+
+def _is_offline(exc: BaseException) -> bool:
+    """A download that failed for want of a connection (not a refusal by the server)."""
+    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
+    offline = {"LocalEntryNotFoundError", "ConnectionError", "ConnectTimeout", "ReadTimeout", "OfflineModeIsEnabled"}
+    return bool(names & offline)
 
 
 @contextmanager
@@ -237,12 +269,16 @@ def download_model_files(
     for filename in (spec.labels_file, spec.model_file):
         try:
             path = download_hub_file(spec.repo_id, filename, spec.revision, cache_dir, endpoint, events)
-        except Exception as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        except Exception as exc:  # one sentence with the fix; the hub's own words go to the log
+            log.info("Downloading %s of %s failed: %r", filename, spec.repo_id, exc)
+            if _is_offline(exc):
+                why = "Hugging Face cannot be reached"
+            else:
+                first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+                why = f"it could not be downloaded from {spec.repo_id} ({first or type(exc).__name__})"
             raise UserError(
-                f"The tagger model {spec.name} is not in the Hugging Face cache and {filename} could not be "
-                f"downloaded from {spec.repo_id} ({type(exc).__name__}: {reason}).",
-                manual_placement_hint(spec),
+                f"The tagger model {spec.name} ({spec.repo_id}) is not downloaded yet and {why}: "
+                f"{manual_placement_hint(spec)}."
             ) from exc
         paths.append(path)
     return ModelFiles(spec.name, paths[1], paths[0], spec, "download")
@@ -267,6 +303,8 @@ def resolve_model(
     place the files by hand.
     """
     text = os.fspath(model)
+    if is_demo(text):
+        return demo_model_files()
     if Path(text).expanduser().exists():
         return local_model_files(text)
     spec = find_spec(text)
@@ -287,15 +325,15 @@ def resolve_model(
     if not allow_download or constants.HF_HUB_OFFLINE:
         why = "downloads are turned off" if not allow_download else "HF_HUB_OFFLINE is set"
         raise UserError(
-            f"The tagger model {spec.name} is not in the Hugging Face cache and {why}.",
-            manual_placement_hint(spec),
+            f"The tagger model {spec.name} ({spec.repo_id}) is not in the Hugging Face cache and {why}: "
+            f"{manual_placement_hint(spec).replace('connect to the internet once', 'allow one download', 1)}."
         )
     return download_model_files(spec, cache_dir=cache_dir, endpoint=endpoint, events=events)
 
 
 def is_cached(model: str, cache_dir: str | os.PathLike | None = None) -> bool:
     """True when a registry model's files are already in the cache (or ``model`` is a local folder)."""
-    if Path(model).expanduser().exists():
+    if is_demo(model) or Path(model).expanduser().exists():
         return True
     spec = find_spec(model)
     return spec is not None and cached_model_files(spec, cache_dir) is not None

@@ -57,10 +57,17 @@ def long_js(host: Any, kind: str) -> str | None:
     return fn(kind) if fn else None
 
 
+def user_path(text: str | os.PathLike) -> str:
+    """A folder typed in the tab as the absolute path it means: ``~`` expanded, a relative path taken
+    from the working folder (where the app or the webui was started), as messages then show it."""
+    return os.path.abspath(os.path.expanduser(str(text).strip()))
+
+
 def resolve_output_dir(host: Any, choice: str | None, custom: str | None) -> str:
-    """The custom folder when given, else the chosen entry of the host's folders, else its default."""
+    """The custom folder when given (absolute, see :func:`user_path`), else the chosen entry of the
+    host's folders, else its default."""
     if custom and str(custom).strip():
-        return os.path.expanduser(str(custom).strip())
+        return user_path(custom)
     choices = host.output_dir_choices() or {}
     if choice and choice in choices:
         return choices[choice]
@@ -87,8 +94,11 @@ def job_line(status: JobStatus) -> str:
 STATE_LEVEL = {"queued": "info", "running": "info", "done": "ok", "stopped": "warning", "failed": "error"}
 
 
-def job_html(status: JobStatus | None, idle: str = "Not started.", show_messages: int = 6) -> str:
-    """The live status panel of a job: state, progress bar, the numbers, recent messages."""
+def job_html(
+    status: JobStatus | None, idle: str = "Not started.", show_messages: int = 6, show_error: bool = True
+) -> str:
+    """The live status panel of a job: state, progress bar, the numbers, recent messages; the error
+    too unless the panel's button shows it in its own status line (``show_error`` False: once is enough)."""
     if status is None:
         return html.message(idle)
     parts = [f'<div class="lt-job lt-job-{html.esc(status.state)}">']
@@ -100,7 +110,7 @@ def job_html(status: JobStatus | None, idle: str = "Not started.", show_messages
             parts.append(html.progress_bar(status.step, status.total_steps, f"step {status.step}/{status.total_steps}"))
         elif status.total:
             parts.append(html.progress_bar(status.done, status.total, f"{status.stage} {status.done}/{status.total}"))
-    if status.error:
+    if status.error and show_error:
         parts.append(html.error(status.error))
     shown = [(lvl, text) for lvl, text in status.messages if lvl in ("info", "warning")][-show_messages:]
     if shown:

@@ -13,7 +13,7 @@ from lib_lora.common.errors import UserError
 from lib_lora.config import build_config
 from lib_lora.jobs import dataset_info, editor, importing
 from lib_lora.ui import html
-from lib_lora.ui.common import guarded, host_events, job_html
+from lib_lora.ui.common import guarded, hook, host_events, job_html
 from lib_lora.ui.compat import hidden_progress
 
 if TYPE_CHECKING:
@@ -197,6 +197,11 @@ class DatasetPanel:
 
     def _view(self, folder: str, values: Sequence[Any], status: str = "") -> list[Any]:
         overview = dataset_info.overview(folder, self._caption_extension(values))
+        if overview.error is None:
+            allow = hook(self.host, "allow_folder")  # the standalone app may show its files
+            if allow:
+                allow(str(overview.root))
+            status = status + html.message(f"Dataset folder: {overview.root}")
         return [self._overview_html(overview), self._buckets_html(overview.scan, values), status]
 
     def _caption_extension(self, values: Sequence[Any]) -> str:

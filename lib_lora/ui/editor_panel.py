@@ -229,6 +229,7 @@ class EditorPanel:
             tag_inputs,
             [self.tag_result],
             **js_kwargs(long_js(self.host, "tag")),
+            **hidden_progress(),  # the progress panel above is the progress: no second bar with a wrong ETA
         )
         load_inputs = [*view, folder, self.tab.caption_extension_input()]
         run.then(self.poll_tagging, None, [self.tag_progress], cancels=[poll]).then(self.load, load_inputs, out)
@@ -297,7 +298,7 @@ class EditorPanel:
 
     @guarded(1)
     def poll_tagging(self) -> str:
-        return job_html(self.host.jobs.current("tag"), "Not tagged yet.")
+        return job_html(self.host.jobs.current("tag"), "Not tagged yet.", show_error=False)  # the result says it
 
     def stop_tagging(self) -> str:
         job = self.host.jobs.current("tag")

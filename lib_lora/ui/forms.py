@@ -1,7 +1,8 @@
 """The training settings form, built from ``TrainConfig``'s field metadata.
 
-Each field becomes one component labelled with its ``label`` (else its sd-scripts name) and its
-``help`` as the tooltip/info line; ``advanced`` fields go into a closed accordion. The form keeps
+Each field becomes one component labelled in plain words (its ``label``, see
+:func:`lib_lora.config.plain_label`) with its ``help`` and its sd-scripts key (what a kohya TOML or
+the CLI calls it) as the info line under the label; ``advanced`` fields go into a closed accordion. The form keeps
 one dict ``field name -> component``; handlers get the values in that order and turn them back
 into a ``{field: value}`` dict for :func:`lib_lora.config.build_config` — never 30 positional
 parameters.
@@ -15,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from lib_lora.config import GROUPS, TrainConfig
+from lib_lora.config import GROUPS, TrainConfig, plain_label
 
 # chosen elsewhere in the tab (dataset folder, LoRA name, output folder) or by the host (its model)
 NOT_IN_FORM = frozenset(
@@ -51,8 +52,15 @@ def _default(name: str) -> Any:
 
 
 def label_of(name: str) -> str:
+    return plain_label(name)
+
+
+def info_of(name: str) -> str:
+    """The help line under a field's label: its help, then the key sd-scripts (or our TOML) uses."""
     meta = TrainConfig.__dataclass_fields__[name].metadata
-    return meta.get("label") or name
+    where = "sd-scripts" if meta.get("kohya", True) else "config"
+    help_text = str(meta.get("help") or "").strip()
+    return f"{help_text} [{where}: {name}]".strip()
 
 
 def to_component_value(name: str, value: Any) -> Any:
@@ -89,7 +97,7 @@ def from_component_value(name: str, value: Any) -> Any:
 def _component(name: str, initial: dict[str, Any]) -> Any:
     f = TrainConfig.__dataclass_fields__[name]
     meta, kind = f.metadata, _type(name)
-    label, info = label_of(name), meta.get("help")
+    label, info = label_of(name), info_of(name)
     value = to_component_value(name, initial[name] if name in initial else _default(name))
     elem_id = f"lora_trainer_cfg_{name}"
     if meta.get("choices"):
@@ -98,7 +106,8 @@ def _component(name: str, initial: dict[str, Any]) -> Any:
     if kind.startswith("bool") and "None" not in kind:
         return gr.Checkbox(value=value, label=label, info=info, elem_id=elem_id)
     if kind.startswith("int") and "None" not in kind:
-        return gr.Number(value=value, label=label, info=info, precision=0, elem_id=elem_id)
+        # no precision=0: Gradio would round 2.5 to 2 silently; the validator says "a whole number"
+        return gr.Number(value=value, label=label, info=info, elem_id=elem_id)
     if kind.startswith("float") and "None" not in kind:
         return gr.Number(value=value, label=label, info=info, elem_id=elem_id)
     placeholder = "empty = default" if "None" in kind else None

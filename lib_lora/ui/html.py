@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 LEVELS = ("info", "ok", "warning", "error")
+AVERAGE_STEPS = 10  # the loss chart's moving average covers at least this many steps
 
 
 def esc(value: Any) -> str:
@@ -104,6 +105,12 @@ def loss_chart(
     points = [(int(s), float(v)) for s, v in losses if v is not None and math.isfinite(float(v))]
     if not points:
         return '<div class="lt-chart lt-empty">The loss chart appears when training starts.</div>'
+    # the bold line and the "average": a moving average over the last `window` steps (at least 10,
+    # a twentieth of the run on long ones), so it is not the last loss again on a short run
+    window = min(len(points), max(AVERAGE_STEPS, len(points) // 20))
+    last_loss = points[-1][1]
+    average = sum(v for _, v in points[-window:]) / window
+    size = 1
     if len(points) > max_points:  # keep the shape: bucket by step range, mean per bucket
         size = math.ceil(len(points) / max_points)
         points = [
@@ -131,7 +138,7 @@ def loss_chart(
         return top + (1 - (value - y_low) / (y_high - y_low)) * plot_h
 
     raw = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in points)
-    smooth_values = _smooth(values, max(1, len(values) // 20))
+    smooth_values = _smooth(values, max(1, round(window / size)))
     smooth = " ".join(f"{x(s):.1f},{y(v):.1f}" for (s, _), v in zip(points, smooth_values))
     parts = [
         f'<svg class="lt-chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
@@ -158,8 +165,8 @@ def loss_chart(
     parts.append(f'<polyline points="{raw}" class="lt-loss-raw" fill="none" stroke="#93b4e8" stroke-width="1"/>')
     parts.append(f'<polyline points="{smooth}" class="lt-loss-avg" fill="none" stroke="#2563eb" stroke-width="2"/>')
     parts.append(
-        f'<text x="{left + 6}" y="{top + 14}" class="lt-axis" font-size="11" fill="#888">loss (last {values[-1]:.4f}, '
-        f"average {smooth_values[-1]:.4f})</text>"
+        f'<text x="{left + 6}" y="{top + 14}" class="lt-axis" font-size="11" fill="#888">loss (last {last_loss:.4f}, '
+        f"average of the last {window} steps {average:.4f})</text>"
     )
     parts.append("</svg>")
     return "".join(parts)

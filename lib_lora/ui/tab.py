@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from lib_lora.ui.clean_panel import CleanPanel
+from lib_lora.ui.compat import unchanged
 from lib_lora.ui.dataset_panel import DatasetPanel
 from lib_lora.ui.editor_panel import EditorPanel
 from lib_lora.ui.host import UIHost
@@ -62,9 +63,23 @@ class TrainerTab:
             self.tag_tab.select(self.editor.provider_html, None, [self.editor.provider])
             self.train_tab.select(self.train.refresh_model, None, [self.train.model_info, self.train.start])
             live = [self.train.live, self.train.chart, self.train.epochs, self.train.samples, self.train.sample_count]
-            self.train_tab.select(self.train.follow, [self.train.sample_count], live, show_progress="hidden")
+            self.train_tab.select(
+                self.train.follow, [self.train.sample_count], [*live, self.train.result], show_progress="hidden"
+            )
+            # a reloaded page shows the running training's dataset and settings, not the defaults
+            blocks.load(self.train.restore_running, None, self.train.restore_outputs(), show_progress="hidden").then(
+                self.refresh_restored_dataset, [self.dataset.folder, *self.dataset.bucket_inputs()],
+                [self.dataset.overview, self.dataset.buckets, self.dataset.status], show_progress="hidden",
+            )  # fmt: skip
         self.blocks = blocks
         return blocks
+
+    def refresh_restored_dataset(self, folder: str, *values: Any) -> list[Any]:
+        """After a page load: the Dataset sub-tab's view of the running training's folder (nothing
+        when no training runs: a fresh page shows no "no folder chosen" error)."""
+        if not self.train.training_running():
+            return unchanged(3)
+        return self.dataset.refresh(folder, *values)
 
     def caption_extension_input(self) -> Any:
         form = self.train.form.components

@@ -3,6 +3,7 @@ and the live view of a run (status, loss chart, saved epochs, samples)."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -10,10 +11,18 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from lib_lora.common.errors import UserError
-from lib_lora.config import PRESETS, TrainConfig, build_config, native_resolution, preset_values
+from lib_lora.config import (
+    PRESETS,
+    TrainConfig,
+    build_config,
+    config_problems,
+    label_name,
+    native_resolution,
+    preset_values,
+)
 from lib_lora.jobs import dataset_info, editor, vram
 from lib_lora.ui import html
-from lib_lora.ui.common import guarded, host_events, job_html, long_js, resolve_output_dir
+from lib_lora.ui.common import guarded, hook, host_events, job_html, long_js, resolve_output_dir, user_path
 from lib_lora.ui.compat import hidden_progress, js_kwargs
 from lib_lora.ui.forms import SettingsForm, build_settings_form
 
@@ -21,14 +30,6 @@ if TYPE_CHECKING:
     from lib_lora.ui.host import ModelInfo
     from lib_lora.ui.tab import TrainerTab
 
-# settings the steps note and the VRAM estimate follow
-ESTIMATE_FIELDS = (
-    "resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale",
-    "train_batch_size", "max_train_epochs", "max_train_steps", "gradient_accumulation_steps", "network_dim", "conv_dim",
-    "network_train_unet_only", "network_train_text_encoder_only", "gradient_checkpointing", "mixed_precision",
-    "optimizer_type", "cache_latents", "caption_extension",
-    "cache_text_encoder_outputs", "sdpa", "fp8_base", "auto_memory", "shuffle_caption",
-)  # fmt: skip
 # user text a preset never overwrites
 KEEP_ON_PRESET = frozenset(
     {"activation_text", "sample_prompts", "training_comment", "network_weights", "caption_prefix", "caption_suffix"}
@@ -63,6 +64,7 @@ class TrainPanel:
         self.tab = tab
         self.host = tab.host
         self.form = SettingsForm()
+        self.running_inputs: list[Any] | None = None  # what the running training was started with
 
     # ------------------------------------------------------------------ layout
     def build(self) -> None:
@@ -79,7 +81,7 @@ class TrainPanel:
                 list(PRESETS),
                 value=preset,
                 label="Preset",
-                info=PRESETS[preset].get("_doc"),
+                info=self.preset_info(preset),
                 elem_id="lora_trainer_preset",
             )
             self.name = gr.Textbox(
@@ -101,11 +103,10 @@ class TrainPanel:
             initial["sample_every_n_epochs"] = settings.sample_every_n_epochs
         initial.update(getattr(settings, "form_defaults", None) or {})
         self.form = build_settings_form(hidden, initial)
-        try:
-            first_estimate = self._estimate_html("", {**TrainConfig().as_dict(), **initial})
-        except UserError as exc:
-            first_estimate = html.error(str(exc))
-        self.estimate = gr.HTML(first_estimate, elem_id="lora_trainer_estimate")
+        self.estimate = gr.HTML(
+            html.message("The settings are checked as you change them; choose a dataset folder first (Dataset tab)."),
+            elem_id="lora_trainer_estimate",
+        )
         with gr.Row():
             self.check_button = gr.Button("Check settings", elem_id="lora_trainer_check")
             self.start = gr.Button(
@@ -123,30 +124,37 @@ class TrainPanel:
         self.samples = gr.Gallery(label="Sample images", columns=4, height=360, elem_id="lora_trainer_samples")
 
     # ------------------------------------------------------------------ events
-    def estimate_inputs(self) -> list[Any]:
-        return [self.form.components[n] for n in ESTIMATE_FIELDS if n in self.form.components]
-
-    def estimate_names(self) -> list[str]:
-        return [n for n in ESTIMATE_FIELDS if n in self.form.components]
-
     def run_inputs(self) -> list[Any]:
         return [self.tab.dataset.folder, self.name, self.output_choice, self.output_custom, *self.form.inputs()]
 
     def wire(self) -> None:
         folder = self.tab.dataset.folder
         self.model_refresh.click(self.refresh_model, None, [self.model_info, self.start])
-        self.preset.change(self.apply_preset, [self.preset], [*self.form.inputs(), self.preset, self.estimate])
-        estimate_inputs = [folder, *self.estimate_inputs()]
-        for component in self.estimate_inputs():
-            component.change(self.update_estimate, estimate_inputs, [self.estimate], **hidden_progress())
-        folder.change(self.update_estimate, estimate_inputs, [self.estimate], **hidden_progress())
+        # one validator for the live check and the Check settings button (config.config_problems): it
+        # runs on every edit of a field, after a preset, and when the dataset folder or its content changes
+        # it also clears a status line a later edit made stale ("does not exist", "No training is running.")
+        live_check = {
+            "fn": self.live_check, "inputs": self.run_inputs(), "outputs": [self.estimate, self.result],
+            **hidden_progress(),
+        }  # fmt: skip
+        self.preset.change(self.apply_preset, [self.preset], [*self.form.inputs(), self.preset, self.estimate]).then(
+            **live_check
+        )
+        for component in [*self.form.inputs(), self.name, self.output_custom]:
+            component.input(**live_check)
+        self.output_choice.change(**live_check)
+        folder.change(**live_check)
+        self.tab.dataset.overview.change(**live_check)  # a dataset made, refreshed or imported
         self.check_button.click(self.check, self.run_inputs(), [self.estimate])
 
         live = [self.live, self.chart, self.epochs, self.samples, self.sample_count]
+        self.start.click(lambda: "", None, [self.result], queue=False, **hidden_progress())  # the last run's line
         poll = self.start.click(self.poll, [self.sample_count], live, every=1, **hidden_progress())
         run = self.start.click(
             self.host.wrap_long_handler(self.start_training, 1), [self.task, *self.run_inputs()], [self.result],
-            **js_kwargs(long_js(self.host, "train")),
+            # the live view below is the progress (its own ETA): no second, Gradio-drawn bar whose
+            # "elapsed/ETA" takes the ETA from the queue's average of every event ("57.7/0.1s")
+            **js_kwargs(long_js(self.host, "train")), **hidden_progress(),
         )  # fmt: skip
         run.then(self.poll, [gr.State(-1)], live, cancels=[poll])
         self.stop.click(self.stop_training, None, [self.result])
@@ -171,12 +179,33 @@ class TrainPanel:
         doc = PRESETS[name].get("_doc", "")
         return [*self.form.updates(values), gr.update(info=doc), html.message(f"Preset {name} applied: {doc}", "ok")]
 
+    def preset_info(self, name: str) -> str:
+        """The preset's description, and what the form shows instead when the host starts it with
+        other values (the demo model's small, quick ones)."""
+        doc = PRESETS[name].get("_doc", "")
+        shrunk = getattr(self.host.settings(), "form_defaults", None) or {}
+        if not shrunk:
+            return doc
+        shown = ", ".join(f"{label_name(k).lower()} {'default' if v is None else v}" for k, v in shrunk.items())
+        return (
+            f"{doc} For the demo model the form starts smaller so a run takes minutes on a CPU ({shown}); "
+            "choose the preset again to get its full values."
+        )
+
     def _config(self, folder: str, name: str, choice: str, custom: str, values: Sequence[Any]) -> TrainConfig:
         form_values = self.form.values(values)
-        form_values["train_data_dir"] = (folder or "").strip()
+        form_values["train_data_dir"] = user_path(folder) if (folder or "").strip() else ""
         form_values["output_name"] = (name or "").strip()
         form_values["output_dir"] = resolve_output_dir(self.host, choice, custom)
-        return build_config(form_values, family=self.family, native=self.native)
+        return build_config(form_values, family=self.family, native=self.native, names=label_name)
+
+    def _checked(self, folder: str, name: str, choice: str, custom: str, values: Sequence[Any]):
+        """The config and every problem of the form (config.config_problems, in the labels' words)."""
+        form_values = self.form.values(values)
+        form_values["train_data_dir"] = user_path(folder) if (folder or "").strip() else ""
+        form_values["output_name"] = (name or "").strip()
+        form_values["output_dir"] = resolve_output_dir(self.host, choice, custom)
+        return config_problems(form_values, names=label_name)
 
     def _estimate_html(self, folder: str, values: dict[str, Any]) -> str:
         from lib_lora.jobs.train import math_steps_note
@@ -208,20 +237,46 @@ class TrainPanel:
         parts.append(html.message(text, "warning" if estimate.fits is False else "info"))
         return "".join(parts)
 
-    @guarded(1)
-    def update_estimate(self, folder: str, *values: Any) -> str:
-        return self._estimate_html(folder, self.form.values_subset(self.estimate_names(), values))
+    def training_running(self) -> bool:
+        current = self.host.jobs.current("train")
+        return current is not None and current.state in ("running", "queued")
+
+    @guarded(2, status=0)
+    def live_check(self, folder: str, name: str, choice: str, custom: str, *values: Any) -> list[Any]:
+        """:meth:`check` as the fields change; the status line under Start is cleared (what it said
+        was about the settings before this edit) unless a training is running."""
+        return [self.check(folder, name, choice, custom, *values), gr.update() if self.training_running() else ""]
+
+    def restore_outputs(self) -> list[Any]:
+        return [self.tab.dataset.folder, self.name, self.output_choice, self.output_custom, *self.form.inputs()]
+
+    def restore_running(self) -> list[Any]:
+        """On page load: while a training runs, the dataset folder and the settings it was started
+        with (a reloaded page would otherwise show the defaults beside a run that uses others)."""
+        n = 4 + len(self.form.components)
+        if not self.training_running() or self.running_inputs is None or len(self.running_inputs) != n:
+            return [gr.update() for _ in range(n)]
+        return [gr.update(value=v) for v in self.running_inputs]
 
     @guarded(1)
     def check(self, folder: str, name: str, choice: str, custom: str, *values: Any) -> str:
-        cfg = self._config(folder, name, choice, custom, values)
+        """The live check and the Check settings button: every problem at once, then (when the
+        settings are valid) the steps and the VRAM estimate."""
+        cfg, problems = self._checked(folder, name, choice, custom, values)
+        parts = [html.error(p) for p in problems]
         info = self.host.model_info()
-        problems = [] if info.loaded and not info.problem else [html.error(info.problem or "No model is loaded.")]
-        overview = dataset_info.overview(folder, cfg.caption_extension)
-        if overview.error:
-            problems.append(html.error(overview.error))
-        ok = html.message(f"Settings are valid; files go to {cfg.output_dir}.", "ok") if not problems else ""
-        return ok + "".join(problems) + self._estimate_html(folder, cfg.as_dict())
+        if not info.loaded or info.problem:
+            parts.append(html.error(info.problem or "No model is loaded."))
+        if cfg.train_data_dir:
+            overview = dataset_info.overview(folder, cfg.caption_extension)
+            if overview.error:
+                parts.append(html.error(overview.error))
+        if not parts:
+            where = os.path.abspath(cfg.output_dir)
+            parts.append(html.message(f"Settings are valid; files go to {where}.", "ok"))
+        if problems:
+            return "".join(parts)
+        return "".join(parts) + self._estimate_html(folder, cfg.as_dict())
 
     @guarded(1)
     def start_training(self, task_id: str, folder: str, name: str, choice: str, custom: str, *values: Any) -> str:
@@ -232,6 +287,12 @@ class TrainPanel:
             self.family = info.family
             self.native = native_resolution(info.family, demo=info.demo)
         cfg = self._config(folder, name, choice, custom, values)
+        if not self.training_running():
+            self.running_inputs = [folder, name, choice, custom, *values]
+        allow = hook(self.host, "allow_folder")  # the standalone app may show the run's files
+        if allow:
+            allow(cfg.output_dir)
+            allow(cfg.train_data_dir)
         current = self.host.jobs.current("train")
         if current is not None and current.state in ("running", "queued"):
             raise UserError(f"A training is already running ({current.title}); stop it or wait for it to finish.")
@@ -259,17 +320,32 @@ class TrainPanel:
 
     def follow(self, shown_samples: int) -> Iterator[list[Any]]:
         """The live view while a training runs (e.g. one started before the page was reloaded, or
-        from the HTTP API): updates every second until it ends."""
+        from the HTTP API): updates every second until it ends; then the status line under Start
+        says how it ended (it may still say "Stopping after this step...")."""
+        was_running = self.training_running()
         out = self.poll(-1)
-        yield out
+        yield [*out, gr.update()]
         while True:
             status = self.host.jobs.current("train")
             if status is None or status.state not in ("running", "queued"):
                 break
             time.sleep(1.0)
-            out = self.poll(out[-1])
-            yield out
-        yield self.poll(-1)
+            out = self.poll(out[-2])
+            yield [*out, gr.update()]
+        status = self.host.jobs.current("train")
+        yield [*self.poll(-1), self.outcome_html(status) if was_running and status is not None else gr.update()]
+
+    @staticmethod
+    def outcome_html(status: Any) -> str:
+        """How a training ended, as the status line under Start says it."""
+        if status.state == "failed":
+            return html.error(status.error or "Training failed.")
+        names = [f["path"].replace("\\", "/").rsplit("/", 1)[-1] for f in status.files]
+        files = ", ".join(names) or "no files"
+        if status.state == "stopped":
+            return html.message(f"Stopped at step {status.step}; saved: {files}.", "warning")
+        folder = os.path.dirname(status.files[-1]["path"]) if status.files else ""
+        return html.message(f"Training finished: {status.step} steps; saved {files} in {folder}.", "ok")
 
     @guarded(5, status=0)
     def poll(self, shown_samples: int) -> list[Any]:
@@ -296,4 +372,5 @@ class TrainPanel:
             gallery = gr.update(value=shown)
         else:
             gallery = gr.update()
-        return [job_html(status, "No training yet."), chart, table, gallery, len(samples)]
+        # the error is in the status line under Start (start_training / follow), not twice
+        return [job_html(status, "No training yet.", show_error=False), chart, table, gallery, len(samples)]

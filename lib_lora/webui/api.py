@@ -14,6 +14,13 @@ API is on: ``--api`` or ``--nowebui``; behind ``--api-auth`` exactly like ``/sda
   folder's images — or only ``images``, relative paths —, or a folder of masks mirroring it), or
   ``{"folder", "restore": true}`` -> ``{"job": ID}``; originals go to ``<folder>/.clean-history``.
 
+Every route refuses a request from another web site (``lib_lora.common.origin``: a foreign
+``Origin`` unless the webui's ``--cors-allow-origins`` / ``--cors-allow-origins-regex`` lists it, a
+cross-site ``Sec-Fetch-Site``, and — while the webui listens on loopback only — a non-loopback
+``Host``): 403. Paths in a request (``train_data_dir``, ``output_dir``, ``network_weights``, the tag
+``folder``) are taken from the webui's working folder when relative, and reported absolute. Nothing
+here serves files: the job status names the saved files, the webui's own ``/file=`` rules apply.
+
 Jobs go through the tab's JobManager: one at a time, in order, under the webui's queue lock and
 ``shared.state`` (txt2img waits; Interrupt stops training).
 """
@@ -34,8 +41,17 @@ TAG_KEYS = {
 CLEAN_KEYS = {"folder", "mask", "masks", "images", "model", "margin", "restore"}
 
 
+PATH_KEYS = ("train_data_dir", "output_dir", "network_weights")
+
+
+def absolute(path: str) -> str:
+    """A path from a request as the absolute path it means (relative: from the working folder)."""
+    return os.path.abspath(os.path.expanduser(path.strip()))
+
+
 def flatten_config(body: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """(values, preset): the top-level ``preset`` taken out; sections lifted as ``load_toml`` does."""
+    """(values, preset): the top-level ``preset`` taken out; sections lifted as ``load_toml`` does;
+    the folder and file settings made absolute (see the module docstring)."""
     values: dict[str, Any] = {}
     preset = body.get("preset")
     if preset is not None and not isinstance(preset, str):
@@ -47,6 +63,11 @@ def flatten_config(body: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]
             values.update(value)
         else:
             values[key] = value
+    for key in PATH_KEYS:
+        value = values.get(key)
+        # output_dir's default ("output") means the webui's Lora folder (WebuiHost.host_config)
+        if isinstance(value, str) and value.strip() and not (key == "output_dir" and value == "output"):
+            values[key] = absolute(value)
     return values, preset
 
 
@@ -81,6 +102,7 @@ def tag_options(body: Any) -> Any:
     folder = body.get("folder")
     if not folder or not isinstance(folder, str):
         raise UserError("folder is required: the dataset folder to tag.")
+    folder = absolute(folder)
     if not os.path.isdir(folder):
         raise UserError(f"The folder {folder} does not exist.")
     tag_keys = ("general_threshold", "character_threshold", "keep_underscores", "general_mcut", "character_mcut", "include_ratings")  # fmt: skip
@@ -172,12 +194,28 @@ def _credentials() -> dict[str, str]:
     return result
 
 
+def _origin_rules() -> dict[str, Any]:
+    """The webui's own CORS options and whether it listens on loopback only."""
+    from modules import shared
+
+    opts = shared.cmd_opts
+    origins = [o.strip() for o in str(getattr(opts, "cors_allow_origins", None) or "").split(",") if o.strip()]
+    public = any(getattr(opts, name, None) for name in ("listen", "server_name", "share", "ngrok"))
+    return {
+        "allow_origins": origins,
+        "allow_origin_regex": getattr(opts, "cors_allow_origins_regex", None) or None,
+        "check_host": not public,
+    }
+
+
 def register_api(app: Any, host: Any) -> None:
     """Add the routes to the webui's FastAPI ``app`` (FastAPI 0.94 / pydantic 1 as pinned)."""
     from secrets import compare_digest
 
-    from fastapi import APIRouter, Body, Depends, HTTPException
+    from fastapi import APIRouter, Body, Depends, HTTPException, Request
     from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+    from lib_lora.common.origin import cross_site_refusal
 
     credentials = _credentials()
     basic = Depends(HTTPBasic())
@@ -191,7 +229,16 @@ def register_api(app: Any, host: Any) -> None:
             status_code=401, detail="Incorrect username or password", headers={"WWW-Authenticate": "Basic"}
         )
 
-    router = APIRouter(prefix=PREFIX, dependencies=[Depends(auth)] if credentials else [])
+    rules = _origin_rules()
+
+    def same_site(request: Request) -> None:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        reason = cross_site_refusal(headers, **rules)
+        if reason is not None:
+            raise HTTPException(status_code=403, detail=reason)
+
+    guards = [Depends(same_site), *([Depends(auth)] if credentials else [])]
+    router = APIRouter(prefix=PREFIX, dependencies=guards)
 
     def job_or_404(job_id: str) -> Any:
         try:

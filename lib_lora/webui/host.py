@@ -20,7 +20,6 @@ import io
 import os
 import time
 import traceback
-from collections import Counter
 from collections.abc import Callable, Mapping
 from contextlib import closing
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 from lib_lora.common.errors import UserError
 from lib_lora.config import TrainConfig
 from lib_lora.events import Events, MultiEvents, SampleImage, SavedFile, StopToken
+from lib_lora.jobs.samples import default_sample_prompt
 from lib_lora.ui.host import GridRequest, GridResult, HostSettings, ModelInfo
 from lib_lora.webui import runtime, settings
 
@@ -72,19 +72,6 @@ def sampler_name(name: str | None, fallback: str | None = None) -> str:
 def lora_prompt_tag(path: str | os.PathLike, weight: float = 1.0) -> str:
     """``<lora:name-000005:0.8>`` for a LoRA file (the built-in Lora finds it by its file stem)."""
     return f"<lora:{Path(path).stem}:{weight:g}>"
-
-
-def default_sample_prompt(plan: Any, cfg: TrainConfig) -> str:
-    """The activation text and the dataset's most frequent tags (a preview of what was learnt)."""
-    from lib_lora.jobs.train import default_activation_text
-
-    activation = cfg.activation_text if cfg.activation_text is not None else default_activation_text(plan.scan)
-    counts: Counter[str] = Counter()
-    for tags in plan.scan.tag_frequency().values():
-        counts.update(tags)
-    words = [w.strip() for w in activation.split(",") if w.strip()]
-    words += [tag for tag, _ in counts.most_common(12) if tag not in words][: max(0, 8 - len(words))]
-    return ", ".join(words) or "a picture"
 
 
 def _blank_image(width: int, height: int) -> Any:

@@ -23,7 +23,7 @@ def test_unknown_key_names_the_closest_known_ones() -> None:
     [
         ({"learning_rate": -1e-4}, "learning_rate = -0.0001 is not valid: it must be at least 0"),
         ({"network_dim": 0}, "network_dim = 0 is not valid: it must be at least 1"),
-        ({"train_batch_size": "two"}, "train_batch_size = 'two' is not valid: it must be an integer"),
+        ({"train_batch_size": "two"}, "train_batch_size = 'two' is not valid: it must be a whole number"),
         ({"network_dim": 4.5}, "network_dim = 4.5 is not valid"),
         ({"mixed_precision": "fp8"}, "mixed_precision = 'fp8' is not valid: choose one of auto, no, fp16, bf16"),
         ({"resolution": "500"}, "multiple of 8"),
@@ -142,3 +142,52 @@ def test_sdxl_presets_train_the_text_encoders_only_when_asked() -> None:
     asked = build_config({**BASE, "network_train_unet_only": False}, preset="character", family="sdxl")
     assert asked.train_text_encoder
     assert build_config({**BASE}, preset="character", family="sd1").train_text_encoder
+
+
+def test_every_problem_is_reported_at_once_in_the_labels_words() -> None:
+    from lib_lora.config import config_problems, label_name
+
+    values = {
+        **BASE, "max_train_epochs": -2, "resolution": "100000", "train_batch_size": 2.5, "output_name": "",
+        "network_dim": 0,
+    }  # fmt: skip
+    _, problems = config_problems(values, names=label_name)
+    assert problems == [
+        "Batch size = 2.5 is not valid: it must be a whole number.",
+        "Network dim (rank) = 0 is not valid: it must be at least 1.",
+        "Epochs = -2 is not valid: it must be at least 1.",
+        "Resolution = '100000' is not valid: each side must be a multiple of 8 from 64 to 4096 pixels.",
+        "LoRA name is empty: type a name for the LoRA files.",
+    ]
+    with pytest.raises(ConfigError) as info:  # the CLI and TOML name the keys, and list every problem too
+        build_config(values)
+    assert info.value.problems[0].startswith("train_batch_size = 2.5")
+    assert len(info.value.problems) == 5 and str(info.value).count("\n") == 4
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"max_train_epochs": 0}, "max_train_epochs = 0 is not valid: it must be at least 1."),
+        ({"max_train_epochs": 1e9}, "max_train_epochs = 1000000000 is not valid: it must be at most 10000."),
+        ({"max_train_steps": 0}, "max_train_steps = 0 is not valid: it must be at least 1."),
+        ({"resolution": "32"}, "each side must be a multiple of 8 from 64 to 4096 pixels"),
+        ({"resolution": "512,8192"}, "each side must be a multiple of 8 from 64 to 4096 pixels"),
+        ({"max_bucket_reso": 100000}, "max_bucket_reso = 100000 is not valid: it must be at most 4096."),
+        ({"output_name": "  "}, "output_name is empty"),
+        ({"output_name": ".."}, "output_name = '..' is not valid"),
+    ],
+)
+def test_absurd_values_are_refused(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({**BASE, **values})
+    assert message in str(info.value)
+    assert "/ \\" not in str(info.value) or values.get("output_name") == ".."
+
+
+def test_every_setting_has_a_plain_label() -> None:
+    from lib_lora.config import FIELDS, plain_label
+
+    for name in FIELDS:
+        label = plain_label(name)
+        assert label != name and "_" not in label, (name, label)

@@ -75,3 +75,49 @@ def serve(workdir: Path, *args: str) -> Iterator[tuple[str, Path]]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+# -- page helpers (elem_ids of the tab) ----------------------------------------------------------------
+
+
+def el(page, elem_id: str):
+    """The element with this elem_id (Gradio 3 repeats a Markdown/HTML id on an inner element)."""
+    return page.locator(f"#{elem_id}").first
+
+
+def open_tab(page, name: str) -> None:
+    import re
+
+    page.locator("#lora_trainer_tabs > .tab-nav > button", has_text=re.compile(rf"^\s*{re.escape(name)}\s*$")).click()
+
+
+def field(page, elem_id: str):
+    return page.locator(f"#{elem_id} textarea, #{elem_id} input:not([type=checkbox]):not([type=radio])").first
+
+
+def fill(page, elem_id: str, text: str) -> None:
+    box = field(page, elem_id)
+    box.fill(str(text))
+    box.press("Tab")
+
+
+def check(page, elem_id: str, on: bool) -> None:
+    box = page.locator(f"#{elem_id} input[type=checkbox]")
+    if box.is_checked() != on:
+        box.click()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+# a pulsing orange border Gradio draws around a component whose event is still "generating"
+VISIBLE_GENERATING_JS = """() => Array.from(document.querySelectorAll('#tab_lora_trainer .generating'))
+    .filter(e => { const s = getComputedStyle(e); return s.opacity !== '0' && s.display !== 'none'
+                   && s.borderTopColor !== 'rgba(0, 0, 0, 0)' && s.borderTopWidth !== '0px'; })
+    .map(e => (e.closest('[id]') || e).id)"""
+# the progress texts Gradio's trackers show (a tracker an event hides keeps its text, at opacity 0)
+PROGRESS_TEXTS_JS = """() => Array.from(document.querySelectorAll('#tab_lora_trainer .progress-text, #tab_lora_trainer .meta-text, #tab_lora_trainer .meta-text-center'))
+    .filter(e => { const w = e.closest('.wrap'); return !(w && getComputedStyle(w).opacity === '0'); })
+    .map(e => e.innerText)"""

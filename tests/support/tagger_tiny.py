@@ -180,3 +180,30 @@ EXPECTED_CAPTIONS: dict[str, str] = {
         "hu tao (genshin impact), ^_^, red theme"
     ),
 }
+
+
+# The built-in demo tagger (lib_lora/tagger/demo_tagger): logits on pure black/red/green/blue chosen
+# so the demo dataset's folders (mean colours about red 0.73,0.36,0.34 / blue 0.33,0.43,0.72 /
+# green 0.39,0.63,0.43) get their own tags; no character ever scores 0.85.
+DEMO_LABELS: list[tuple[str, int, float, float, float, float]] = [
+    ("general", 9, 3.0, 3.0, 3.0, 3.0),
+    ("sensitive", 9, -3.0, -3.0, -3.0, -3.0),
+    ("questionable", 9, -4.0, -4.0, -4.0, -4.0),
+    ("explicit", 9, -5.0, -5.0, -5.0, -5.0),
+    ("no_humans", 0, 2.0, 2.0, 2.0, 2.0),
+    ("gradient_background", 0, 0.5, 0.5, 0.5, 0.5),
+    ("red_theme", 0, -1.0, 9.0, -6.0, -6.0),
+    ("simple_background", 0, -1.5, 8.5, -6.5, -6.5),
+    ("blue_sky", 0, -1.0, -6.0, -6.0, 9.0),
+    ("green_theme", 0, -1.0, -6.0, 9.0, -6.0),
+    ("nature", 0, -1.5, -6.5, 8.5, -6.5),
+    ("outdoors", 0, -2.0, -8.0, 3.0, 3.0),
+    ("demo_mascot_(train_lora)", 4, -6.0, -6.0, -6.0, -6.0),
+]
+DEMO_SIZE = 448  # the WD taggers' input size
+
+
+def write_demo_tagger(folder: str | Path) -> Path:
+    """The shipped demo tagger's two files (regenerate: ``python -c "import sys; sys.path.insert(0,
+    'tests'); from support.tagger_tiny import write_demo_tagger; write_demo_tagger('lib_lora/tagger/demo_tagger')"``)."""
+    return write_tiny_tagger(folder, size=DEMO_SIZE, labels=DEMO_LABELS)

@@ -150,9 +150,18 @@ def test_neither_cache_nor_network_names_the_repo_and_the_manual_way(hf_cache: P
     assert "SmilingWolf/wd-eva02-large-tagger-v3" in text
     assert "https://huggingface.co/SmilingWolf/wd-eva02-large-tagger-v3" in text
     assert "model.onnx and selected_tags.csv" in text and "pass that folder" in text
-    # unreachable host: same message, no traceback
-    with pytest.raises(UserError, match=r"could not be downloaded from SmilingWolf/wd-swinv2-tagger-v3"):
+    assert "could not be downloaded from SmilingWolf/wd-eva02-large-tagger-v3" in text
+    # offline: one sentence with the fix, none of the hub's own paragraph
+    with pytest.raises(UserError) as offline:
         resolve_model("swinv2-v3", endpoint="http://127.0.0.1:9")
+    text = str(offline.value)
+    assert text.startswith(
+        "The tagger model wd-swinv2-tagger-v3 (SmilingWolf/wd-swinv2-tagger-v3) is not downloaded yet and "
+        "Hugging Face cannot be reached: connect to the internet once, or put model.onnx and selected_tags.csv "
+        "from https://huggingface.co/SmilingWolf/wd-swinv2-tagger-v3 in one folder"
+    ), text
+    assert text.endswith("(demo-tagger needs no download).") and text.count(". ") == 0 and "\n" not in text
+    assert "Error" not in text and "Hub" not in text
     with pytest.raises(UserError, match=r"not in the Hugging Face cache and downloads are turned off"):
         resolve_model("swinv2-v3", allow_download=False)
     assert not list(hf_cache.glob("models--*/snapshots/*/*"))
@@ -169,3 +178,29 @@ def test_hf_hub_offline_is_respected(hf_cache: Path, monkeypatch: pytest.MonkeyP
 
 def _no_download(*args: object, **kwargs: object) -> None:
     raise AssertionError("no download expected")
+
+
+def test_the_builtin_demo_tagger_needs_no_download_and_is_what_the_generator_makes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from support.tagger_tiny import write_demo_tagger
+
+    monkeypatch.setattr(models, "download_model_files", _no_download)
+    files = resolve_model("demo-tagger", allow_download=False)
+    assert (files.name, files.source, files.spec) == ("demo-tagger", "builtin", None)
+    assert models.is_cached("demo-tagger")
+    made = write_demo_tagger(tmp_path / "made")
+    for name in ("model.onnx", "selected_tags.csv"):  # regenerate with write_demo_tagger's docstring command
+        assert (models.DEMO_FOLDER / name).read_bytes() == (made / name).read_bytes(), name
+
+
+def test_the_demo_tagger_tags_the_demo_datasets_colours(tmp_path: Path) -> None:
+    from lib_lora.data.demo import write_demo_dataset
+    from lib_lora.tagger import TagFolderOptions, tag_folder
+
+    root = write_demo_dataset(tmp_path / "data").root
+    tag_folder(TagFolderOptions(folder=str(root), model="demo-tagger"))
+    caption = {p.parent.name: set(p.read_text(encoding="utf-8").split(", ")) for p in root.rglob("*_01.txt")}
+    assert {"red theme", "simple background", "no humans"} <= caption["3_redfox"]
+    assert {"blue sky", "outdoors"} <= caption["2_bluebird"] and "red theme" not in caption["2_bluebird"]
+    assert {"green theme", "nature"} <= caption["2_greenleaf"] and "blue sky" not in caption["2_greenleaf"]

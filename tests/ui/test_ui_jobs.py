@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -116,6 +117,23 @@ def test_loss_chart() -> None:
     raw = svg.split('class="lt-loss-raw"')[0].rsplit("<polyline points=", 1)[1]
     assert len(raw.split()) <= 600  # long runs are thinned
     assert "&lt;b&gt;" in html.message("<b>")
+
+
+def test_loss_chart_average_is_a_moving_average_not_the_last_loss() -> None:
+    losses = [(step, 1.0 if step % 2 else 0.0) for step in range(1, 13)]  # a short, noisy run
+    svg = html.loss_chart(losses)
+    assert "loss (last 0.0000, average of the last 10 steps 0.5000)" in svg
+
+    def heights(css: str) -> set[float]:
+        points = re.search(rf'points="([^"]*)" class="{css}"', svg).group(1)
+        return {float(p.split(",")[1]) for p in points.split()}
+
+    assert len(heights("lt-loss-avg")) > 2 and heights("lt-loss-raw") == {
+        min(heights("lt-loss-raw")),
+        max(heights("lt-loss-raw")),
+    }
+    long = html.loss_chart([(step, float(step % 7)) for step in range(1, 4001)])
+    assert "average of the last 200 steps" in long
 
 
 def test_compat_and_form_values() -> None:

@@ -125,3 +125,25 @@ def test_app_page_wraps_the_tab_and_names_the_demo_model(tmp_path: Path) -> None
     assert info.demo and info.loaded and info.name == "tiny-sd15"
     # the demo starts the form small (quick on a CPU)
     assert app.lora_trainer_tab.train.form.components["resolution"].value == "128"
+
+
+@pytest.mark.slow
+def test_samples_with_an_empty_prompt_box_use_the_activation_tag_and_top_tags(tmp_path: Path) -> None:
+    """As in the webui: samples asked for, no prompt given -> a prompt from the dataset, not no samples."""
+    from lib_lora.config import build_config
+    from lib_lora.events import RecordingEvents, StopToken
+
+    data = write_demo_dataset(tmp_path / "data", captions="simple").root
+    host = StandaloneHost(None, tmp_path / "lora")
+    cfg = build_config({
+        "train_data_dir": str(data), "output_dir": host.lora_dir, "output_name": "sampled", "resolution": "64",
+        "train_batch_size": 8, "max_train_epochs": 1, "network_dim": 2, "network_train_unet_only": True,
+        "sample_every_n_epochs": 1, "sample_prompts": "", "cache_latents": True,
+    })  # fmt: skip
+    events = RecordingEvents()
+    host.train(cfg, events, StopToken())
+    assert len(events.samples) == 1, events.messages
+    prompt = events.samples[0].prompt
+    # the demo's class tokens (its activation text), then its most frequent tags
+    assert prompt.startswith("bluebird, greenleaf, redfox, ") and "simple background" in prompt, prompt
+    assert Path(events.samples[0].path).is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import threading
 import time
@@ -61,8 +62,9 @@ def test_form_has_every_setting_with_its_label_and_help_and_labels_are_unique(ta
             assert f.name not in form
             continue
         component = form[f.name]
-        assert component.label == (f.metadata["label"] or f.name)
-        assert component.info == f.metadata["help"]
+        # every label in plain words; the help and the sd-scripts key in the line under it
+        assert component.label == f.metadata["label"] and "_" not in component.label, f.name
+        assert component.info.startswith(f.metadata["help"]) and component.info.endswith(f": {f.name}]"), f.name
         folded = "Advanced settings" in _ancestor_labels(component)
         assert folded == bool(f.metadata["advanced"]), f.name
     labels = [b.label for b in tab.blocks.blocks.values() if getattr(b, "label", None)]
@@ -239,6 +241,28 @@ def test_tagging_with_a_local_tiny_tagger(tab, tmp_path: Path) -> None:
     assert "Tagging runs on the" in _text(tab.editor.provider_html())
 
 
+def test_offline_tagger_error_is_one_sentence_shown_once(tab, tmp_path: Path, monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    data = write_demo_dataset(tmp_path / "untagged").root
+    args = ["task(1)", str(data), "wd-v1-4-vit-tagger-v2", "", 0.35, 0.85, False, False, "skip", "", "", 4]
+    shown = tab.editor.start_tagging(*args) + tab.editor.poll_tagging()  # the result line + the progress panel
+    errors = [e for e in re.findall(r'lt-error">(.*?)</div>', shown) if "tagger model" in e]
+    assert len(errors) == 1 and shown.count("not in the Hugging Face cache") == 1, errors
+    text = html.unescape(errors[0])
+    assert text.startswith(
+        "Error: The tagger model wd-v1-4-vit-tagger-v2 (SmilingWolf/wd-v1-4-vit-tagger-v2) is not in"
+    )
+    assert text.count(". ") == 0 and text.endswith("(demo-tagger needs no download).")
+    # the demo tagger needs nothing from the network
+    args[2] = "demo-tagger"
+    assert "12 captions written" in _text(tab.editor.start_tagging(*args))
+    assert "red theme" in (data / "3_redfox" / "redfox_01.txt").read_text(encoding="utf-8")
+
+
 # -- Train ------------------------------------------------------------------------------------------
 
 
@@ -248,9 +272,9 @@ def _run(tab, dataset: Path | str, **changes):
 
 
 def test_start_refuses_bad_input_and_changes_nothing(host: FakeHost, tab, dataset: Path) -> None:
-    assert "train_data_dir is empty" in _run(tab, "")
-    assert "network_dim = 0" in _run(tab, dataset, network_dim=0)
-    assert "learning_rate" in _run(tab, dataset, learning_rate="fast")
+    assert "Dataset folder is empty" in _run(tab, "")  # the tab names settings by their labels
+    assert "Network dim (rank) = 0" in _run(tab, dataset, network_dim=0)
+    assert "Learning rate = &#x27;fast&#x27; is not valid" in _run(tab, dataset, learning_rate="fast")
     assert "does not exist" in _run(tab, dataset / "missing")
     empty = dataset.parent / "empty"
     (empty / "10_nothing").mkdir(parents=True)
@@ -304,9 +328,26 @@ def test_presets_and_estimate(tab, dataset: Path) -> None:
     updates = dict(zip(tab.train.form.names, out[:n]))
     assert value(updates["network_dim"]) == 128
     assert "Preset style applied" in out[-1]
-    names = tab.train.estimate_names()
-    text = _text(tab.train.update_estimate(str(dataset), *subset_args(tab, names)))
+    text = _text(tab.train.check(str(dataset), "mylora", "Lora folder", "", *form_args(tab)))
     assert "steps per epoch" in text and "1,000-2,000 steps" in text and "Estimated VRAM need" in text
+    assert "Settings are valid" in text
+
+
+def test_live_check_lists_every_problem_in_the_labels_words(tab, dataset: Path) -> None:
+    args = form_args(tab, max_train_epochs=-2, resolution="100000", train_batch_size=2.5)
+    out = tab.train.check(str(dataset), "", "Lora folder", "", *args)
+    errors = [html.unescape(_text(e)).strip() for e in re.findall(r'<div class="lt-msg lt-error">.*?</div>', out)]
+    assert errors == [
+        "Error: Batch size = 2.5 is not valid: it must be a whole number.",
+        "Error: Epochs = -2 is not valid: it must be at least 1.",
+        "Error: Resolution = '100000' is not valid: each side must be a multiple of 8 from 64 to 4096 pixels.",
+        "Error: LoRA name is empty: type a name for the LoRA files.",
+    ]
+    # no step count or VRAM figure from settings that cannot train
+    assert "steps per epoch" not in out and "VRAM" not in out and "Settings are valid" not in out
+    # Start refuses with the same words
+    refused = _text(tab.train.start_training("", str(dataset), "", "Lora folder", "", *args))
+    assert "Epochs = -2 is not valid" in refused and "LoRA name is empty" in refused
 
 
 # -- Test -------------------------------------------------------------------------------------------
@@ -347,6 +388,29 @@ def test_follow_shows_a_running_training_until_it_ends(host: FakeHost, tab, data
     worker.join(10)
     assert "running" in views[0][0] and "done" in views[-1][0]
     assert "mylora-000001.safetensors" in views[-1][2]
+    # the status line under Start says how it ended (a reloaded page's Stop line does not stay)
+    assert "Training finished: 3 steps" in views[-1][5] and all(unchanged(v[5]) for v in views[:-1])
+
+
+def test_a_reloaded_page_gets_the_running_trainings_settings_back(host: FakeHost, tab, dataset: Path) -> None:
+    assert all(unchanged(u) for u in tab.train.restore_running())  # nothing running: the page's own values
+    bucket_args = subset_args(tab, tab.dataset.bucket_names())
+    assert all(unchanged(u) for u in tab.refresh_restored_dataset("", *bucket_args))  # no "no folder" error
+    host.step_delay = 0.2
+    args = form_args(tab, max_train_epochs=1, network_dim=3, resolution="64")
+    worker = threading.Thread(
+        target=lambda: tab.train.start_training("task(5)", str(dataset), "reloaded", "Lora folder", "", *args)
+    )
+    worker.start()
+    deadline = time.time() + 10
+    while not (host.jobs.current("train") and host.jobs.current("train").state == "running") and time.time() < deadline:
+        time.sleep(0.02)
+    restored = [value(u) for u in tab.train.restore_running()]
+    worker.join(20)
+    assert restored[:4] == [str(dataset), "reloaded", "Lora folder", ""]
+    form = dict(zip(tab.train.form.names, restored[4:]))
+    assert (form["max_train_epochs"], form["network_dim"], form["resolution"]) == (1, 3, "64")
+    assert all(unchanged(u) for u in tab.train.restore_running())  # it ended
 
 
 def test_every_handler_answers_empty_input_with_all_its_outputs(

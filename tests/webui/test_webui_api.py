@@ -17,6 +17,7 @@ from support.tagger_tiny import write_tiny_tagger
 from support.webui_env import FAST, dataset, load_model, model_state, outputs, same_outputs, state_differences
 
 V1 = "/lora-trainer/v1"
+LOCAL = "http://127.0.0.1:7860"  # the webui without --listen
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def api(webui):
     webui.shared.cmd_opts.api = True
     app = FastAPI()
     webui.script_callbacks.app_started_callback(None, app)
-    return TestClient(app)
+    return TestClient(app, base_url=LOCAL)
 
 
 def wait(
@@ -159,7 +160,7 @@ def test_api_auth_is_required_when_the_webui_requires_it(webui) -> None:
     webui.shared.cmd_opts.api_auth = "alice:secret,bob:pw"
     app = FastAPI()
     webui.script_callbacks.app_started_callback(None, app)
-    client = TestClient(app)
+    client = TestClient(app, base_url=LOCAL)
     assert client.get(f"{V1}/jobs/x").status_code == 401
     assert client.get(f"{V1}/jobs/x", auth=("alice", "wrong")).status_code == 401
     assert client.get(f"{V1}/jobs/x", auth=("bob", "pw")).status_code == 404
@@ -201,3 +202,37 @@ def test_clean_a_folder_then_restore(webui, api) -> None:
 def test_bad_clean_request_is_422(api, body: dict, words: str) -> None:
     response = api.post(f"{V1}/clean", json=body)
     assert response.status_code == 422 and words in response.json()["detail"]
+
+
+def test_another_site_cannot_drive_the_api(webui) -> None:
+    from lib_lora.webui import register
+
+    register.register()
+    webui.shared.cmd_opts.api = True
+    webui.shared.cmd_opts.cors_allow_origins = "http://localhost:3000"
+    app = FastAPI()
+    webui.script_callbacks.app_started_callback(None, app)
+    client = TestClient(app, base_url=LOCAL)
+    assert client.get(f"{V1}/jobs/x").status_code == 404  # no Origin: a script or curl on this machine
+    assert client.get(f"{V1}/jobs/x", headers={"Origin": LOCAL}).status_code == 404  # the webui's own page
+    assert (
+        client.get(f"{V1}/jobs/x", headers={"Origin": "http://localhost:3000"}).status_code == 404
+    )  # --cors-allow-origins
+    refused = client.post(f"{V1}/tag", json={"folder": "."}, headers={"Origin": "http://evil.example"})
+    assert refused.status_code == 403 and "another site" in refused.json()["detail"]
+    simple_form = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Content-Type": "text/plain"}
+    assert client.post(f"{V1}/tag", content=b'{"folder": "."}', headers=simple_form).status_code == 403
+    rebinding = TestClient(app, base_url="http://evil.example:7860")  # a hostile name resolving to 127.0.0.1
+    assert rebinding.get(f"{V1}/jobs/x").status_code == 403
+
+
+def test_relative_paths_are_resolved_and_reported_absolute(webui, api, monkeypatch) -> None:
+    from lib_lora.webui.api import flatten_config
+
+    monkeypatch.chdir(webui.root)
+    response = api.post(f"{V1}/tag", json={"folder": "no/such/folder"})
+    assert response.status_code == 422
+    assert f"The folder {webui.root / 'no' / 'such' / 'folder'} does not exist" in response.json()["detail"]
+    values, _ = flatten_config({"dataset": {"train_data_dir": "data/../data2"}, "network_weights": "~/x.safetensors"})
+    assert values["train_data_dir"] == str(webui.root / "data2")
+    assert values["network_weights"] == str(Path.home() / "x.safetensors")

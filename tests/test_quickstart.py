@@ -1,0 +1,43 @@
+"""quickstart.sh says what it does: a line per step, and pip's own progress (never ``-q``): a first
+run downloads gigabytes and used to print nothing for minutes. Run against stand-in python/pip."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE = """#!/usr/bin/env bash
+echo "$(basename "$0") $*" >> "$LOG"
+if [ "$(basename "$0")" = python3 ] && [ "$1" = -m ] && [ "$2" = venv ]; then
+    mkdir -p "$3/bin"
+    printf 'export PATH="%s:$PATH"\\n' "$BIN" > "$3/bin/activate"
+    touch "$3/bin/python" && chmod +x "$3/bin/python"
+fi
+if [ "$(basename "$0")" = python ] && [ "$1" = -c ]; then exit 1; fi  # no torch yet
+exit 0
+"""
+
+
+def test_quickstart_prints_a_line_per_step_and_pips_progress(tmp_path: Path) -> None:
+    work = tmp_path / "project"
+    work.mkdir()
+    shutil.copy(ROOT / "quickstart.sh", work / "quickstart.sh")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("python3", "python", "pip"):
+        (bin_dir / name).write_text(FAKE)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", LOG=str(log), BIN=str(bin_dir))
+    env.pop("PYTHON", None)
+    done = subprocess.run(["bash", "quickstart.sh"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    steps = [line for line in done.stdout.splitlines() if line.startswith("==> ")]
+    assert [s.split("]")[0] for s in steps] == ["==> [1/4", "==> [2/4", "==> [3/4", "==> [4/4"], done.stdout
+    assert "Creating a virtual environment" in steps[0] and "Installing torch" in steps[1]
+    pip_calls = [line for line in log.read_text().splitlines() if line.startswith("pip ")]
+    assert len(pip_calls) == 2 and all("-q" not in call.split() and "--progress-bar on" in call for call in pip_calls)
+    assert log.read_text().splitlines()[-1] == "python -m lib_lora serve"
