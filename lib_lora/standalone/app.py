@@ -194,12 +194,15 @@ class StandaloneHost:
 
         return prepare(cfg, self.bundle(cfg), events)
 
-    def train(self, cfg: Any, events: Events, stop: StopToken) -> Any:
+    def train(
+        self, cfg: Any, events: Events, stop: StopToken, resume: str | None = None, overwrite: bool = False
+    ) -> Any:
         from lib_lora.jobs.train import train
         from lib_lora.standalone.sampler import training_renderer
 
         bundle = self.bundle(cfg)
-        return train(cfg, bundle, events, stop, renderer=training_renderer(bundle, cfg))
+        renderer = training_renderer(bundle, cfg)
+        return train(cfg, bundle, events, stop, resume=resume, overwrite=overwrite, renderer=renderer)
 
     def render_grid(self, request: GridRequest, events: Events, stop: StopToken) -> GridResult:
         from lib_lora.standalone.sampler import generate
