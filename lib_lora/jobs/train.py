@@ -666,6 +666,10 @@ def move_run_to_trash(run: ExistingRun) -> Path:
     return trash
 
 
+def _same_path(a: Path, b: Path) -> bool:
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
 def lock_path(cfg: TrainConfig) -> Path:
     return Path(cfg.output_dir) / f".{cfg.output_name}.lock"
 
@@ -683,7 +687,7 @@ def _existing_to_replace(
 ) -> ExistingRun | None:
     """The existing run ``overwrite`` replaces; RunExists when there is one and no choice was made."""
     out, state_dir, _ = output_paths(cfg)
-    if resume is not None and state_base(resume) == state_dir:
+    if resume is not None and _same_path(state_base(resume), state_dir):
         return None  # continuing this very run: its files are expected
     run = existing_run(out, cfg.output_name)
     if run is None or overwrite:
@@ -732,7 +736,7 @@ def run_guard(
         folder = None
         if resume is not None:
             base = state_base(resume)
-            if base == state_dir:
+            if _same_path(base, state_dir):
                 settle_states(base)
             folder = find_state(base)
         yield folder

@@ -323,7 +323,11 @@ class TrainPanel:
                 False, label="Overwrite the existing run of this name (its files move to the .trash folder)",
                 elem_id="lora_trainer_overwrite",
             )  # fmt: skip
-            self.new_name = gr.Button("Use a new name", visible=False, elem_id="lora_trainer_new_name", scale=0)
+            suggestion = self._suggestion(self.name.value, self.output_choice.value, None)
+            self.new_name = gr.Button(
+                f"Use the name {suggestion}" if suggestion else "Use a new name", visible=bool(suggestion),
+                elem_id="lora_trainer_use_new_name", scale=0,
+            )  # fmt: skip
         with gr.Row():
             self.resume_list = gr.Dropdown(
                 self.resume_choices(None, None), label="Resume a stopped run",

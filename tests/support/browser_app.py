@@ -75,3 +75,28 @@ def serve(workdir: Path, *args: str) -> Iterator[tuple[str, Path]]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+# -- page helpers (Gradio 3 element ids) -------------------------------------------------------------------
+
+
+def el(page, elem_id: str):
+    """The element with this elem_id (Gradio 3 repeats a Markdown/HTML id on an inner element)."""
+    return page.locator(f"#{elem_id}").first
+
+
+def fill(page, elem_id: str, text: str) -> None:
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input:not([type=checkbox]):not([type=radio])").first
+    box.fill(str(text))
+    box.press("Tab")
+
+
+def check(page, elem_id: str, on: bool) -> None:
+    box = page.locator(f"#{elem_id} input[type=checkbox]")
+    if box.is_checked() != on:
+        box.click()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
