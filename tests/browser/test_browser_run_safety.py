@@ -57,7 +57,7 @@ def test_same_name_is_refused_then_stop_resume_and_overwrite_in_the_browser(tmp_
 
             # 1. a finished run, then Start again with the same name: refused, the three ways offered
             el(page, "lora_trainer_start").click()
-            expect(result).to_contain_text("Training finished", timeout=150_000)
+            expect(result).to_contain_text("Training finished: 2 steps", timeout=150_000)
             first = (lora / "mylora.safetensors").read_bytes()
             el(page, "lora_trainer_start").click()
             expect(result).to_contain_text("A run named mylora already exists", timeout=60_000)
@@ -97,7 +97,7 @@ def test_same_name_is_refused_then_stop_resume_and_overwrite_in_the_browser(tmp_
             fill(page, "lora_trainer_cfg_max_train_epochs", "1")
             check(page, "lora_trainer_overwrite", True)
             el(page, "lora_trainer_start").click()
-            expect(result).to_contain_text("Training finished", timeout=150_000)
+            expect(result).to_contain_text("Training finished: 2 steps", timeout=150_000)
             (trash,) = (lora / ".trash").iterdir()
             assert (trash / "mylora.safetensors.old").read_bytes() == first
             assert (lora / "mylora.safetensors").is_file() and (lora / "mylora-2.safetensors").is_file()
