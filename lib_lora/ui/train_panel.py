@@ -145,7 +145,7 @@ class TrainPanel:
         live = [self.live, self.chart, self.epochs, self.samples, self.sample_count]
         poll = self.start.click(self.poll, [self.sample_count], live, every=1, **hidden_progress())
         run = self.start.click(
-            self.host.wrap_long_handler(self.start_training, 1), [self.task, self.overwrite, *self.run_inputs()], [self.result],
+            self.host.wrap_long_handler(self.start_training, 1), [self.task, *self.run_inputs()], [self.result],
             **js_kwargs(long_js(self.host, "train")),
         )  # fmt: skip
         run.then(self.poll, [gr.State(-1)], live, cancels=[poll])
@@ -226,9 +226,7 @@ class TrainPanel:
         return ok + "".join(problems) + self._estimate_html(folder, cfg.as_dict())
 
     @guarded(1)
-    def start_training(
-        self, task_id: str, overwrite: bool, folder: str, name: str, choice: str, custom: str, *values: Any
-    ) -> str:
+    def start_training(self, task_id: str, folder: str, name: str, choice: str, custom: str, *values: Any) -> str:
         info = self.host.model_info()
         if not info.loaded or info.problem:
             raise UserError(info.problem or "No model is loaded: load an SD1.x or SDXL checkpoint first.")
@@ -236,7 +234,7 @@ class TrainPanel:
             self.family = info.family
             self.native = native_resolution(info.family, demo=info.demo)
         cfg = self._config(folder, name, choice, custom, values)
-        return self._run_training(cfg, None, overwrite)
+        return self._run_training(cfg, None, False)
 
     def _run_training(self, cfg: TrainConfig, resume: str | None, overwrite: bool) -> str:
         """Start (or resume) ``cfg`` as a job and wait for it; an existing run of the same name is
@@ -316,17 +314,17 @@ class TrainPanel:
 
     # ------------------------------------------------------------------ an existing run: resume, new name, overwrite
     def build_run_choices(self) -> None:
-        """What to do when the name already has a run: Overwrite (ticked on purpose, once), a new name,
-        or Resume a stopped run from the list of resumable states in the output folder."""
+        """What to do when the name already has a run (shown then): a new name, or Overwrite (pressed on
+        purpose); and Resume, for a stopped run from the list of resumable states in the output folder."""
+        suggestion = self._suggestion(self.name.value, self.output_choice.value, None)
         with gr.Row():
-            self.overwrite = gr.Checkbox(
-                False, label="Overwrite the existing run of this name (its files move to the .trash folder)",
-                elem_id="lora_trainer_overwrite",
-            )  # fmt: skip
-            suggestion = self._suggestion(self.name.value, self.output_choice.value, None)
             self.new_name = gr.Button(
                 f"Use the name {suggestion}" if suggestion else "Use a new name", visible=bool(suggestion),
-                elem_id="lora_trainer_use_new_name", scale=0,
+                elem_id="lora_trainer_use_new_name",
+            )  # fmt: skip
+            self.overwrite = gr.Button(
+                "Overwrite it and start (its files move to the .trash folder)", variant="stop",
+                visible=bool(suggestion), elem_id="lora_trainer_overwrite",
             )  # fmt: skip
         with gr.Row():
             self.resume_list = gr.Dropdown(
@@ -340,18 +338,21 @@ class TrainPanel:
     def wire_run_choices(self, start_run: Any, live: list[Any]) -> None:
         where = [self.output_choice, self.output_custom]
         offer = [self.name, *where]
-        start_run.then(self.offer_choices, offer, [self.resume_list, self.new_name, self.overwrite])
-        self.name.change(self.offer_new_name, offer, [self.new_name], **hidden_progress())
-        self.new_name.click(self.use_new_name, offer, [self.name, self.new_name])
+        offers = [self.resume_list, self.new_name, self.overwrite]
+        start_run.then(self.offer_choices, offer, offers)
+        self.name.change(self.offer_new_name, offer, [self.new_name, self.overwrite], **hidden_progress())
+        self.new_name.click(self.use_new_name, offer, [self.name, self.new_name, self.overwrite])
         self.resume_refresh.click(self.refresh_resume_list, where, [self.resume_list])
         self.output_choice.change(self.refresh_resume_list, where, [self.resume_list], **hidden_progress())
-        poll = self.resume_button.click(self.poll, [self.sample_count], live, every=1, **hidden_progress())
-        run = self.resume_button.click(
-            self.host.wrap_long_handler(self.resume_training, 1), [self.task, self.resume_list, *where],
-            [self.result], **js_kwargs(long_js(self.host, "train")),
-        )  # fmt: skip
-        run.then(self.poll, [gr.State(-1)], live, cancels=[poll])
-        run.then(self.offer_choices, offer, [self.resume_list, self.new_name, self.overwrite])
+        long = js_kwargs(long_js(self.host, "train"))
+        for button, handler, inputs in (
+            (self.overwrite, self.start_overwriting, [self.task, *self.run_inputs()]),
+            (self.resume_button, self.resume_training, [self.task, self.resume_list, *where]),
+        ):
+            poll = button.click(self.poll, [self.sample_count], live, every=1, **hidden_progress())
+            run = button.click(self.host.wrap_long_handler(handler, 1), inputs, [self.result], **long)
+            run.then(self.poll, [gr.State(-1)], live, cancels=[poll])
+            run.then(self.offer_choices, offer, offers)
 
     def resume_choices(self, choice: str | None, custom: str | None) -> list[str]:
         from lib_lora.jobs.train import resumable_states
@@ -366,28 +367,33 @@ class TrainPanel:
 
     @guarded(3, status=0)
     def offer_choices(self, name: str, choice: str | None, custom: str | None) -> list[Any]:
-        """After Start/Resume: the resume list as it is now, the new-name offer when the name is taken,
-        and Overwrite unticked again (it applies to one Start)."""
+        """After Start/Resume: the resume list as it is now, and the new-name and overwrite offers
+        when the name has a run."""
         choices = self.resume_choices(choice, custom)
-        suggestion = self._suggestion(name, choice, custom)
         mine = [c for c in choices if c.startswith(f"{(name or '').strip()} (stopped at")]
         return [
             gr.update(choices=choices, value=(mine or choices or [None])[0]),
-            gr.update(visible=bool(suggestion), value=f"Use the name {suggestion}" if suggestion else "Use a new name"),
-            False,
+            *self.offer_new_name(name, choice, custom),
         ]
 
-    @guarded(1, status=0)
-    def offer_new_name(self, name: str, choice: str | None, custom: str | None) -> Any:
+    @guarded(2, status=0)
+    def offer_new_name(self, name: str, choice: str | None, custom: str | None) -> list[Any]:
         suggestion = self._suggestion(name, choice, custom)
-        return gr.update(
-            visible=bool(suggestion), value=f"Use the name {suggestion}" if suggestion else "Use a new name"
-        )
+        label = f"Use the name {suggestion}" if suggestion else "Use a new name"
+        return [gr.update(visible=bool(suggestion), value=label), gr.update(visible=bool(suggestion))]
 
-    @guarded(2, status=1)
+    @guarded(3, status=1)
     def use_new_name(self, name: str, choice: str | None, custom: str | None) -> list[Any]:
         suggestion = self._suggestion(name, choice, custom)
-        return [suggestion or name, gr.update(visible=False)]
+        return [suggestion or name, gr.update(visible=False), gr.update(visible=False)]
+
+    @guarded(1)
+    def start_overwriting(self, task_id: str, folder: str, name: str, choice: str, custom: str, *values: Any) -> str:
+        """Start, replacing the existing run of this name (pressed on purpose, after the refusal)."""
+        info = self.host.model_info()
+        if not info.loaded or info.problem:
+            raise UserError(info.problem or "No model is loaded: load an SD1.x or SDXL checkpoint first.")
+        return self._run_training(self._config(folder, name, choice, custom, values), None, True)
 
     @guarded(1, status=0)
     def refresh_resume_list(self, choice: str | None, custom: str | None) -> Any:
@@ -428,5 +434,5 @@ def run_exists_html(exc: Any) -> str:
     resume = "Resume it from the list below, press " if run.state else "Press "
     return html.error(
         f"A run named {run.name} already exists in {run.folder} ({run.summary()}); nothing was started. {resume}"
-        f'"Use the name {run.suggestion}", or tick Overwrite and press Start again (its files move to the .trash folder).'
+        f'"Use the name {run.suggestion}", or press "Overwrite it and start" (its files move to the .trash folder).'
     )

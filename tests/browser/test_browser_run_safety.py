@@ -92,16 +92,16 @@ def test_same_name_is_refused_then_stop_resume_and_overwrite_in_the_browser(tmp_
             assert not (lora / "mylora-2-state").exists()
             shot(page, "run-safety-3-resumed-to-the-end")
 
-            # 3. Overwrite, ticked on purpose: the old run moves to the trash, the new one is written
+            # 3. Overwrite, pressed on purpose after the refusal: the old run moves to the trash
             fill(page, "lora_trainer_name", "mylora")
             fill(page, "lora_trainer_cfg_max_train_epochs", "1")
-            check(page, "lora_trainer_overwrite", True)
             el(page, "lora_trainer_start").click()
+            expect(result).to_contain_text("A run named mylora already exists", timeout=60_000)
+            el(page, "lora_trainer_overwrite").click()
             expect(result).to_contain_text("Training finished: 2 steps", timeout=150_000)
             (trash,) = (lora / ".trash").iterdir()
             assert (trash / "mylora.safetensors.old").read_bytes() == first
             assert (lora / "mylora.safetensors").is_file() and (lora / "mylora-2.safetensors").is_file()
-            expect(page.locator("#lora_trainer_overwrite input[type=checkbox]")).not_to_be_checked()
             shot(page, "run-safety-4-overwritten")
         finally:
             browser.close()

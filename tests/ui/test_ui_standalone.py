@@ -78,7 +78,7 @@ def test_a_model_that_fails_to_load_is_shown_in_the_tab_and_refused(tmp_path: Pa
     app = build_app(host)
     tab = app.lora_trainer_tab
     data = write_demo_dataset(tmp_path / "data").root
-    result = tab.train.start_training("task(1)", False, str(data), "x", "", "", *form_args(tab, max_train_epochs=1))
+    result = tab.train.start_training("task(1)", str(data), "x", "", "", *form_args(tab, max_train_epochs=1))
     assert "could not be loaded" in result and "lt-error" in result
     info, start = tab.train.refresh_model()
     assert "could not be loaded" in info and start["interactive"] is False

@@ -71,8 +71,8 @@ def test_form_has_every_setting_with_its_label_and_help_and_labels_are_unique(ta
 
 
 def test_long_handlers_go_through_the_host_wrapper_with_html_last(host: FakeHost, tab) -> None:
-    # tagging (1 output), training (1), the grid (2: image + status HTML last)
-    assert host.wrapped == [1, 1, 2]
+    # tagging (1 output), training: Start, Overwrite it and start, Resume (1 each), the grid (2: image + status HTML last)
+    assert host.wrapped == [1, 1, 1, 1, 2]
     assert isinstance(tab.test.result, gr.HTML) and isinstance(tab.train.result, gr.HTML)
 
 
@@ -245,7 +245,7 @@ def test_tagging_with_a_local_tiny_tagger(tab, tmp_path: Path) -> None:
 
 def _run(tab, dataset: Path | str, **changes):
     train = tab.train
-    return train.start_training("task(2)", False, str(dataset), "mylora", "Lora folder", "", *form_args(tab, **changes))
+    return train.start_training("task(2)", str(dataset), "mylora", "Lora folder", "", *form_args(tab, **changes))
 
 
 def test_start_refuses_bad_input_and_changes_nothing(host: FakeHost, tab, dataset: Path) -> None:
@@ -304,16 +304,15 @@ def test_a_second_start_with_the_same_name_offers_resume_a_new_name_or_overwrite
     assert "Training finished" in _run(tab, dataset, max_train_epochs=1)
     refused = html.unescape(_run(tab, dataset, max_train_epochs=1))
     assert f"A run named mylora already exists in {host.out} (1 LoRA file); nothing was started." in refused
-    assert '"Use the name mylora-2"' in refused and "tick Overwrite" in refused
+    assert '"Use the name mylora-2"' in refused and 'press "Overwrite it and start"' in refused
     assert len(host.trained) == 1  # nothing ran
     resume_list, new_name, overwrite = tab.train.offer_choices("mylora", "Lora folder", "")
-    assert new_name["visible"] is True and new_name["value"] == "Use the name mylora-2" and overwrite is False
+    assert new_name["visible"] is True and new_name["value"] == "Use the name mylora-2" and overwrite["visible"] is True
     assert tab.train.use_new_name("mylora", "Lora folder", "")[0] == "mylora-2"
     args = form_args(tab, max_train_epochs=1)
-    assert "Training finished" in tab.train.start_training(
-        "task(3)", True, str(dataset), "mylora", "Lora folder", "", *args
-    )
-    assert host.train_choices[-1] == (None, True)  # overwrite only when ticked
+    result = tab.train.start_overwriting("task(3)", str(dataset), "mylora", "Lora folder", "", *args)
+    assert "Training finished" in result
+    assert host.train_choices == [(None, False), (None, True)]  # overwrite only when pressed
 
 
 def test_resume_lists_stopped_runs_and_continues_one_with_its_own_settings(host: FakeHost, tab, dataset: Path) -> None:
