@@ -13,7 +13,11 @@ Examples:
   python -m lib_lora train --preset character --train_data_dir data --pretrained_model_name_or_path tiny-sd15
   python -m lib_lora train my.toml --max_train_epochs 10
   python -m lib_lora train my.toml --resume output/mylora-state
+  python -m lib_lora train my.toml --overwrite
 
+A run whose name already has files in the output folder is refused unless --resume continues it or
+--overwrite replaces it (its files move to <output_dir>/.trash/, nothing is deleted). Two trainings
+cannot write the same name in the same folder at once.
 Ctrl-C stops after the current step, saves the LoRA so far and a state to resume from.
 """
 
@@ -21,9 +25,16 @@ ACCEPTS_EXTRA = True  # --KEY VALUE settings are parsed by this verb
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.usage = "python -m lib_lora train [CONFIG.toml] [--preset NAME] [--resume DIR] [--KEY VALUE ...]"
+    parser.usage = (
+        "python -m lib_lora train [CONFIG.toml] [--preset NAME] [--resume DIR | --overwrite] [--KEY VALUE ...]"
+    )
     parser.add_argument("--preset", help="character, style, concept or sdxl-8gb")
     parser.add_argument("--resume", metavar="DIR", help="continue a stopped run from its <name>-state folder")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing run of the same name (its files move to <output_dir>/.trash/)",
+    )
     parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
     parser.add_argument("--list-settings", action="store_true", help="list every setting with its default and help")
 
@@ -85,6 +96,14 @@ def _list_settings() -> None:
         print(f"{f.name} = {f.default!r}\n    {f.metadata['help']}")
 
 
+def _existing_hint(cfg, args: argparse.Namespace) -> str:
+    from pathlib import Path
+
+    state = Path(cfg.output_dir) / f"{cfg.output_name}-state"
+    resume = f"--resume {state} to continue it, " if state.is_dir() else ""
+    return f"Add {resume}--overwrite to replace it, or --output_name NEW."
+
+
 def run(args: argparse.Namespace) -> int:
     if args.list_settings:
         _list_settings()
@@ -96,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lib_lora.config import build_config, load_toml, native_resolution
     from lib_lora.events import Events, StopToken
-    from lib_lora.jobs.train import prepare, train
+    from lib_lora.jobs.train import check_output, prepare, train
     from lib_lora.standalone.models import is_builtin, load_model, training_dtype
     from lib_lora.standalone.sampler import training_renderer
 
@@ -108,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
     native = native_resolution(family, demo=is_builtin(draft.pretrained_model_name_or_path))
     cfg = build_config(values, preset=args.preset, family=family, native=native)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    existing = check_output(cfg, args.resume, args.overwrite, hint=_existing_hint(cfg, args))
+    if existing is not None:
+        print(f"--overwrite: the earlier {cfg.output_name} run will be moved to {cfg.output_dir}/.trash/")
 
     class CliEvents(Events):
         bar: tqdm | None = None
@@ -146,7 +168,9 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         renderer = training_renderer(bundle, cfg)
-        result = train(cfg, bundle, events, stop, resume=args.resume, renderer=renderer, plan=plan)
+        result = train(
+            cfg, bundle, events, stop, resume=args.resume, overwrite=args.overwrite, renderer=renderer, plan=plan
+        )
     finally:
         signal.signal(signal.SIGINT, previous)
         if events.bar:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
 import tempfile
 import time
@@ -163,18 +164,22 @@ def _copy_mode(target: Path, tmp: Path) -> None:
         os.chmod(tmp, mode)
 
 
+class WriteError(UserError):
+    """A write that failed (disk full, permission denied...): the target is left as it was."""
+
+
 def write_error(
     target: str | os.PathLike, exc: OSError, full_disk_hint: str = "Free some space and try again; nothing was changed."
 ) -> UserError:
     """The one-line message for a failed write: disk full, permission, or the system's own words."""
     if exc.errno == errno.ENOSPC:
-        return UserError(f"Cannot write {target}: the disk is full.", full_disk_hint)
+        return WriteError(f"Cannot write {target}: the disk is full.", full_disk_hint)
     if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return UserError(
+        return WriteError(
             f"Cannot write {target}: permission denied (a read-only file or folder, or the file is open in "
             "another program)."
         )
-    return UserError(f"Cannot write {target}: {exc.strerror or exc}.")
+    return WriteError(f"Cannot write {target}: {exc.strerror or exc}.")
 
 
 def atomic_write_bytes(
@@ -219,3 +224,171 @@ def is_read_only(path: str | os.PathLike) -> bool:
     except OSError:
         return False
     return not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+
+
+# -- folders a job writes into: writable, room enough, one writer at a time ---------------------------
+
+
+def check_writable(folder: str | os.PathLike, create: bool = False) -> None:
+    """Prove a file can be written in ``folder`` (a temp file, removed at once): a read-only folder is
+    reported before any work, in one sentence. A missing folder is created when ``create``, else its
+    nearest existing parent is checked (so a check alone leaves no folder behind)."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe.parent != probe and not create:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"Cannot write into {folder}: {probe} is a file, not a folder.")
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=_TMP_PREFIX + "write-check.", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise write_error(folder, exc) from None
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GB"
+
+
+def free_bytes(folder: str | os.PathLike) -> int | None:
+    """Free space where ``folder`` (or its nearest existing parent) lives; None when unknown."""
+    path = Path(folder).absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def remove_orphan_temps(folder: str | os.PathLike, owned: Callable[[str], bool]) -> list[Path]:
+    """Remove the temporary files a killed :func:`atomic_open` left in ``folder`` for targets whose
+    name ``owned`` accepts (call it only while holding the lock that makes those targets yours)."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if not name.startswith(_TMP_PREFIX) or not entry.is_file():
+            continue
+        target = name[len(_TMP_PREFIX) :].rsplit(".", 1)[0]  # mkstemp appends ".<random>"
+        if owned(target):
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+class LockHeld(UserError):
+    """Another process holds the lock; ``holder`` is its process id when known."""
+
+    def __init__(self, message: str, holder: int | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class FileLock:
+    """An exclusive OS lock on a small file (``flock`` on POSIX, ``msvcrt.locking`` on Windows).
+
+    The operating system releases it when the holder ends, however it ends (a killed process too), so
+    a stale lock never blocks a new run. The file holds the holder's process id (for the message) and
+    is removed on release. ``acquire`` never waits: it returns False when another holder has it.
+    """
+
+    _PID_AT = 16  # Windows: the locked byte is 0; the pid is written after it so others can read it
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.holder: int | None = None
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        for _ in range(10):  # the previous holder may remove the file between our open and our lock
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise write_error(self.path, exc) from None
+            if not _os_lock(fd):
+                self.holder = self._read_pid(fd)
+                os.close(fd)
+                return False
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except OSError:
+                same = False
+            if not same:
+                _os_unlock(fd)
+                os.close(fd)
+                continue
+            os.lseek(fd, self._PID_AT, os.SEEK_SET)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._fd = fd
+            return True
+        return False
+
+    def _read_pid(self, fd: int) -> int | None:
+        try:
+            os.lseek(fd, self._PID_AT, os.SEEK_SET)
+            return int(os.read(fd, 32).decode("ascii", "replace").strip() or "x")
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        if os.name == "posix":  # remove while still holding it: a newcomer then locks a fresh file
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        _os_unlock(fd)
+        os.close(fd)
+        if os.name != "posix":
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+    def __enter__(self) -> FileLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _os_lock(fd: int) -> bool:
+    if os.name == "nt":
+        import msvcrt
+
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _os_unlock(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        if os.name == "nt":
+            import msvcrt
+
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_UN)

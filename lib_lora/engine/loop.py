@@ -251,6 +251,7 @@ def run_loop(
             is_last = position.step >= schedule.total_steps or position.epoch >= schedule.num_epochs
             if settings.save_every_n_epochs and finished_epoch % settings.save_every_n_epochs == 0 and not is_last:
                 hooks.save("epoch", finished_epoch, position.step, _avg(recent))
+            if not is_last:  # a state at every epoch end: a kill loses at most the epoch in progress
                 hooks.save_state(position)
             if hooks.after_epoch:
                 hooks.after_epoch(finished_epoch, position.step)

@@ -855,8 +855,8 @@ def _preview_spec(
 
 
 def optimizer_state(info: OptimizerInfo, scheduler: Any) -> dict[str, Any]:
-    """Everything a resumed run needs from the optimizer and the scheduler (``torch.save``-able,
-    loads with ``torch.load(weights_only=True)``)."""
+    """Everything a resumed run needs from the optimizer and the scheduler (tensors and plain data:
+    the training state stores it as safetensors + JSON, no pickle)."""
     return {
         "optimizer_type": info.name,
         "optimizer": info.optimizer.state_dict(),

@@ -7,6 +7,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -80,25 +81,48 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise UserError(f"{path} is not a safetensors file (its header is not valid JSON).") from None
+    except RecursionError:
+        raise UserError(f"{path} is not a safetensors file (its header is nested too deeply).") from None
     if not isinstance(header, dict):
         raise UserError(f"{path} is not a safetensors file.")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise UserError(f"{path} is not a valid safetensors file (its metadata must map names to text).")
     end = 0
     for name, info in header.items():
-        try:
-            begin, stop = info["data_offsets"]
-            count = 1
-            for dim in info["shape"]:
-                count *= int(dim)
-            expected = count * _DTYPE_SIZES.get(info["dtype"], 0)
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{path} is not a safetensors file (bad entry for {name}).") from None
-        if stop - begin != expected and info["dtype"] in _DTYPE_SIZES:
-            raise UserError(f"{path} is damaged: tensor {name} has the wrong size.")
+        problem = _entry_problem(info)
+        if problem:
+            raise UserError(f"{path} is not a valid safetensors file (tensor {name[:80]}: {problem}).")
+        begin, stop = info["data_offsets"]
+        count = 1
+        for dim in info["shape"]:
+            count *= dim
+        if info["dtype"] in _DTYPE_SIZES and stop - begin != count * _DTYPE_SIZES[info["dtype"]]:
+            raise UserError(f"{path} is damaged: tensor {name[:80]} has the wrong size.")
         end = max(end, stop)
     if 8 + header_size + end > size:
         raise UserError(f"{path} is truncated: it should hold {8 + header_size + end} bytes but has {size}.")
     return SafetensorsHeader({str(k): str(v) for k, v in metadata.items()}, header, header_size, size)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _entry_problem(info: object) -> str | None:
+    """What is wrong with one tensor entry of a header, or None."""
+    if not isinstance(info, dict):
+        return "its entry is not an object"
+    if not isinstance(info.get("dtype"), str):
+        return "no dtype"
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
+        return "the shape is not a list of whole numbers"
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
+        return "the data offsets are not two whole numbers"
+    if offsets[1] < offsets[0]:
+        return "the data offsets are reversed"
+    return None
 
 
 def load(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -112,3 +136,84 @@ def load(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, st
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise UserError(f"{path} could not be read as safetensors: {exc}.") from None
     return tensors, header.metadata
+
+
+# -- tensors + JSON structure: nested Python data (an optimizer's state dict) without pickle -----------
+
+
+def pack_tree(value: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split nested data into a JSON-able structure and the tensors it refers to (``{"__tensor__": key}``).
+
+    Tuples, dicts with non-text keys and dtypes are tagged so :func:`unpack_tree` gives back the same
+    types; anything else is refused (it could only be stored with pickle)."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def enc(v: Any) -> Any:
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, torch.Tensor):
+            key = f"t{len(tensors)}"
+            tensors[key] = v.detach().to("cpu").contiguous().clone()
+            return {"__tensor__": key}
+        if isinstance(v, torch.dtype):
+            return {"__dtype__": str(v).removeprefix("torch.")}
+        if isinstance(v, list):
+            return [enc(x) for x in v]
+        if isinstance(v, tuple):
+            return {"__tuple__": [enc(x) for x in v]}
+        if isinstance(v, dict):
+            if all(isinstance(k, str) and not k.startswith("__") for k in v):
+                return {k: enc(x) for k, x in v.items()}
+            return {"__dict__": [[enc(k), enc(x)] for k, x in v.items()]}
+        raise UserError(f"Cannot save a value of type {type(v).__name__} in a training state.")
+
+    return enc(value), tensors
+
+
+def unpack_tree(structure: Any, tensors: dict[str, torch.Tensor], source: str = "the training state") -> Any:
+    """The inverse of :func:`pack_tree`; UserError for anything it would not have written."""
+
+    def dec(v: Any) -> Any:
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, list):
+            return [dec(x) for x in v]
+        if not isinstance(v, dict):
+            raise UserError(f"{source} is damaged (an unexpected value).")
+        if len(v) == 1:
+            ((tag, inner),) = v.items()
+            if tag == "__tensor__":
+                if not isinstance(inner, str) or inner not in tensors:
+                    raise UserError(f"{source} is damaged (tensor {str(inner)[:40]} is missing).")
+                return tensors[inner]
+            if tag == "__dtype__":
+                dtype = getattr(torch, str(inner), None)
+                if not isinstance(dtype, torch.dtype):
+                    raise UserError(f"{source} is damaged (unknown dtype {str(inner)[:40]}).")
+                return dtype
+            if tag == "__tuple__" and isinstance(inner, list):
+                return tuple(dec(x) for x in inner)
+            if tag == "__dict__" and isinstance(inner, list):
+                if not all(isinstance(p, list) and len(p) == 2 for p in inner):
+                    raise UserError(f"{source} is damaged (a bad mapping).")
+                try:
+                    return {dec(k): dec(x) for k, x in inner}
+                except TypeError:
+                    raise UserError(f"{source} is damaged (a bad mapping key).") from None
+        if any(k.startswith("__") for k in v):
+            raise UserError(f"{source} is damaged (an unknown entry).")
+        return {k: dec(x) for k, x in v.items()}
+
+    try:
+        return dec(structure)
+    except RecursionError:
+        raise UserError(f"{source} is damaged (nested too deeply).") from None
+
+
+def save_tensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """Write plain tensors (no LoRA hashes, NaN allowed) as a safetensors file, atomically."""
+    from safetensors.torch import save as st_save
+
+    atomic_write_bytes(path, st_save(tensors, metadata))

@@ -13,9 +13,10 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,17 @@ import torch
 
 from lib_lora import __version__
 from lib_lora.common.errors import UserError
-from lib_lora.common.fsutil import atomic_write_text
+from lib_lora.common.fsutil import (
+    FileLock,
+    WriteError,
+    atomic_write_text,
+    check_writable,
+    free_bytes,
+    human_bytes,
+    remove_orphan_temps,
+    replace_with_retry,
+    write_error,
+)
 from lib_lora.common.tags import split_tags
 from lib_lora.config import TrainConfig, check_rules
 from lib_lora.data.buckets import BucketManager, BucketSettings, crop_top_left
@@ -42,15 +53,22 @@ from lib_lora.engine.step import Batch, LossSettings
 from lib_lora.engine.targets import check_family, select_targets
 from lib_lora.events import Events, MultiEvents, SampleImage, SavedFile, StopRequested, StopToken
 from lib_lora.formats import metadata as md
+from lib_lora.formats import safetensors_io
 from lib_lora.jobs import vram
 from lib_lora.jobs.lora_files import check_file_family, load_network_weights, read_lora_file, save_network
 from lib_lora.jobs.samples import SamplePrompt, load_sample_prompts, sample_path
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 # The state folder lives beside the LoRA files, often inside the webui's Lora folder, which lists every
-# .safetensors/.pt/.ckpt it finds (recursively): the state files use names it ignores.
+# .safetensors/.pt/.ckpt it finds (recursively): the state files use names it ignores. Version 2 needs no
+# pickle: tensors in safetensors files, everything else in state.json (written last: its presence, with
+# the sizes it lists, marks a complete state).
 STATE_NETWORK = "network.weights"
-STATE_OPTIMIZER = "optimizer.bin"
+STATE_OPTIMIZER = "optimizer.weights"
+OLD_STATE_OPTIMIZER = "optimizer.bin"  # version 1 (a torch pickle): never loaded
+STATE_SIDES = (".new", ".old", ".tmp")  # the swap's other folders (".tmp": version 1's)
+TRASH_FOLDER = ".trash"
+LISTED_SUFFIXES = (".safetensors", ".pt", ".ckpt")  # what the webui's Lora list shows (recursively)
 # settings that must not change between a stopped run and its resume
 RESUME_KEYS = (
     "train_data_dir", "resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
@@ -372,54 +390,147 @@ class _Saver:
 
 
 # -- training state (stop and resume) ----------------------------------------------------------------
+#
+# The swap: the new state is written complete into ``NAME-state.new`` (state.json last), then
+# ``NAME-state`` becomes ``NAME-state.old``, ``.new`` becomes ``NAME-state`` and ``.old`` is removed.
+# At every instant one of the three folders holds a complete state, and the newest complete one is
+# what resume reads (``find_state``); the next run (holding the lock) puts it back in place.
+
+OLD_STATE_MESSAGE = (
+    "{folder} was written by an older version of Train LoRA and cannot be resumed (its format needs "
+    "pickle, which is never loaded); start a new run, or continue from the last epoch file with network_weights."
+)
+
+
+def state_base(path: str | os.PathLike) -> Path:
+    """``NAME-state`` for ``NAME-state``, ``NAME-state.new`` or ``NAME-state.old``."""
+    path = Path(path)
+    for side in STATE_SIDES:
+        if path.name.endswith("-state" + side):
+            return path.with_name(path.name[: -len(side)])
+    return path
+
+
+def _state_folders(base: Path) -> list[Path]:
+    return [base] + [base.with_name(base.name + side) for side in STATE_SIDES]
+
+
+def _complete_state(folder: Path) -> dict[str, Any] | None:
+    """The state.json of a complete version-2 state folder (every file it lists, at its size), else None."""
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    files = state.get("files") if isinstance(state, dict) else None
+    if state.get("version") != STATE_VERSION or not isinstance(files, dict) or not files:
+        return None
+    for name, size in files.items():
+        try:
+            if (folder / str(name)).stat().st_size != size:
+                return None
+        except OSError:
+            return None
+    position = state.get("position")
+    if not isinstance(position, dict) or not all(isinstance(position.get(k), int) for k in ("epoch", "batch", "step")):
+        return None
+    return state
+
+
+def _state_order(state: dict[str, Any]) -> tuple:
+    p = state["position"]
+    written = state.get("written")
+    return (p["step"], p["epoch"], p["batch"], written if isinstance(written, int) else 0)
+
+
+def _newest_state(base: Path) -> tuple[Path, dict[str, Any]] | None:
+    found = [(folder, state) for folder in _state_folders(base) if (state := _complete_state(folder))]
+    return max(found, key=lambda item: _state_order(item[1])) if found else None
+
+
+def find_state(path: str | os.PathLike) -> Path:
+    """The newest complete state folder of the run whose state folder is ``path`` (see the swap above)."""
+    base = state_base(path)
+    newest = _newest_state(base)
+    if newest:
+        return newest[0]
+    for folder in _state_folders(base):
+        if (folder / OLD_STATE_OPTIMIZER).is_file():
+            raise UserError(OLD_STATE_MESSAGE.format(folder=folder))
+    if any(folder.exists() for folder in _state_folders(base)):
+        raise UserError(
+            f"{base} holds no complete training state (it needs state.json, {STATE_NETWORK} and {STATE_OPTIMIZER})."
+        )
+    raise UserError(f"{base}: no such training state folder.")
+
+
+def settle_states(base: Path) -> Path | None:
+    """Leave only the newest complete state, as ``base`` (after a kill in the middle of a swap); partial
+    folders go. Call it only while holding the run's lock. Returns ``base`` when a state remains."""
+    newest = _newest_state(base)
+    keep = newest[0] if newest else None
+    for folder in _state_folders(base)[1:]:
+        if folder != keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    if keep is not None and keep != base:
+        shutil.rmtree(base, ignore_errors=True)  # older or partial: ``keep`` stays complete meanwhile
+        replace_with_retry(keep, base)
+    return base if keep is not None else None
+
+
+def remove_states(state_dir: Path) -> None:
+    """A finished run leaves no state behind (nor the swap's other folders)."""
+    for folder in _state_folders(state_base(state_dir)):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _write_state(
     state_dir: Path,
     network: LoRANetwork,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Any,
     scheduler: Any,
     position: Position,
     seed: int,
     cfg: TrainConfig,
     session: dict[str, Any],
 ) -> None:
-    """Network, optimizer, scheduler and position, written to a temp folder then swapped in."""
-    tmp = state_dir.with_name(state_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_network(network, tmp / STATE_NETWORK, {"ss_network_module": "networks.lora"}, save_precision="float")
-    torch.save(optim.optimizer_state(optimizer, scheduler), tmp / STATE_OPTIMIZER)
+    """Network, optimizer, scheduler and position, written complete beside the current state, then
+    swapped in (see the swap above). No pickle: tensors go to safetensors files, the rest to JSON."""
+    new, old = state_dir.with_name(state_dir.name + ".new"), state_dir.with_name(state_dir.name + ".old")
+    shutil.rmtree(new, ignore_errors=True)
+    try:
+        new.mkdir(parents=True)
+    except OSError as exc:
+        raise write_error(new, exc) from None
+    save_network(network, new / STATE_NETWORK, {"ss_network_module": "networks.lora"}, save_precision="float")
+    structure, tensors = safetensors_io.pack_tree(optim.optimizer_state(optimizer, scheduler))
+    safetensors_io.save_tensors(new / STATE_OPTIMIZER, tensors)
     state = {
-        "version": STATE_VERSION, "position": position.as_dict(), "seed": seed, "session": session,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.as_dict().items()},
+        "version": STATE_VERSION, "written": time.time_ns(), "position": position.as_dict(), "seed": seed,
+        "session": session, "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.as_dict().items()},
+        "optimizer": structure, "files": {n: (new / n).stat().st_size for n in (STATE_NETWORK, STATE_OPTIMIZER)},
     }  # fmt: skip
-    atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))
-    old = state_dir.with_name(state_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if state_dir.exists():
-        os.replace(state_dir, old)
-    os.replace(tmp, state_dir)
+    atomic_write_text(new / "state.json", json.dumps(state, indent=1))
+    try:
+        if state_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            replace_with_retry(state_dir, old)
+        replace_with_retry(new, state_dir)
+    except OSError as exc:
+        raise write_error(state_dir, exc) from None
     shutil.rmtree(old, ignore_errors=True)
 
 
 def _read_state(state_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
-    state_file = state_dir / "state.json"
+    """The newest complete state of ``state_dir``'s run, checked against ``cfg``."""
+    folder = find_state(state_dir)
+    state = _complete_state(folder) or {}
+    saved = state.get("config")
     if (
-        not state_file.is_file()
-        or not (state_dir / STATE_NETWORK).is_file()
-        or not (state_dir / STATE_OPTIMIZER).is_file()
+        not isinstance(saved, dict)
+        or not isinstance(state.get("seed"), int)
+        or not isinstance(state.get("session"), dict)
     ):
-        raise UserError(
-            f"{state_dir} is not a training state folder (it needs state.json, {STATE_NETWORK} and {STATE_OPTIMIZER})."
-        )
-    try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{state_file} cannot be read: {exc}.") from None
-    if state.get("version") != STATE_VERSION:
-        raise UserError(f"{state_dir} was written by another version of Train LoRA and cannot be resumed.")
-    saved = state["config"]
+        raise UserError(f"{folder / 'state.json'} is damaged (no settings, seed or session).")
     changed = []
     for key in RESUME_KEYS:
         ours = getattr(cfg, key)
@@ -433,6 +544,244 @@ def _read_state(state_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
     return state
 
 
+def _load_optimizer(folder: Path, state: dict[str, Any], built: Any, scheduler: Any) -> None:
+    tensors, _ = safetensors_io.load(folder / STATE_OPTIMIZER)
+    saved = safetensors_io.unpack_tree(state.get("optimizer"), tensors, f"The training state {folder}")
+    if not isinstance(saved, dict) or "optimizer" not in saved or "scheduler" not in saved:
+        raise UserError(f"The training state {folder} is damaged (no optimizer state).")
+    try:
+        optim.load_optimizer_state(built, scheduler, saved)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
+        raise UserError(f"The training state {folder} does not fit this run ({type(exc).__name__}).") from None
+
+
+def state_summary(state_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """What the Resume list shows of a state folder: name, folder, position, total steps, when; None
+    when it holds no complete (current-format) state."""
+    base = state_base(state_dir)
+    newest = _newest_state(base)
+    if newest is None:
+        return None
+    folder, state = newest
+    config = state.get("config") if isinstance(state.get("config"), dict) else {}
+    return {
+        "state": base, "folder": folder, "name": config.get("output_name") or base.name.removesuffix("-state"),
+        "position": state["position"], "written": state.get("written"), "config": config,
+    }  # fmt: skip
+
+
+def resumable_states(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every resumable state in ``output_dir``, newest first."""
+    try:
+        folders = [p for p in Path(output_dir).iterdir() if p.is_dir() and p.name.endswith("-state")]
+    except OSError:
+        return []
+    found = [s for s in (state_summary(p) for p in folders) if s is not None]
+    return sorted(found, key=lambda s: s.get("written") or 0, reverse=True)
+
+
+# -- one run per (output folder, name): refuse to overwrite, lock, room to write ---------------------------
+
+
+class RunExists(UserError):
+    """A run with this name already has files in the output folder."""
+
+    def __init__(self, message: str, existing: ExistingRun, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.existing = existing
+
+
+@dataclass
+class ExistingRun:
+    folder: Path
+    name: str
+    files: list[Path]  # the run's own files and folders (LoRA files, json, previews, log, states, samples)
+    loras: list[Path]  # its LoRA files
+    state: Path | None  # its resumable state folder
+    suggestion: str  # a name with no run yet
+
+    def summary(self) -> str:
+        parts = [f"{len(self.loras)} LoRA file{'s' if len(self.loras) != 1 else ''}"]
+        info = state_summary(self.state) if self.state else None
+        if info:
+            parts.append(f"a state to resume from at step {info['position']['step']}")
+        return " and ".join(parts)
+
+
+def _run_pattern(name: str) -> re.Pattern[str]:
+    stem = re.escape(name)
+    return re.compile(
+        rf"^{stem}(?:-\d{{6}}|-step\d{{8}})?(?:\.safetensors|\.json|\.preview\.png|\.png)$"
+        rf"|^{stem}-log\.jsonl$|^{stem}-(?:samples|grids)$|^{stem}-state(?:\.new|\.old|\.tmp)?$"
+    )
+
+
+def is_run_file(name: str, file_name: str) -> bool:
+    """True for the names a run called ``name`` writes in its output folder (never another LoRA's)."""
+    return bool(_run_pattern(name).match(file_name))
+
+
+def existing_run(output_dir: str | os.PathLike, name: str) -> ExistingRun | None:
+    """The files of a run called ``name`` in ``output_dir``, when it has a LoRA file or a state."""
+    folder = Path(output_dir)
+    try:
+        files = sorted(p for p in folder.iterdir() if is_run_file(name, p.name))
+    except OSError:
+        return None
+    loras = [p for p in files if p.suffix == ".safetensors"]
+    states = [p for p in files if "-state" in p.name[len(name) :] and (p / "state.json").is_file()]
+    if not loras and not states:  # leftovers alone (a partial state, a log) are no run to protect
+        return None
+    state = folder / f"{name}-state"
+    resumable = state if _newest_state(state) else None
+    return ExistingRun(folder, name, files, loras, resumable, suggest_name(folder, name))
+
+
+def suggest_name(output_dir: str | os.PathLike, name: str) -> str:
+    """``name-2`` (or the next free number): a name no run uses yet in ``output_dir``."""
+    match = re.fullmatch(r"(.*)-(\d{1,3})", name)
+    stem, number = (match.group(1), int(match.group(2))) if match else (name, 1)
+    folder = Path(output_dir)
+    try:
+        taken = {p.name for p in folder.iterdir()}
+    except OSError:
+        taken = set()
+    while True:
+        number += 1
+        candidate = f"{stem}-{number}"
+        if not any(is_run_file(candidate, t) for t in taken):
+            return candidate
+
+
+def move_run_to_trash(run: ExistingRun) -> Path:
+    """Move every file of ``run`` into ``.trash/NAME-YYYYmmdd-HHMMSS/`` in its folder (nothing is
+    deleted); LoRA files there end in ``.old`` so no Lora list shows them."""
+    trash = run.folder / TRASH_FOLDER / f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    suffix = 1
+    while trash.exists():
+        suffix += 1
+        trash = trash.with_name(f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}")
+    try:
+        trash.mkdir(parents=True)
+        for path in run.files:
+            target = trash / (path.name + (".old" if path.suffix in LISTED_SUFFIXES else ""))
+            replace_with_retry(path, target)
+    except OSError as exc:
+        raise UserError(
+            f"Cannot move the old run's files into {trash}: {exc.strerror or exc} (a file may be open in another program)."
+        ) from None
+    return trash
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def lock_path(cfg: TrainConfig) -> Path:
+    return Path(cfg.output_dir) / f".{cfg.output_name}.lock"
+
+
+def _lock_message(cfg: TrainConfig, holder: int | None) -> str:
+    who = f" (process {holder})" if holder else ""
+    return (
+        f"Another training{who} is already writing {cfg.output_name} in {cfg.output_dir}; wait for it to finish "
+        "or choose another name."
+    )
+
+
+def _existing_to_replace(
+    cfg: TrainConfig, resume: str | os.PathLike | None, overwrite: bool, hint: str | None = None
+) -> ExistingRun | None:
+    """The existing run ``overwrite`` replaces; RunExists when there is one and no choice was made."""
+    out, state_dir, _ = output_paths(cfg)
+    if resume is not None and _same_path(state_base(resume), state_dir):
+        return None  # continuing this very run: its files are expected
+    run = existing_run(out, cfg.output_name)
+    if run is None or overwrite:
+        return run
+    raise RunExists(
+        f"A run named {cfg.output_name} already exists in {out} ({run.summary()}); resume it, use a new name such "
+        f"as {run.suggestion}, or overwrite it.",
+        run,
+        hint,
+    )
+
+
+def check_output(
+    cfg: TrainConfig, resume: str | os.PathLike | None = None, overwrite: bool = False, hint: str | None = None
+) -> ExistingRun | None:
+    """Before any work (model load, caching): the output folder is writable, no other process is
+    training this name, and an existing run of this name is not overwritten unless asked (``resume``
+    continues it; ``overwrite`` moves its files to the trash when the run starts). Returns the run that
+    ``overwrite`` will replace, if any. ``hint``: the front end's words for the choices."""
+    check_writable(cfg.output_dir)
+    if Path(cfg.output_dir).is_dir():
+        lock = FileLock(lock_path(cfg))
+        if not lock.acquire():
+            raise UserError(_lock_message(cfg, lock.holder))
+        lock.release()
+    return _existing_to_replace(cfg, resume, overwrite, hint)
+
+
+@contextlib.contextmanager
+def run_guard(
+    cfg: TrainConfig, resume: str | os.PathLike | None, overwrite: bool, events: Events
+) -> Iterator[Path | None]:
+    """Hold the (output folder, name) lock for the run: refuse an existing run (unless resumed or
+    overwritten), move an overwritten run to the trash, clean a killed run's leftovers, and yield the
+    state folder to resume from."""
+    out, state_dir, _ = output_paths(cfg)
+    check_writable(out, create=True)
+    lock = FileLock(lock_path(cfg))
+    if not lock.acquire():
+        raise UserError(_lock_message(cfg, lock.holder))
+    try:
+        run = _existing_to_replace(cfg, resume, overwrite)
+        if run is not None:
+            events.info(f"The earlier {cfg.output_name} run was moved to {move_run_to_trash(run)}.")
+        remove_orphan_temps(out, lambda target: is_run_file(cfg.output_name, target))
+        folder = None
+        if resume is not None:
+            base = state_base(resume)
+            if _same_path(base, state_dir):
+                settle_states(base)
+            folder = find_state(base)
+        yield folder
+    finally:
+        lock.release()
+
+
+def estimate_output_bytes(cfg: TrainConfig, plan: TrainPlan, network: LoRANetwork) -> tuple[int, int, int]:
+    """(total, one LoRA file, the resume state) in bytes: what the run writes at most at one time."""
+    params = sum(p.numel() for p in network.parameters())
+    per_value = 4 if cfg.save_precision == "float" else 2
+    lora = params * per_value + 64 * 1024  # + header and metadata
+    epochs = plan.schedule.num_epochs
+    files = 1  # the final file
+    if cfg.save_every_n_epochs:
+        epoch_files = max(0, (epochs - 1) // cfg.save_every_n_epochs)
+        if cfg.save_last_n_epochs:
+            epoch_files = min(epoch_files, cfg.save_last_n_epochs + 1)
+        files += epoch_files
+    if cfg.save_every_n_steps:
+        files += plan.schedule.total_steps // cfg.save_every_n_steps
+    files += 1  # a stopped run's file
+    state = 2 * params * 4 * 3  # network + two optimizer moments in float32, twice during the swap
+    return lora * files + state + 1024 * 1024, lora, state
+
+
+def check_free_space(cfg: TrainConfig, plan: TrainPlan, network: LoRANetwork) -> None:
+    """Refuse before caching when the output folder's disk cannot hold what the run will write."""
+    need, lora, state = estimate_output_bytes(cfg, plan, network)
+    free = free_bytes(cfg.output_dir)
+    if free is not None and free < need:
+        raise UserError(
+            f"The output folder {cfg.output_dir} has {human_bytes(free)} free, but this run writes about "
+            f"{human_bytes(need)} (LoRA files of {human_bytes(lora)} each and a resume state of {human_bytes(state)}); "
+            "free some space or choose another folder."
+        )
+
+
 # -- the job ------------------------------------------------------------------------------------------
 
 
@@ -443,11 +792,37 @@ def train(
     stop: StopToken | None = None,
     *,
     resume: str | os.PathLike | None = None,
+    overwrite: bool = False,
     renderer: Renderer | None = None,
     plan: TrainPlan | None = None,
 ) -> TrainResult:
-    """Train a LoRA on ``bundle`` as ``cfg`` says; see the module docstring."""
+    """Train a LoRA on ``bundle`` as ``cfg`` says; see the module docstring.
+
+    The run holds a lock on (output folder, name) throughout; an existing run of that name is refused
+    unless ``resume`` (its state folder) or ``overwrite`` (its files move to ``.trash/``) is given."""
     events = events or Events()
+    plan = plan or prepare(cfg, bundle, events, stop, str(resume) if resume else None)
+    with run_guard(cfg, resume, overwrite, events) as state_folder:
+        try:
+            return _train_locked(cfg, bundle, events, stop, resume=state_folder, renderer=renderer, plan=plan)
+        except WriteError as exc:
+            raise WriteError(
+                exc.message,
+                "Training stopped; the files and the resume state saved before are intact: free some space "
+                "(or fix the folder), then resume.",
+            ) from None
+
+
+def _train_locked(
+    cfg: TrainConfig,
+    bundle: ModelBundle,
+    events: Events,
+    stop: StopToken | None = None,
+    *,
+    resume: Path | None = None,
+    renderer: Renderer | None = None,
+    plan: TrainPlan | None = None,
+) -> TrainResult:
     stop = stop or StopToken()
     cfg = vram.apply_auto_memory(cfg, bundle, events)  # CUDA only: the savers the card needs
     if bundle.device.type == "cuda":  # the spill guard: steps suddenly 5x slower
@@ -467,6 +842,7 @@ def train(
         raise UserError(
             "Nothing to train: no LoRA modules were created (check network_train_unet_only / text_encoder_only)."
         )
+    check_free_space(cfg, plan, network)
     if state:
         load_network_weights(network, Path(resume) / STATE_NETWORK)
     elif cfg.network_weights:
@@ -479,8 +855,7 @@ def train(
     position = Position()
     session = {"id": random.randrange(1 << 32), "started": time.time()}
     if state:
-        saved = torch.load(Path(resume) / STATE_OPTIMIZER, map_location="cpu", weights_only=True)
-        optim.load_optimizer_state(built, scheduler, saved)
+        _load_optimizer(Path(resume), state, built, scheduler)
         position = Position(**state["position"])
         session = state["session"]
         events.info(f"resuming at epoch {position.epoch + 1}, step {position.step} of {plan.schedule.total_steps}")
@@ -532,8 +907,11 @@ def train(
         log_handle = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
 
         def log_step(row: dict[str, Any]) -> None:
-            log_handle.write(json.dumps(row) + "\n")
-            log_handle.flush()
+            try:
+                log_handle.write(json.dumps(row) + "\n")
+                log_handle.flush()
+            except OSError as exc:
+                raise write_error(log_path, exc) from None
 
         def save_state(pos: Position) -> None:
             _write_state(state_dir, network, built, scheduler, pos, seed, cfg, session)
@@ -589,7 +967,7 @@ def train(
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
     if result.status == "done":
-        shutil.rmtree(state_dir, ignore_errors=True)
+        remove_states(state_dir)
     return TrainResult(
         result.status,
         saver.files,

@@ -207,7 +207,9 @@ class StandaloneHost:
 
         return prepare(cfg, self.bundle(cfg), events)
 
-    def train(self, cfg: Any, events: Events, stop: StopToken) -> Any:
+    def train(
+        self, cfg: Any, events: Events, stop: StopToken, resume: str | None = None, overwrite: bool = False
+    ) -> Any:
         """Train on the model; with samples asked for and the prompt box empty, the samples use the
         activation text and the dataset's most frequent tags (as in the webui)."""
         from lib_lora.jobs.samples import default_sample_prompt
@@ -217,9 +219,10 @@ class StandaloneHost:
         bundle = self.bundle(cfg)
         plan = None
         if cfg.sample_every_n_epochs and not cfg.sample_prompts:
-            plan = prepare(cfg, bundle, events, stop)
+            plan = prepare(cfg, bundle, events, stop, resume)
             cfg = cfg.replace(sample_prompts=default_sample_prompt(plan, cfg))
-        return train(cfg, bundle, events, stop, renderer=training_renderer(bundle, cfg), plan=plan)
+        renderer = training_renderer(bundle, cfg)
+        return train(cfg, bundle, events, stop, resume=resume, overwrite=overwrite, renderer=renderer, plan=plan)
 
     def render_grid(self, request: GridRequest, events: Events, stop: StopToken) -> GridResult:
         from lib_lora.standalone.sampler import generate

@@ -80,9 +80,12 @@ class UIHost(Protocol):
 
     def default_output_dir(self) -> str: ...
 
-    def train(self, cfg: Any, events: Events, stop: StopToken) -> Any:
+    def train(
+        self, cfg: Any, events: Events, stop: StopToken, resume: str | None = None, overwrite: bool = False
+    ) -> Any:
         """Run ``jobs.train.train`` on the host's model with its sample renderer; restore the model
-        afterwards whatever happens. Called inside a JobManager job."""
+        afterwards whatever happens. Called inside a JobManager job. ``resume``: a state folder to
+        continue; ``overwrite``: replace an existing run of the same name (else it is refused)."""
         ...
 
     def plan(self, cfg: Any, events: Events) -> Any:

@@ -114,6 +114,7 @@ class TrainPanel:
                 elem_id="lora_trainer_start",
             )  # fmt: skip
             self.stop = gr.Button("Stop (saves the LoRA so far)", variant="stop", elem_id="lora_trainer_stop")
+        self.build_run_choices()
         self.task = gr.Textbox(visible=False, elem_id="lora_trainer_train_task")
         self.result = gr.HTML(elem_id="lora_trainer_train_result")
         self.live = gr.HTML(job_html(self.host.jobs.current("train"), "No training yet."), elem_id="lora_trainer_live")
@@ -158,6 +159,7 @@ class TrainPanel:
         )  # fmt: skip
         run.then(self.poll, [gr.State(-1)], live, cancels=[poll])
         self.stop.click(self.stop_training, None, [self.result])
+        self.wire_run_choices(run, live)
 
     # ------------------------------------------------------------------ handlers
     @guarded(2, status=0)
@@ -289,15 +291,27 @@ class TrainPanel:
         cfg = self._config(folder, name, choice, custom, values)
         if not self.training_running():
             self.running_inputs = [folder, name, choice, custom, *values]
+        return self._run_training(cfg, None, False)
+
+    def _run_training(self, cfg: TrainConfig, resume: str | None, overwrite: bool) -> str:
+        """Start (or resume) ``cfg`` as a job and wait for it; an existing run of the same name is
+        refused with the choices (Resume, a new name, Overwrite) unless one was made."""
+        from lib_lora.jobs.train import RunExists, check_output
+
+        current = self.host.jobs.current("train")
+        if current is not None and current.state in ("running", "queued"):
+            raise UserError(f"A training is already running ({current.title}); stop it or wait for it to finish.")
+        try:
+            check_output(cfg, resume, overwrite)
+        except RunExists as exc:
+            return run_exists_html(exc)
         allow = hook(self.host, "allow_folder")  # the standalone app may show the run's files
         if allow:
             allow(cfg.output_dir)
             allow(cfg.train_data_dir)
-        current = self.host.jobs.current("train")
-        if current is not None and current.state in ("running", "queued"):
-            raise UserError(f"A training is already running ({current.title}); stop it or wait for it to finish.")
         status = self.host.jobs.run(
-            "train", f"Training {cfg.output_name}", lambda events, stop: self.host.train(cfg, events, stop),
+            "train", f"Training {cfg.output_name}",
+            lambda events, stop: self.host.train(cfg, events, stop, resume=resume, overwrite=overwrite),
             inner=host_events(self.host),
         )  # fmt: skip
         if status.files:
@@ -374,3 +388,128 @@ class TrainPanel:
             gallery = gr.update()
         # the error is in the status line under Start (start_training / follow), not twice
         return [job_html(status, "No training yet.", show_error=False), chart, table, gallery, len(samples)]
+
+    # ------------------------------------------------------------------ an existing run: resume, new name, overwrite
+    def build_run_choices(self) -> None:
+        """What to do when the name already has a run (shown then): a new name, or Overwrite (pressed on
+        purpose); and Resume, for a stopped run from the list of resumable states in the output folder."""
+        suggestion = self._suggestion(self.name.value, self.output_choice.value, None)
+        with gr.Row():
+            self.new_name = gr.Button(
+                f"Use the name {suggestion}" if suggestion else "Use a new name", visible=bool(suggestion),
+                elem_id="lora_trainer_use_new_name",
+            )  # fmt: skip
+            self.overwrite = gr.Button(
+                "Overwrite it and start (its files move to the .trash folder)", variant="stop",
+                visible=bool(suggestion), elem_id="lora_trainer_overwrite",
+            )  # fmt: skip
+        with gr.Row():
+            self.resume_list = gr.Dropdown(
+                self.resume_choices(None, None), label="Resume a stopped run",
+                info="Stopped runs in the output folder that can continue where they stopped (with their own settings)",
+                elem_id="lora_trainer_resume_list",
+            )  # fmt: skip
+            self.resume_refresh = gr.Button("Refresh list", elem_id="lora_trainer_resume_refresh", scale=0)
+            self.resume_button = gr.Button("Resume", elem_id="lora_trainer_resume", scale=0)
+
+    def wire_run_choices(self, start_run: Any, live: list[Any]) -> None:
+        where = [self.output_choice, self.output_custom]
+        offer = [self.name, *where]
+        offers = [self.resume_list, self.new_name, self.overwrite]
+        start_run.then(self.offer_choices, offer, offers)
+        self.name.change(self.offer_new_name, offer, [self.new_name, self.overwrite], **hidden_progress())
+        self.new_name.click(self.use_new_name, offer, [self.name, self.new_name, self.overwrite])
+        self.resume_refresh.click(self.refresh_resume_list, where, [self.resume_list])
+        self.output_choice.change(self.refresh_resume_list, where, [self.resume_list], **hidden_progress())
+        long = js_kwargs(long_js(self.host, "train"))
+        for button, handler, inputs in (
+            (self.overwrite, self.start_overwriting, [self.task, *self.run_inputs()]),
+            (self.resume_button, self.resume_training, [self.task, self.resume_list, *where]),
+        ):
+            poll = button.click(self.poll, [self.sample_count], live, every=1, **hidden_progress())
+            run = button.click(self.host.wrap_long_handler(handler, 1), inputs, [self.result], **long)
+            run.then(self.poll, [gr.State(-1)], live, cancels=[poll])
+            run.then(self.offer_choices, offer, offers)
+
+    def resume_choices(self, choice: str | None, custom: str | None) -> list[str]:
+        from lib_lora.jobs.train import resumable_states
+
+        return [resume_label(s) for s in resumable_states(resolve_output_dir(self.host, choice, custom))]
+
+    def _suggestion(self, name: str, choice: str | None, custom: str | None) -> str | None:
+        from lib_lora.jobs.train import existing_run
+
+        run = existing_run(resolve_output_dir(self.host, choice, custom), (name or "").strip()) if name else None
+        return run.suggestion if run else None
+
+    @guarded(3, status=0)
+    def offer_choices(self, name: str, choice: str | None, custom: str | None) -> list[Any]:
+        """After Start/Resume: the resume list as it is now, and the new-name and overwrite offers
+        when the name has a run."""
+        choices = self.resume_choices(choice, custom)
+        mine = [c for c in choices if c.startswith(f"{(name or '').strip()} (stopped at")]
+        return [
+            gr.update(choices=choices, value=(mine or choices or [None])[0]),
+            *self.offer_new_name(name, choice, custom),
+        ]
+
+    @guarded(2, status=0)
+    def offer_new_name(self, name: str, choice: str | None, custom: str | None) -> list[Any]:
+        suggestion = self._suggestion(name, choice, custom)
+        label = f"Use the name {suggestion}" if suggestion else "Use a new name"
+        return [gr.update(visible=bool(suggestion), value=label), gr.update(visible=bool(suggestion))]
+
+    @guarded(3, status=1)
+    def use_new_name(self, name: str, choice: str | None, custom: str | None) -> list[Any]:
+        suggestion = self._suggestion(name, choice, custom)
+        return [suggestion or name, gr.update(visible=False), gr.update(visible=False)]
+
+    @guarded(1)
+    def start_overwriting(self, task_id: str, folder: str, name: str, choice: str, custom: str, *values: Any) -> str:
+        """Start, replacing the existing run of this name (pressed on purpose, after the refusal)."""
+        info = self.host.model_info()
+        if not info.loaded or info.problem:
+            raise UserError(info.problem or "No model is loaded: load an SD1.x or SDXL checkpoint first.")
+        return self._run_training(self._config(folder, name, choice, custom, values), None, True)
+
+    @guarded(1, status=0)
+    def refresh_resume_list(self, choice: str | None, custom: str | None) -> Any:
+        choices = self.resume_choices(choice, custom)
+        return gr.update(choices=choices, value=choices[0] if choices else None)
+
+    @guarded(1)
+    def resume_training(self, task_id: str, label: str | None, choice: str | None, custom: str | None) -> str:
+        """Continue the chosen stopped run with the settings it was started with."""
+        from lib_lora.jobs.train import resumable_states
+
+        if not label:
+            raise UserError("Choose a stopped run in the Resume list first (Refresh list shows the newest).")
+        folder = resolve_output_dir(self.host, choice, custom)
+        found = [s for s in resumable_states(folder) if resume_label(s) == label]
+        if not found:
+            raise UserError(f"{label} is no longer in {folder}; press Refresh list.")
+        state = found[0]
+        info = self.host.model_info()
+        if not info.loaded or info.problem:
+            raise UserError(info.problem or "No model is loaded: load an SD1.x or SDXL checkpoint first.")
+        values = {k: v for k, v in state["config"].items() if k in TrainConfig.__dataclass_fields__}
+        values["output_dir"] = str(state["state"].parent)
+        cfg = build_config(values, family=info.family if info.family in ("sd1", "sdxl") else self.family)
+        return self._run_training(cfg, str(state["state"]), False)
+
+
+def resume_label(state: dict[str, Any]) -> str:
+    """One entry of the Resume list: the run's name and where it stopped."""
+    position = state["position"]
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(state["written"] / 1e9)) if state.get("written") else ""
+    return f"{state['name']} (stopped at step {position['step']}, epoch {position['epoch'] + 1}{', ' + when if when else ''})"
+
+
+def run_exists_html(exc: Any) -> str:
+    """The refusal of a Start whose name already has a run, with the three ways on."""
+    run = exc.existing
+    resume = "Resume it from the list below, press " if run.state else "Press "
+    return html.error(
+        f"A run named {run.name} already exists in {run.folder} ({run.summary()}); nothing was started. {resume}"
+        f'"Use the name {run.suggestion}", or press "Overwrite it and start" (its files move to the .trash folder).'
+    )

@@ -4,7 +4,9 @@ API is on: ``--api`` or ``--nowebui``; behind ``--api-auth`` exactly like ``/sda
 - ``POST train`` — a JSON config with sd-scripts' key names, flat or in TOML-like sections, plus an
   optional ``"preset"``; validated as the CLI validates a TOML file (``config.build_config``), then
   planned against the loaded model (dataset, buckets) -> ``{"job": ID}``. Invalid config or dataset:
-  422; no trainable model loaded: 409.
+  422; no trainable model loaded: 409. A run of the same name already in the output folder, or
+  another training writing it: 409, unless ``"resume": true`` (or a state folder) continues it or
+  ``"overwrite": true`` replaces it (its files move to ``.trash/``).
 - ``GET jobs/{ID}`` -> ``{"state": queued|running|done|stopped|failed, "epoch", "step",
   "total_steps", "loss", "files", "error", ...}``; unknown ID: 404.
 - ``POST jobs/{ID}/stop`` — the run stops after the current step and saves; 404 if unknown.
@@ -71,10 +73,29 @@ def flatten_config(body: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]
     return values, preset
 
 
+def run_choice(body: Mapping[str, Any]) -> tuple[Any, bool]:
+    """(resume, overwrite) taken out of a train request: ``resume`` true or a state folder."""
+    resume, overwrite = body.get("resume"), body.get("overwrite", False)
+    if resume is not None and not isinstance(resume, (bool, str)):
+        raise UserError("resume must be true or the path of a <name>-state folder.")
+    if not isinstance(overwrite, bool):
+        raise UserError("overwrite must be true or false.")
+    if resume and overwrite:
+        raise UserError("Give resume or overwrite, not both.")
+    return resume or None, overwrite
+
+
 def validate_train(host: Any, body: Any) -> Any:
     """The TrainConfig a request asks for; HTTPException-ready errors as (status, message)."""
+    cfg, _, _ = validate_train_request(host, body)
+    return cfg
+
+
+def validate_train_request(host: Any, body: Any) -> tuple[Any, str | None, bool]:
+    """(TrainConfig, state folder to resume or None, overwrite); errors as ``_Reject``."""
     from lib_lora.config import build_config
     from lib_lora.events import RecordingEvents
+    from lib_lora.jobs.train import check_output
 
     if not isinstance(body, Mapping):
         raise _Reject(422, "The request body must be a JSON object of sd-scripts settings.")
@@ -82,12 +103,20 @@ def validate_train(host: Any, body: Any) -> Any:
     if info.problem:
         raise _Reject(409, info.problem)
     try:
-        values, preset = flatten_config(body)
+        resume, overwrite = run_choice(body)
+        values, preset = flatten_config({k: v for k, v in body.items() if k not in ("resume", "overwrite")})
         cfg = build_config(values, preset=preset, family=info.family or "sd1")
-        host.plan(cfg, RecordingEvents())
+        plan = host.plan(cfg, RecordingEvents())
     except UserError as exc:
         raise _Reject(422, str(exc)) from None
-    return cfg
+    planned = getattr(plan, "cfg", cfg)  # the host's own output folder when none was given
+    if resume is True:
+        resume = os.path.join(planned.output_dir, f"{planned.output_name}-state")
+    try:
+        check_output(planned, resume, overwrite, hint='Send "resume": true to continue it or "overwrite": true.')
+    except UserError as exc:
+        raise _Reject(409, str(exc)) from None
+    return cfg, resume, overwrite
 
 
 def tag_options(body: Any) -> Any:
@@ -249,11 +278,13 @@ def register_api(app: Any, host: Any) -> None:
     @router.post("/train")
     def train(body: Any = required_body) -> dict[str, Any]:
         try:
-            cfg = validate_train(host, body)
+            cfg, resume, overwrite = validate_train_request(host, body)
         except _Reject as exc:
             raise HTTPException(status_code=exc.status, detail=exc.message) from None
         status = host.jobs.submit(
-            "train", f"Train {cfg.output_name}", lambda events, stop: host.train(cfg, events, stop)
+            "train",
+            f"Train {cfg.output_name}",
+            lambda events, stop: host.train(cfg, events, stop, resume=resume, overwrite=overwrite),
         )
         return {"job": status.id, "state": status.state}
 

@@ -195,7 +195,9 @@ class WebuiHost:
         return prepare(self.host_config(cfg, bundle, events), bundle, events)
 
     # -- training --------------------------------------------------------------------------------------
-    def train(self, cfg: TrainConfig, events: Events, stop: StopToken) -> Any:
+    def train(
+        self, cfg: TrainConfig, events: Events, stop: StopToken, resume: str | None = None, overwrite: bool = False
+    ) -> Any:
         """Train on the loaded model (called inside a job). The model is restored whatever happens."""
         from lib_lora.jobs.train import prepare, train
         from lib_lora.webui.model_bundle import TrainingSession
@@ -203,7 +205,7 @@ class WebuiHost:
         token = runtime.interrupt_aware(stop)
         bundle = self.bundle(cfg)  # refusals happen here, before anything changes
         cfg = self.host_config(cfg, bundle, events)
-        plan = prepare(cfg, bundle, events, token)
+        plan = prepare(cfg, bundle, events, token, resume)
         if cfg.sample_every_n_epochs and not cfg.sample_prompts:
             cfg = cfg.replace(sample_prompts=default_sample_prompt(plan, cfg))
         previews = PreviewWriter()
@@ -212,7 +214,9 @@ class WebuiHost:
         try:
             with TrainingSession(bundle) as session:
                 renderer = self._sample_renderer(session, cfg, listeners, previews)
-                result = train(cfg, bundle, listeners, token, renderer=renderer, plan=plan)
+                result = train(
+                    cfg, bundle, listeners, token, resume=resume, overwrite=overwrite, renderer=renderer, plan=plan
+                )
         except BaseException as exc:
             traceback.clear_frames(exc.__traceback__)  # free the tensors the failed step held
             if _is_out_of_memory(exc):

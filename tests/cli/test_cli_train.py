@@ -170,3 +170,30 @@ def test_character_preset_on_the_demo_model_trains_and_every_file_checks_out(tmp
     assert len(losses) == 550  # 18 images with repeats, batch 2 -> 11 steps x 50 epochs
     first, last = sum(losses[:110]) / 110, sum(losses[-110:]) / 110
     assert last < first, (first, last)
+
+
+def test_an_existing_run_is_refused_before_the_model_loads_unless_overwrite(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from lib_lora.standalone import models
+
+    small_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cli.safetensors").write_bytes(b"the earlier run")
+    (out / "cli-step00000004.safetensors").write_bytes(b"its stop file")
+    with monkeypatch.context() as patch:
+        patch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
+        assert main(_train(tmp_path, "--max_train_epochs", "1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: A run named cli already exists in {out} (2 LoRA files); resume it, use a new name such as cli-2, "
+        "or overwrite it. Add --overwrite to replace it, or --output_name NEW."
+    ]
+    assert (out / "cli.safetensors").read_bytes() == b"the earlier run"
+    assert main(_train(tmp_path, "--max_train_epochs", "1", "--overwrite")) == 0
+    capsys.readouterr()
+    (trash,) = (out / ".trash").iterdir()
+    assert sorted(p.name for p in trash.iterdir()) == ["cli-step00000004.safetensors.old", "cli.safetensors.old"]
+    assert (trash / "cli.safetensors.old").read_bytes() == b"the earlier run"
+    assert sorted(p.name for p in out.iterdir()) == [".trash", "cli-log.jsonl", "cli.json", "cli.safetensors"]

@@ -38,6 +38,7 @@ class FakeHost:
         self.jobs = JobManager()
         self.steps_per_epoch = steps_per_epoch
         self.trained: list[Any] = []
+        self.train_choices: list[tuple[Any, bool]] = []  # (resume, overwrite) of each train call
         self.grids: list[GridRequest] = []
         self.wrapped: list[int] = []
         self.refreshed = 0
@@ -59,9 +60,10 @@ class FakeHost:
     def plan(self, cfg: Any, events: Any) -> Any:
         return cached_scan(cfg.train_data_dir)
 
-    def train(self, cfg: Any, events: Any, stop: Any) -> Any:
+    def train(self, cfg: Any, events: Any, stop: Any, resume: Any = None, overwrite: bool = False) -> Any:
         scan = cached_scan(cfg.train_data_dir, cfg.caption_extension)  # UserError for a bad dataset
         self.trained.append(cfg)
+        self.train_choices.append((resume, overwrite))
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         epochs = cfg.max_train_epochs or 2

@@ -72,8 +72,8 @@ def test_form_has_every_setting_with_its_label_and_help_and_labels_are_unique(ta
 
 
 def test_long_handlers_go_through_the_host_wrapper_with_html_last(host: FakeHost, tab) -> None:
-    # tagging (1 output), training (1), the grid (2: image + status HTML last)
-    assert host.wrapped == [1, 1, 2]
+    # tagging (1 output), training: Start, Overwrite it and start, Resume (1 each), the grid (2: image + status HTML last)
+    assert host.wrapped == [1, 1, 1, 1, 2]
     assert isinstance(tab.test.result, gr.HTML) and isinstance(tab.train.result, gr.HTML)
 
 
@@ -319,6 +319,46 @@ def test_stop_saves(host: FakeHost, tab, dataset: Path) -> None:
     assert "Stopped at step" in results[0]
     assert list(host.out.glob("mylora-step*.safetensors"))
     assert "No training is running" in tab.train.stop_training()
+
+
+def test_a_second_start_with_the_same_name_offers_resume_a_new_name_or_overwrite(
+    host: FakeHost, tab, dataset: Path
+) -> None:
+    assert "Training finished" in _run(tab, dataset, max_train_epochs=1)
+    refused = html.unescape(_run(tab, dataset, max_train_epochs=1))
+    assert f"A run named mylora already exists in {host.out} (1 LoRA file); nothing was started." in refused
+    assert '"Use the name mylora-2"' in refused and 'press "Overwrite it and start"' in refused
+    assert len(host.trained) == 1  # nothing ran
+    resume_list, new_name, overwrite = tab.train.offer_choices("mylora", "Lora folder", "")
+    assert new_name["visible"] is True and new_name["value"] == "Use the name mylora-2" and overwrite["visible"] is True
+    assert tab.train.use_new_name("mylora", "Lora folder", "")[0] == "mylora-2"
+    args = form_args(tab, max_train_epochs=1)
+    result = tab.train.start_overwriting("task(3)", str(dataset), "mylora", "Lora folder", "", *args)
+    assert "Training finished" in result
+    assert host.train_choices == [(None, False), (None, True)]  # overwrite only when pressed
+
+
+def test_resume_lists_stopped_runs_and_continues_one_with_its_own_settings(host: FakeHost, tab, dataset: Path) -> None:
+    import json
+
+    cfg = tab.train._config(str(dataset), "stopped", "Lora folder", "", form_args(tab, network_dim=12))
+    state = host.out / "stopped-state"
+    state.mkdir(parents=True)
+    (state / "network.weights").write_bytes(b"12345")
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.as_dict().items()}
+    (state / "state.json").write_text(
+        json.dumps({"version": 2, "written": time.time_ns(), "position": {"epoch": 1, "batch": 0, "step": 7},
+                    "seed": 1, "session": {}, "config": config, "files": {"network.weights": 5}})
+    )  # fmt: skip
+    (host.out / "partial-state").mkdir()  # no state.json: not resumable, not listed
+    choices = tab.train.resume_choices("Lora folder", "")
+    assert len(choices) == 1 and choices[0].startswith("stopped (stopped at step 7, epoch 2")
+    assert "Choose a stopped run" in tab.train.resume_training("task(4)", None, "Lora folder", "")
+    result = tab.train.resume_training("task(4)", choices[0], "Lora folder", "")
+    assert "Training finished" in result
+    assert host.train_choices[-1] == (str(state), False)
+    resumed = host.trained[-1]
+    assert resumed.network_dim == 12 and resumed.output_name == "stopped" and resumed.output_dir == str(host.out)
 
 
 def test_presets_and_estimate(tab, dataset: Path) -> None:

@@ -77,6 +77,31 @@ def test_stop_a_running_job(webui, api) -> None:
     assert any("-step" in Path(f).name for f in status["files"])
 
 
+def test_an_existing_run_is_409_unless_overwrite_and_a_locked_name_is_409(webui, api) -> None:
+    from lib_lora.common.fsutil import FileLock
+
+    load_model(webui, wm.tiny_sd1(checkpoint_dir=str(webui.root)))
+    folder = dataset(webui.root / "data", images=1, name="1_hutao")
+    webui.lora_dir.mkdir(parents=True, exist_ok=True)
+    (webui.lora_dir / "apilora.safetensors").write_bytes(b"the earlier run")
+    response = api.post(f"{V1}/train", json=config(folder, max_train_epochs=1))
+    assert response.status_code == 409
+    assert response.json()["detail"] == (
+        f"A run named apilora already exists in {webui.lora_dir} (1 LoRA file); resume it, use a new name such as "
+        'apilora-2, or overwrite it. Send "resume": true to continue it or "overwrite": true.'
+    )
+    assert api.post(f"{V1}/train", json={**config(folder), "overwrite": "yes"}).status_code == 422
+    with FileLock(webui.lora_dir / ".other.lock") as lock:  # another process training "other" here
+        assert lock.acquire()
+        busy = api.post(f"{V1}/train", json=config(folder, output_name="other"))
+        assert busy.status_code == 409 and "is already writing other in" in busy.json()["detail"]
+    response = api.post(f"{V1}/train", json={**config(folder, max_train_epochs=1), "overwrite": True})
+    assert response.status_code == 200, response.text
+    assert wait(api, response.json()["job"])["state"] == "done"
+    (trash,) = (webui.lora_dir / ".trash").iterdir()
+    assert (trash / "apilora.safetensors.old").read_bytes() == b"the earlier run"
+
+
 @pytest.mark.parametrize(
     "body, words",
     [

@@ -23,7 +23,8 @@ class NansException(Exception):
 def _start_fn(blocks: Any, tab: Any) -> Any:
     ids = [tab.train.result._id]
     for index, dependency in enumerate(blocks.dependencies):
-        if tab.train.start._id in dependency["targets"] and dependency["outputs"] == ids:
+        # the Start handler itself (beside it, a click with no inputs clears the last run's line)
+        if tab.train.start._id in dependency["targets"] and dependency["outputs"] == ids and dependency["inputs"]:
             return blocks.fns[index].fn
     raise AssertionError("no Start handler")
 
