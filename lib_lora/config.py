@@ -168,10 +168,11 @@ class TrainConfig:
     )
     network_dim: int = setting(
         4,
-        "LoRA rank: bigger learns more detail, makes bigger files and overfits sooner.",
+        "LoRA rank: bigger learns more detail, makes bigger files and overfits sooner (LoKr: a huge dim such as "
+        "10000 keeps both Kronecker factors full).",
         group="network",
         minimum=1,
-        maximum=1024,
+        maximum=100000,
         label="Network dim (rank)",
     )
     network_alpha: float = setting(
@@ -796,6 +797,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "shuffle_caption": True,
         "keep_tokens": 1,
     },
+}
+
+
+# Starting points per network type, from the community's practice (LyCORIS' guidelines, kohya_ss's
+# LoRA-type presets); the tab applies them when the Network type changes (README "Network types").
+NETWORK_TYPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lora": {"network_dim": 32, "network_alpha": 16, "conv_dim": None, "conv_alpha": None, "factor": -1},
+    "locon": {"network_dim": 32, "network_alpha": 16, "conv_dim": 8, "conv_alpha": 4, "factor": -1},
+    "lokr": {"network_dim": 10000, "network_alpha": 1, "conv_dim": 10000, "conv_alpha": 1, "factor": 8},
+    "loha": {"network_dim": 16, "network_alpha": 8, "conv_dim": 8, "conv_alpha": 4, "factor": -1},
 }
 
 

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from lib_lora.common.errors import UserError
-from lib_lora.config import PRESETS, TrainConfig, build_config, native_resolution, preset_values
+from lib_lora.config import NETWORK_TYPE_DEFAULTS, PRESETS, TrainConfig, build_config, native_resolution, preset_values
 from lib_lora.jobs import dataset_info, editor, vram
 from lib_lora.ui import html
 from lib_lora.ui.common import guarded, host_events, job_html, long_js, resolve_output_dir
 from lib_lora.ui.compat import hidden_progress, js_kwargs
-from lib_lora.ui.forms import SettingsForm, build_settings_form
+from lib_lora.ui.forms import SettingsForm, build_settings_form, to_component_value
 
 if TYPE_CHECKING:
     from lib_lora.ui.host import ModelInfo
@@ -26,7 +26,8 @@ ESTIMATE_FIELDS = (
     "resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale",
     "train_batch_size", "max_train_epochs", "max_train_steps", "gradient_accumulation_steps", "network_dim", "conv_dim",
     "network_train_unet_only", "network_train_text_encoder_only", "gradient_checkpointing", "mixed_precision",
-    "optimizer_type", "cache_latents", "caption_extension",
+    "optimizer_type", "cache_latents", "caption_extension", "algo", "dora_wd", "factor", "decompose_both",
+    "full_matrix", "use_tucker", "save_precision",
 )  # fmt: skip
 # user text a preset never overwrites
 KEEP_ON_PRESET = frozenset(
@@ -135,6 +136,10 @@ class TrainPanel:
         folder = self.tab.dataset.folder
         self.model_refresh.click(self.refresh_model, None, [self.model_info, self.start])
         self.preset.change(self.apply_preset, [self.preset], [*self.form.inputs(), self.preset, self.estimate])
+        if "algo" in self.form.components:
+            self.form.components["algo"].change(
+                self.apply_network_type, [self.form.components["algo"]], self.form.inputs()
+            )
         estimate_inputs = [folder, *self.estimate_inputs()]
         for component in self.estimate_inputs():
             component.change(self.update_estimate, estimate_inputs, [self.estimate], **hidden_progress())
@@ -170,6 +175,12 @@ class TrainPanel:
         doc = PRESETS[name].get("_doc", "")
         return [*self.form.updates(values), gr.update(info=doc), html.message(f"Preset {name} applied: {doc}", "ok")]
 
+    def apply_network_type(self, algo: str) -> list[Any]:
+        """The community's starting dim/alpha/conv/factor for the chosen type; other settings untouched."""
+        defaults = NETWORK_TYPE_DEFAULTS.get(algo, {})
+        names = self.form.names()
+        return [gr.update(value=to_component_value(n, defaults[n])) if n in defaults else gr.update() for n in names]
+
     def _config(self, folder: str, name: str, choice: str, custom: str, values: Sequence[Any]) -> TrainConfig:
         form_values = self.form.values(values)
         form_values["train_data_dir"] = (folder or "").strip()
@@ -196,12 +207,28 @@ class TrainPanel:
             parts.append(html.message("Total steps: choose a dataset folder with images (Dataset tab)."))
         gpu = vram.gpu_memory()
         width, height = cfg.resolution_wh
+        network = dict(
+            algo=cfg.algo, dora=cfg.dora_wd, factor=cfg.factor, decompose_both=cfg.decompose_both,
+            full_matrix=cfg.full_matrix, use_tucker=cfg.use_tucker,
+        )  # fmt: skip
         estimate = vram.estimate(
-            self.family, width, height, cfg.train_batch_size, cfg.network_dim, cfg.conv_dim, cfg.train_unet,
+            self.family, width, height, cfg.train_batch_size, cfg.network_dim, cfg.effective_conv_dim, cfg.train_unet,
             cfg.train_text_encoder, cfg.gradient_checkpointing,
             "no" if cfg.mixed_precision == "no" else "fp16", cfg.optimizer_type, cfg.cache_latents,
-            available_gib=gpu[1] if gpu else None, device_name=gpu[0] if gpu else None,
+            available_gib=gpu[1] if gpu else None, device_name=gpu[0] if gpu else None, **network,
         )  # fmt: skip
+        size = vram.network_size(
+            self.family, cfg.algo, cfg.network_dim, cfg.effective_conv_dim, cfg.train_unet, cfg.train_text_encoder,
+            dora=cfg.dora_wd, factor=cfg.factor, decompose_both=cfg.decompose_both, full_matrix=cfg.full_matrix,
+            use_tucker=cfg.use_tucker,
+        )  # fmt: skip
+        parts.append(
+            html.message(
+                f"File size: ~{size.file_bytes(cfg.save_precision) / 2**20:.1f} MiB per saved epoch "
+                f"({size.modules} modules, {size.params / 1e6:.1f} M parameters in {cfg.save_precision}).",
+                "info",
+            )
+        )
         text = estimate.text()
         if getattr(self.host.model_info(), "demo", False):
             text += " (Figures for a full-size model of this family; the demo model needs very little.)"

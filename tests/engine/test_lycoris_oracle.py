@@ -94,13 +94,15 @@ def _forward(host, module, x):
 
 @pytest.mark.parametrize("dora", [False, True], ids=["plain", "dora"])
 @pytest.mark.parametrize("host_name", list(HOSTS))
-@pytest.mark.parametrize(("algo", "options"), VARIANTS, ids=[f"{a}-{'-'.join(map(str, o.items()))}" for a, o in VARIANTS])
+@pytest.mark.parametrize(
+    ("algo", "options"), VARIANTS, ids=[f"{a}-{'-'.join(map(str, o.items()))}" for a, o in VARIANTS]
+)
 def test_same_forward_and_merged_delta_as_lycoris(algo: str, options: dict, host_name: str, dora: bool) -> None:
     rank = options.get("rank", 4)
     host, ours, other, theirs = _pair(algo, options, host_name, dora, alpha=float(rank))
-    assert set(ours.file_tensors()) - {"alpha"} == {
-        k for k in theirs.custom_state_dict() if k != "alpha"
-    }, "the same tensors as LyCORIS writes"
+    assert set(ours.file_tensors()) - {"alpha"} == {k for k in theirs.custom_state_dict() if k != "alpha"}, (
+        "the same tensors as LyCORIS writes"
+    )
     x = _input(host_name)
     ours_out, theirs_out = _forward(host, ours, x), _forward(other, theirs, x)
     assert (ours_out - theirs_out).abs().max().item() <= ATOL
