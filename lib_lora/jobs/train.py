@@ -473,6 +473,8 @@ def _read_state(state_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
         ours = list(ours) if isinstance(ours, tuple) else ours
         if key == "seed" and ours is None:
             continue
+        if key not in saved and ours == TrainConfig.__dataclass_fields__[key].default:
+            continue  # a state written before the setting existed
         if saved.get(key) != ours:
             changed.append(f"{key} ({saved.get(key)!r} -> {ours!r})")
     if changed:

@@ -105,3 +105,18 @@ def test_several_values_after_one_flag_as_sd_scripts(tmp_path: Path) -> None:
                          "betas=0.9,0.99", "--network_dim", "8"])  # fmt: skip
     assert values == {"network_args": ["algo=lokr", "factor=8"], "optimizer_args": ["weight_decay=0.1", "betas=0.9,0.99"],
                       "network_dim": "8"}  # fmt: skip
+
+
+def test_modules_lists_each_types_tensors(capsys) -> None:
+    argv = ["modules", "--arch", "sd15", "--algo", "lokr", "--factor", "8", "--dim", "10000", "--dora", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["modules"]["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"] == {
+        "lokr_w1": [8, 8], "lokr_w2": [40, 96], "dora_scale": [1, 768]
+    }  # fmt: skip
+    assert report["counts"] == {"te": 72, "unet": 278}  # LyCORIS types train the convs too
+    assert main(["modules", "--arch", "sd15", "--algo", "loha", "--dim", "4", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["modules"]["lora_unet_down_blocks_0_resnets_0_conv1"] == {
+        "hada_w1_a": [320, 4], "hada_w1_b": [4, 2880], "hada_w2_a": [320, 4], "hada_w2_b": [4, 2880]
+    }  # fmt: skip
