@@ -194,10 +194,11 @@ class TrainConfig:
     )
     conv_dim: int | None = setting(
         None,
-        "Also train the 3x3 convolutions at this rank (LoCon-style; more style/detail).",
+        "Also train the 3x3 convolutions at this rank (LoCon-style; more style/detail). LoCon/LoKr/LoHa without "
+        "it: network_dim, as LyCORIS.",
         group="network",
         minimum=1,
-        maximum=1024,
+        maximum=100000,
         advanced=True,
         kohya=False,
         in_metadata=False,
@@ -456,17 +457,22 @@ class TrainConfig:
 
     @property
     def effective_conv_dim(self) -> int | None:
-        """conv_dim as given; LoCon/LoKr/LoHa without one train the 3x3 convs at network_dim (LyCORIS)."""
+        """conv_dim as given; LoCon/LoKr/LoHa (and anything under lycoris.kohya) without one train the 3x3
+        convs at network_dim, as LyCORIS does."""
         if self.conv_dim is not None:
             return self.conv_dim
-        return self.network_dim if self.algo != "lora" else None
+        return self.network_dim if self._lycoris_convs else None
+
+    @property
+    def _lycoris_convs(self) -> bool:
+        return self.algo != "lora" or self.network_module == "lycoris.kohya"
 
     @property
     def effective_conv_alpha(self) -> float:
         """conv_alpha as given; else 1 (sd-scripts' LoRA) or network_alpha (LyCORIS types)."""
         if self.conv_alpha is not None:
             return self.conv_alpha
-        return self.network_alpha if self.algo != "lora" else 1.0
+        return self.network_alpha if self._lycoris_convs else 1.0
 
     @property
     def effective_network_module(self) -> str:
