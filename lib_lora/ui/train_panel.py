@@ -178,7 +178,7 @@ class TrainPanel:
     def apply_network_type(self, algo: str) -> list[Any]:
         """The community's starting dim/alpha/conv/factor for the chosen type; other settings untouched."""
         defaults = NETWORK_TYPE_DEFAULTS.get(algo, {})
-        names = self.form.names()
+        names = self.form.names
         return [gr.update(value=to_component_value(n, defaults[n])) if n in defaults else gr.update() for n in names]
 
     def _config(self, folder: str, name: str, choice: str, custom: str, values: Sequence[Any]) -> TrainConfig:
