@@ -227,18 +227,20 @@ class TrainConfig:
     # -- network -----------------------------------------------------------------------------------
     network_module: str = setting(
         "networks.lora",
-        "The network type; only networks.lora (kohya LoRA) is supported.",
+        "networks.lora (sd-scripts' LoRA) or lycoris.kohya (LyCORIS: network_args algo=locon/loha/lokr, dora_wd=True); "
+        "set for you from the Network type.",
         group="network",
-        choices=("networks.lora",),
+        choices=("networks.lora", "lycoris.kohya"),
         advanced=True,
         label="Network type",
     )
     network_dim: int = setting(
         4,
-        "LoRA rank: bigger learns more detail, makes bigger files and overfits sooner.",
+        "LoRA rank: bigger learns more detail, makes bigger files and overfits sooner (LoKr: a huge dim such as "
+        "10000 keeps both Kronecker factors full).",
         group="network",
         minimum=1,
-        maximum=1024,
+        maximum=100000,
         label="Network dim (rank)",
     )
     network_alpha: float = setting(
@@ -267,10 +269,11 @@ class TrainConfig:
     )
     conv_dim: int | None = setting(
         None,
-        "Also train the 3x3 convolutions at this rank (LoCon-style; more style/detail).",
+        "Also train the 3x3 convolutions at this rank (LoCon-style; more style/detail). LoCon/LoKr/LoHa without "
+        "it: network_dim, as LyCORIS.",
         group="network",
         minimum=1,
-        maximum=1024,
+        maximum=100000,
         advanced=True,
         kohya=False,
         in_metadata=False,
@@ -321,6 +324,48 @@ class TrainConfig:
     network_train_text_encoder_only: bool = setting(
         False, "Train only the text encoder(s).", group="network", advanced=True, label="Train the text encoder only"
     )
+    algo: str = setting(
+        "lora",
+        "LoRA: the standard, loads everywhere. LoCon: LoRA plus the 3x3 convolutions, more style and texture. "
+        "LoKr: Kronecker factors, very small files, often the best likeness (LyCORIS: dim 10000 + factor 8 = full "
+        "matrix). LoHa: two low-rank pairs multiplied element-wise, more capacity per dim, slower.",
+        group="network",
+        label="Network type",
+        choices=("lora", "locon", "lokr", "loha"),
+        kohya=False,
+        in_metadata=False,
+    )
+    dora_wd: bool = setting(
+        False,
+        "DoRA: also train each layer's magnitude (weight-decomposed LoRA); often closer likeness, ~2x slower steps. "
+        "Written with the per-input-column magnitude the webui and Forge apply correctly.",
+        group="network",
+        label="DoRA",
+        kohya=False,
+        in_metadata=False,
+    )
+    factor: int = setting(
+        -1,
+        "LoKr: split each layer's size by this factor (-1 = as square as possible); 4, 8 or 16 are common, "
+        "bigger = smaller file. Must divide every layer's size.",
+        group="network",
+        minimum=-1,
+        advanced=True,
+        kohya=False,
+        in_metadata=False,
+    )
+    decompose_both: bool = setting(
+        False, "LoKr: also make the small Kronecker factor low-rank.", group="network", advanced=True, kohya=False,
+        in_metadata=False,
+    )  # fmt: skip
+    full_matrix: bool = setting(
+        False, "LoKr: always keep the large Kronecker factor a full matrix.", group="network", advanced=True,
+        kohya=False, in_metadata=False,
+    )  # fmt: skip
+    use_tucker: bool = setting(
+        False, "Tucker (CP) decomposition for 3x3 convolutions (LoCon lora_mid, LoHa, LoKr): smaller conv weights.",
+        group="network", advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
 
     # -- optimizer -------------------------------------------------------------------------------
     optimizer_type: str = setting(
@@ -588,6 +633,39 @@ class TrainConfig:
         return parse_resolution(self.resolution)
 
     @property
+    def lycoris(self) -> bool:
+        """A LyCORIS network (LoCon/LoKr/LoHa, DoRA or Tucker): written as ``lycoris.kohya``."""
+        return self.algo != "lora" or self.dora_wd or self.use_tucker or self.network_module == "lycoris.kohya"
+
+    @property
+    def engine_algo(self) -> str:
+        """The engine's module type: lora (LoRA and LoCon), loha or lokr."""
+        return "lora" if self.algo in ("lora", "locon") else self.algo
+
+    @property
+    def effective_conv_dim(self) -> int | None:
+        """conv_dim as given; LoCon/LoKr/LoHa (and anything under lycoris.kohya) without one train the 3x3
+        convs at network_dim, as LyCORIS does."""
+        if self.conv_dim is not None:
+            return self.conv_dim
+        return self.network_dim if self._lycoris_convs else None
+
+    @property
+    def _lycoris_convs(self) -> bool:
+        return self.algo != "lora" or self.network_module == "lycoris.kohya"
+
+    @property
+    def effective_conv_alpha(self) -> float:
+        """conv_alpha as given; else 1 (sd-scripts' LoRA) or network_alpha (LyCORIS types)."""
+        if self.conv_alpha is not None:
+            return self.conv_alpha
+        return self.network_alpha if self._lycoris_convs else 1.0
+
+    @property
+    def effective_network_module(self) -> str:
+        return "lycoris.kohya" if self.lycoris else self.network_module
+
+    @property
     def train_unet(self) -> bool:
         return not self.network_train_text_encoder_only
 
@@ -604,7 +682,25 @@ class TrainConfig:
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 _NETWORK_ARGS = {"conv_dim": "conv_dim", "conv_alpha": "conv_alpha", "rank_dropout": "rank_dropout", "module_dropout": "module_dropout",
-                 "dropout": "network_dropout"}  # fmt: skip
+                 "dropout": "network_dropout", "algo": "algo", "dora_wd": "dora_wd", "factor": "factor",
+                 "decompose_both": "decompose_both", "full_matrix": "full_matrix", "use_tucker": "use_tucker",
+                 "use_cp": "use_tucker", "use_conv_cp": "use_tucker"}  # fmt: skip
+# LyCORIS network args we accept only at the value that changes nothing (kohya_ss writes them all);
+# any other value is refused with the reason
+_NEUTRAL_NETWORK_ARGS: dict[str, tuple[str, str]] = {
+    "wd_on_output": ("false", "DoRA must normalise per input column (wd_on_output=False): the webui 1.10.1 applies an output-axis dora_scale without an error but with wrong weights"),
+    "preset": ("full", "only LyCORIS' default preset (full) is supported: the modules trained follow sd-scripts' rules (conv layers with conv_dim)"),
+    "bypass_mode": ("false", "bypass_mode is not supported"),
+    "use_scalar": ("false", "use_scalar is not supported"),
+    "train_norm": ("false", "train_norm is not supported (norm layers are never trained)"),
+    "rs_lora": ("false", "rs_lora is not supported (the scale is alpha / dim)"),
+    "rescaled": ("false", "rescaled is not supported"),
+    "rank_dropout_scale": ("false", "rank_dropout_scale is not supported"),
+    "unbalanced_factorization": ("false", "unbalanced_factorization is not supported"),
+    "constraint": ("0", "constraint is not supported"),
+    "disable_conv_cp": ("true", "use use_tucker=True for Tucker convolutions"),
+}  # fmt: skip
+_LYCORIS_ALGOS = {"lora": "locon", "locon": "locon", "lokr": "lokr", "loha": "loha"}
 # keys of kohya configs that only steer sd-scripts itself; accepted and ignored
 IGNORED_KOHYA_KEYS = frozenset({
     "save_model_as", "logging_dir", "log_with", "log_prefix", "xformers", "mem_eff_attn", "persistent_data_loader_workers",
@@ -717,16 +813,42 @@ def unknown_key_error(key: str) -> ConfigError:
     return ConfigError(f"Unknown setting {key!r}.{hint}")
 
 
-def _network_args_to_fields(args: tuple[str, ...]) -> dict[str, Any]:
+def _network_args_to_fields(args: tuple[str, ...], lycoris: bool = False) -> dict[str, Any]:
+    """sd-scripts / LyCORIS ``network_args`` (``key=value``) -> settings; unknown keys and values we
+    cannot honour are refused in one sentence. ``lycoris`` (network_module = lycoris.kohya): algo=lora
+    is LyCORIS' LoCon (convs at network_dim unless conv_dim says otherwise)."""
     out: dict[str, Any] = {}
     for arg in args:
         key, sep, value = arg.partition("=")
-        key = key.strip()
+        key, value = key.strip(), value.strip()
+        if sep and key in _NEUTRAL_NETWORK_ARGS:
+            neutral, reason = _NEUTRAL_NETWORK_ARGS[key]
+            if value.lower() not in (neutral, "none", "") and not (neutral == "0" and _is_zero(value)):
+                raise ConfigError(f"network_args {arg!r} is refused: {reason}.")
+            continue
         if not sep or key not in _NETWORK_ARGS:
-            known = ", ".join(sorted(_NETWORK_ARGS))
+            known = ", ".join(sorted({*_NETWORK_ARGS, *_NEUTRAL_NETWORK_ARGS}))
             raise ConfigError(f"network_args entry {arg!r} is not supported; use key=value with one of: {known}.")
-        out[_NETWORK_ARGS[key]] = coerce(_NETWORK_ARGS[key], value.strip())
+        if key == "algo":
+            algo = value.lower()
+            if algo not in _LYCORIS_ALGOS:
+                raise ConfigError(
+                    f"network_args algo={value!r} is not supported: choose lora, locon, lokr or loha "
+                    "(the types the webui and Forge load)."
+                )
+            out["algo"] = _LYCORIS_ALGOS[algo] if lycoris else algo
+            continue
+        out[_NETWORK_ARGS[key]] = coerce(_NETWORK_ARGS[key], value)
+    if lycoris and "algo" not in out:
+        out["algo"] = "locon"  # LyCORIS' default algo
     return out
+
+
+def _is_zero(value: str) -> bool:
+    try:
+        return float(value) == 0
+    except ValueError:
+        return False
 
 
 def normalize_key(key: str) -> str:
@@ -757,8 +879,9 @@ def _merge(base: TrainConfig, values: Mapping[str, Any], names: Callable[[str], 
         except ConfigError as exc:
             problems.append(str(exc))
     if "network_args" in changes:
+        module = changes.get("network_module", base.network_module)
         try:
-            for key, value in _network_args_to_fields(changes["network_args"]).items():
+            for key, value in _network_args_to_fields(changes["network_args"], module == "lycoris.kohya").items():
                 changes.setdefault(key, value)
         except ConfigError as exc:
             problems.append(str(exc))
@@ -804,6 +927,7 @@ def rule_problems(cfg: TrainConfig, names: Callable[[str], str] = key_name) -> l
         problems.append(
             f"{names('network_train_unet_only')} and {names('network_train_text_encoder_only')} cannot both be on."
         )
+    problems += network_problems(cfg, names)
     if cfg.min_timestep is not None and cfg.max_timestep is not None and cfg.min_timestep >= cfg.max_timestep:
         problems.append(
             f"{names('min_timestep')} ({cfg.min_timestep}) must be below {names('max_timestep')} ({cfg.max_timestep})."
@@ -880,6 +1004,38 @@ def config_problems(
     return cfg, problems + rule_problems(cfg, names)
 
 
+def network_problems(cfg: TrainConfig, names: Callable[[str], str] = key_name) -> list[str]:
+    """The network type's own rules: options that belong to another type, and what LoKr/LoHa/DoRA
+    cannot combine with."""
+    problems: list[str] = []
+    label = {"lora": "LoRA", "locon": "LoCon", "lokr": "LoKr", "loha": "LoHa"}.get(cfg.algo, cfg.algo)
+    if cfg.algo != "lokr":
+        for key in ("decompose_both", "full_matrix"):
+            if getattr(cfg, key):
+                problems.append(
+                    f"{names(key)} is a LoKr setting, but the network type is {label}; choose LoKr or turn it off."
+                )
+        if cfg.factor != -1:
+            problems.append(
+                f"{names('factor')} = {cfg.factor} is a LoKr setting, but the network type is {label}; choose LoKr "
+                "or set it to -1."
+            )
+    if cfg.factor == 0:
+        problems.append(
+            f"{names('factor')} = 0 is not valid: use -1 (automatic) or a number that divides every layer's size, "
+            "such as 4, 8 or 16."
+        )
+    weight_form = [name for name, on in ((label, cfg.algo in ("lokr", "loha")), ("DoRA", cfg.dora_wd)) if on]
+    if weight_form:
+        for key in ("network_dropout", "rank_dropout"):
+            if getattr(cfg, key):
+                problems.append(
+                    f"{names(key)} is not supported with {' + '.join(weight_form)}; use {names('module_dropout')} "
+                    "instead."
+                )
+    return problems
+
+
 # -- presets ---------------------------------------------------------------------------------------
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -948,6 +1104,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "shuffle_caption": True,
         "keep_tokens": 1,
     },
+}
+
+
+# Starting points per network type, from the community's practice (LyCORIS' guidelines, kohya_ss's
+# LoRA-type presets); the tab applies them when the Network type changes (README "Network types").
+NETWORK_TYPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lora": {"network_dim": 32, "network_alpha": 16, "conv_dim": None, "conv_alpha": None, "factor": -1},
+    "locon": {"network_dim": 32, "network_alpha": 16, "conv_dim": 8, "conv_alpha": 4, "factor": -1},
+    "lokr": {"network_dim": 10000, "network_alpha": 1, "conv_dim": 10000, "conv_alpha": 1, "factor": 8},
+    "loha": {"network_dim": 16, "network_alpha": 8, "conv_dim": 8, "conv_alpha": 4, "factor": -1},
 }
 
 

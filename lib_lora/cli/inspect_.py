@@ -37,6 +37,12 @@ def run(args: argparse.Namespace) -> int:
     stored = metadata.get("sshs_model_hash")
     report = {
         "family": summary.family,
+        "network": summary.describe(),
+        "algos": dict(summary.algos),
+        "dora_modules": summary.dora,
+        "dora_output_axis_modules": summary.dora_output_axis,
+        "lokr_factors": {str(k): v for k, v in sorted(summary.factors.items())},
+        "lokr_full_matrix_modules": summary.full_matrix,
         "modules": sum(summary.by_component.values()),
         "by_component": summary.by_component,
         "ranks": {str(k): v for k, v in sorted(summary.ranks.items())},
@@ -54,6 +60,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"family: {FAMILY_NAMES.get(summary.family, summary.family)} ({summary.family})")
     parts = ", ".join(f"{c} {n}" for c, n in sorted(summary.by_component.items()))
     print(f"modules: {report['modules']} ({parts})")
+    print(f"network: {summary.describe()} (" + ", ".join(f"{a} x{n}" for a, n in sorted(summary.algos.items())) + ")")
+    if summary.dora:
+        axis = (
+            f"{summary.dora_output_axis} on the OUTPUT axis (LyCORIS wd_on_output=True): the webui 1.10.1 applies those wrongly"
+            if summary.dora_output_axis
+            else "input axis, as the webui and Forge apply it"
+        )
+        print(f"DoRA: {summary.dora} modules, {axis}")
+    if summary.factors or summary.full_matrix:
+        factors = ", ".join(f"{f} x{n}" for f, n in sorted(summary.factors.items()))
+        print(f"LoKr factor (small side): {factors}; both factors full: {summary.full_matrix} modules")
     print("rank: " + ", ".join(f"{r} x{n}" for r, n in sorted(summary.ranks.items())))
     print("alpha: " + ", ".join(f"{a:g} x{n}" for a, n in sorted(summary.alphas.items())))
     print("dtypes: " + ", ".join(report["dtypes"]))
@@ -66,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     for key in summary.unknown_keys[:20]:
         print(f"  {key}")
     if summary.incomplete:
-        print(f"incomplete modules (no down or up weight): {len(summary.incomplete)}")
+        print(f"incomplete modules (missing tensors their type needs): {len(summary.incomplete)}")
     print(f"metadata: {len(metadata)} keys")
     for key in sorted(metadata):
         value = metadata[key]

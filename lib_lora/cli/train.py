@@ -39,11 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list-settings", action="store_true", help="list every setting with its default and help")
 
 
-def _overrides(extra: list[str]) -> dict[str, str]:
+def _overrides(extra: list[str]) -> dict[str, str | list[str]]:
+    """``--KEY VALUE`` pairs; list settings (network_args, optimizer_args ...) take every value up to
+    the next ``--KEY``, as sd-scripts' command line does: ``--network_args "algo=lokr" "factor=8"``."""
     from lib_lora.common.errors import UserError
     from lib_lora.config import FIELDS, normalize_key, unknown_key_error
 
-    values: dict[str, str] = {}
+    values: dict[str, str | list[str]] = {}
     i = 0
     while i < len(extra):
         if i == 0 and not extra[0].startswith("--"):  # the optional CONFIG.toml (handled by the caller)
@@ -63,6 +65,12 @@ def _overrides(extra: list[str]) -> dict[str, str]:
         ):
             value = "true"
             i += 1
+        elif key in FIELDS and str(FIELDS[key].type).startswith("tuple"):
+            end = i + 1
+            while end < len(extra) and not extra[end].startswith("--"):
+                end += 1
+            value = [part for token in extra[i + 1 : end] for part in token.split()]
+            i = end
         else:
             if i + 1 >= len(extra):
                 raise UserError(f"--{key} needs a value.")

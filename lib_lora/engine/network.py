@@ -1,22 +1,51 @@
-"""A LoRA network: one LoRAModule per target, over the host's own module tree.
+"""A network: one module (LoRA/LoCon, LoHa or LoKr, optionally DoRA) per target, over the host's own
+module tree.
 
-The network owns the LoRA parameters and nothing of the host. Its state dict uses the canonical
-keys (``<component>/<path>.lora_down.weight`` ...); ``lib_lora.formats.kohya`` converts them to and
-from kohya's file names.
+The network owns the parameters and nothing of the host. Its state dict uses the canonical keys and
+the file's tensor names (``<component>/<path>.lora_down.weight``, ``<...>.lokr_w1``, ``<...>.alpha``,
+``<...>.dora_scale`` ...); ``lib_lora.formats.kohya`` converts the keys to and from kohya's names.
+
+Which rank and alpha each module gets is one function of the target (``dims``): the default is
+kohya's (``rank``/``alpha``, ``conv_rank``/``conv_alpha`` for k x k convs); a caller may pass its own
+(per-block dims) or a dict (to continue from a file). ``module_layouts`` builds each module exactly as
+a file holds it (algorithm, tensor shapes, DoRA), for loading any LoRA/LoHa/LoKr file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from lib_lora.engine.lora_module import LoRAModule
+from lib_lora.engine.lora_module import ALGO_LABELS, MODULE_CLASSES, NetworkModule, layout_rank, make_module
 from lib_lora.engine.targets import Target
 
-TENSOR_SUFFIXES = ("lora_down.weight", "lora_up.weight", "alpha")
+ALGO_TENSORS = {algo: cls.TENSORS for algo, cls in MODULE_CLASSES.items()}
+TENSOR_SUFFIXES = (*(name for names in ALGO_TENSORS.values() for name in names), "alpha", "dora_scale")
+
+
+@dataclass(frozen=True)
+class ModuleLayout:
+    """One module as a file holds it: algorithm, tensor shapes (alpha / dora_scale aside), alpha, DoRA."""
+
+    algo: str
+    shapes: dict[str, tuple[int, ...]]
+    alpha: float | None
+    dora: bool
+
+    @property
+    def rank(self) -> int:
+        return layout_rank(self.algo, self.shapes)
+
+
+def tensor_algo(name: str) -> str | None:
+    """The algorithm a file tensor name belongs to (None for alpha / dora_scale / unknown)."""
+    for algo, names in ALGO_TENSORS.items():
+        if name in names:
+            return algo
+    return None
 
 
 @dataclass
@@ -42,14 +71,29 @@ class LoRANetwork(nn.Module):
         dropout: float | None = None,
         rank_dropout: float | None = None,
         module_dropout: float | None = None,
-        module_dims: dict[str, tuple[int, float]] | None = None,
+        module_dims: dict[str, tuple[int, float]] | Callable[[Target], tuple[int, float | None] | None] | None = None,
         naming: dict[str, str] | None = None,
         family: str = "sd1",
+        algo: str = "lora",
+        dora_wd: bool = False,
+        factor: int = -1,
+        decompose_both: bool = False,
+        full_matrix: bool = False,
+        use_tucker: bool = False,
+        module_layouts: dict[str, ModuleLayout] | None = None,
     ) -> None:
-        """``module_dims`` (canonical key -> (rank, alpha)) overrides the ranks per module, e.g.
-        to continue from a file; targets it does not name are then skipped. ``naming`` records each
-        component's module family (``unet``: ldm | diffusers; text encoders: hf | openclip)."""
+        """``module_dims`` gives each target its (rank, alpha): a dict (canonical key -> (rank,
+        alpha)), e.g. to continue from a file, or a function of the target; a target it does not
+        name (or the function maps to None) gets no module. ``algo`` (lora | loha | lokr) and the
+        algorithm options apply to every module; ``module_layouts`` instead builds each named
+        module exactly as a file holds it. ``naming`` records each component's module family
+        (``unet``: ldm | diffusers; text encoders: hf | openclip)."""
         super().__init__()
+        if algo not in MODULE_CLASSES:
+            raise ValueError(f"unknown network algorithm {algo!r}")
+        self.algo = algo
+        self.dora_wd = dora_wd
+        self.factor = factor
         self.family = family
         self.naming = dict(naming or {})
         self.rank = rank
@@ -59,27 +103,31 @@ class LoRANetwork(nn.Module):
         self.targets: dict[str, Target] = {}
         modules = []
         for target in targets:
-            if module_dims is not None:
-                if target.key not in module_dims:
+            if module_layouts is not None:
+                spec = module_layouts.get(target.key)
+                if spec is None:
                     continue
-                r, a = module_dims[target.key]
-            elif target.conv_rank:
-                if not conv_rank:
-                    continue
-                r, a = conv_rank, conv_alpha
+                module = make_module(
+                    spec.algo, target.key, target.module, target.kind, spec.rank, spec.alpha, dora_wd=spec.dora,
+                    layout=spec.shapes, multiplier=multiplier,
+                )  # fmt: skip
             else:
-                r, a = rank, alpha
-            module = LoRAModule(
-                target.key,
-                target.module,
-                target.kind,
-                int(r),
-                a,
-                multiplier=multiplier,
-                dropout=dropout,
-                rank_dropout=rank_dropout,
-                module_dropout=module_dropout,
-            )
+                if callable(module_dims):
+                    dims = module_dims(target)
+                elif module_dims is not None:
+                    dims = module_dims.get(target.key)
+                elif target.conv_rank:
+                    dims = (conv_rank, conv_alpha) if conv_rank else None
+                else:
+                    dims = (rank, alpha)
+                if dims is None:
+                    continue
+                r, a = dims
+                module = make_module(
+                    algo, target.key, target.module, target.kind, int(r), a, dora_wd=dora_wd, multiplier=multiplier,
+                    dropout=dropout, rank_dropout=rank_dropout, module_dropout=module_dropout, factor=factor,
+                    decompose_both=decompose_both, full_matrix=full_matrix, use_tucker=use_tucker,
+                )  # fmt: skip
             # on the host's device; LoRA weights stay fp32 (trained under autocast)
             device = _device_of(target.module)
             if device is not None:
@@ -92,13 +140,13 @@ class LoRANetwork(nn.Module):
         self._by_key = {m.key: m for m in modules}
 
     # -- lookup ----------------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[LoRAModule]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[NetworkModule]:  # type: ignore[override]
         return iter(self.loras)
 
     def __len__(self) -> int:
         return len(self.loras)
 
-    def __getitem__(self, key: str) -> LoRAModule:
+    def __getitem__(self, key: str) -> NetworkModule:
         return self._by_key[key]
 
     def lora_keys(self) -> list[str]:
@@ -107,7 +155,7 @@ class LoRANetwork(nn.Module):
     def components(self) -> list[str]:
         return sorted({key.split("/", 1)[0] for key in self._by_key})
 
-    def modules_of(self, component: str) -> list[LoRAModule]:
+    def modules_of(self, component: str) -> list[NetworkModule]:
         return [m for m in self.loras if m.key.split("/", 1)[0] == component]
 
     # -- verbs -----------------------------------------------------------------------------------
@@ -162,18 +210,31 @@ class LoRANetwork(nn.Module):
 
     def requires_grad_(self, requires_grad: bool = True) -> LoRANetwork:  # type: ignore[override]
         for module in self.loras:
-            module.lora_down.weight.requires_grad_(requires_grad)
-            module.lora_up.weight.requires_grad_(requires_grad)
+            for param in module.parameters():
+                param.requires_grad_(requires_grad)
         return self
+
+    def param_roles(self) -> Iterator[tuple[NetworkModule, str, nn.Parameter, str]]:
+        """(module, file tensor name, parameter, role) for every trained tensor; roles: down, up,
+        mid, kron, magnitude (see ``lora_module``), e.g. to give ``up`` weights their own lr."""
+        for module in self.loras:
+            for name, (param, role) in module.param_roles().items():
+                yield module, name, param, role
+
+    def describe(self) -> str:
+        """``LoKr + DoRA``-style name of what this network trains."""
+        algos = sorted({m.ALGO for m in self.loras}) or [self.algo]
+        text = "/".join(ALGO_LABELS[a] for a in algos)
+        return text + (" + DoRA" if any(m.dora for m in self.loras) else "")
 
     # -- state -----------------------------------------------------------------------------------
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
-        """Canonical-keyed tensors: ``<key>.lora_down.weight``, ``<key>.lora_up.weight``, ``<key>.alpha``."""
+        """Canonical-keyed tensors: ``<key>.<file tensor name>`` (``lora_down.weight``, ``hada_w1_a``,
+        ``lokr_w1``, ``alpha``, ``dora_scale`` ...)."""
         out: dict[str, torch.Tensor] = {}
         for module in self.loras:
-            out[f"{module.key}.lora_down.weight"] = module.lora_down.weight.detach()
-            out[f"{module.key}.lora_up.weight"] = module.lora_up.weight.detach()
-            out[f"{module.key}.alpha"] = module.alpha.detach()
+            for name, tensor in module.file_tensors().items():
+                out[f"{module.key}.{name}"] = tensor.detach()
         return out
 
     @torch.no_grad()
@@ -194,10 +255,19 @@ class LoRANetwork(nn.Module):
             if module is None:
                 report.unexpected.append(key)
                 continue
-            for suffix, param in (
-                ("lora_down.weight", module.lora_down.weight),
-                ("lora_up.weight", module.lora_up.weight),
-            ):
+            params = {k: v for k, v in module.file_tensors().items() if k != "alpha"}
+            file_algos = {tensor_algo(name) for name in tensors} - {None}
+            if file_algos and module.ALGO not in file_algos:
+                found = "/".join(ALGO_LABELS[a] for a in sorted(file_algos))
+                report.mismatched.append(f"{key}: {found} weights, but the network trains {ALGO_LABELS[module.ALGO]}")
+                continue
+            if ("dora_scale" in tensors) != module.dora:
+                report.mismatched.append(
+                    f"{key}: "
+                    + ("DoRA weights, but DoRA is off" if module.dora is False else "no dora_scale, but DoRA is on")
+                )
+                continue
+            for suffix, param in params.items():
                 tensor = tensors.get(suffix)
                 if tensor is None:
                     report.mismatched.append(f"{key}: no {suffix}")
@@ -205,6 +275,9 @@ class LoRANetwork(nn.Module):
                     report.mismatched.append(
                         f"{key}.{suffix}: {list(tensor.shape)} in the weights vs {list(param.shape)}"
                     )
+            extra = sorted(set(tensors) - set(params) - {"alpha"})
+            if extra:
+                report.mismatched.append(f"{key}: {extra[0]} has no place in this network")
         report.missing = [key for key in self._by_key if key not in grouped]
         if strict and (report.missing or report.unexpected or report.mismatched):
             problems = (
@@ -219,10 +292,11 @@ class LoRANetwork(nn.Module):
             )
         for key, tensors in grouped.items():
             module = self._by_key.get(key)
-            if module is None or any(f"{key}" in m for m in report.mismatched):
+            if module is None or any(m.startswith((f"{key}:", f"{key}.")) for m in report.mismatched):
                 continue
-            module.lora_down.weight.copy_(tensors["lora_down.weight"].to(module.lora_down.weight.dtype))
-            module.lora_up.weight.copy_(tensors["lora_up.weight"].to(module.lora_up.weight.dtype))
+            for suffix, param in module.file_tensors().items():
+                if suffix != "alpha":
+                    param.copy_(tensors[suffix].to(param.dtype))
             if "alpha" in tensors:
                 module.set_alpha(float(tensors["alpha"].float().item()))
             report.loaded += 1

@@ -27,7 +27,23 @@ from lib_lora.formats.keymap import (
 
 PREFIXES = {"unet": "lora_unet", "te": "lora_te", "te1": "lora_te1", "te2": "lora_te2"}
 FAMILY_COMPONENTS = {"sd1": ("te", "unet"), "sdxl": ("te1", "te2", "unet")}
-TENSOR_SUFFIXES = ("lora_down.weight", "lora_up.weight", "alpha")
+# The one table of network types -> the tensor names each module of that type has in a file (after
+# ``<stem>.``), as LyCORIS writes them and the webui 1.10.1 / Forge read them. Every module may also have
+# ``alpha`` (0-dim) and ``dora_scale`` (DoRA magnitude, [1, in] / [1, in, 1, 1]: the input axis).
+ALGO_KEYS: dict[str, tuple[str, ...]] = {
+    "lora": ("lora_down.weight", "lora_up.weight", "lora_mid.weight"),
+    "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"),
+    "lokr": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"),
+}
+# what a module of each type must hold to be complete (alternatives: any one group)
+ALGO_REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
+    "lora": (("lora_down.weight", "lora_up.weight"),),
+    "loha": (("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"),),
+    "lokr": (("lokr_w1",), ("lokr_w1_a", "lokr_w1_b"), ("lokr_w2",), ("lokr_w2_a", "lokr_w2_b")),
+}
+ALGO_LABELS = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr"}
+COMMON_KEYS = ("alpha", "dora_scale")
+TENSOR_SUFFIXES = (*(name for names in ALGO_KEYS.values() for name in names), *COMMON_KEYS)
 SAVE_DTYPES = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
                "fp32": torch.float32, "float": torch.float32, "float32": torch.float32}  # fmt: skip
 
@@ -64,7 +80,8 @@ def stem_map(family: str, keys: list[str], naming: dict[str, str]) -> dict[str, 
 
 
 def split_tensor_name(name: str) -> tuple[str, str]:
-    """``<key>.lora_down.weight`` -> (key, "lora_down.weight"); ValueError for other names."""
+    """``<key>.lora_down.weight`` -> (key, "lora_down.weight") (any type's tensor name); ValueError
+    for other names."""
     for suffix in TENSOR_SUFFIXES:
         if name.endswith("." + suffix):
             return name[: -len(suffix) - 1], suffix
@@ -74,8 +91,8 @@ def split_tensor_name(name: str) -> tuple[str, str]:
 def to_kohya(
     state: dict[str, torch.Tensor], family: str, naming: dict[str, str], dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
-    """Canonical network tensors -> kohya file tensors (``<stem>.lora_down.weight`` ...), every tensor
-    (alpha included, a 0-dim tensor) cast to ``dtype``, contiguous, on the CPU."""
+    """Canonical network tensors -> kohya file tensors (``<stem>.lora_down.weight``, ``<stem>.lokr_w1``
+    ...), every tensor (alpha included, a 0-dim tensor) cast to ``dtype``, contiguous, on the CPU."""
     split = {name: split_tensor_name(name) for name in state}
     stems = stem_map(family, sorted({key for key, _ in split.values()}), naming)
     out: dict[str, torch.Tensor] = {}
@@ -156,15 +173,82 @@ def known_stems(family: str) -> dict[str, KnownStem]:
     return out
 
 
+def module_algo(names: set[str] | dict) -> str | None:
+    """The network type of one module's tensor names (None when none of the types matches)."""
+    for algo, keys in ALGO_KEYS.items():
+        if any(name in keys for name in names):
+            return algo
+    return None
+
+
 @dataclass
 class LoraModuleWeights:
-    down: torch.Tensor | None = None
-    up: torch.Tensor | None = None
-    alpha: torch.Tensor | None = None
+    """One module's tensors by their file name (``lora_down.weight``, ``lokr_w1``, ``alpha`` ...)."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def algo(self) -> str | None:
+        return module_algo(self.tensors)
+
+    @property
+    def down(self) -> torch.Tensor | None:
+        return self.tensors.get("lora_down.weight")
+
+    @property
+    def up(self) -> torch.Tensor | None:
+        return self.tensors.get("lora_up.weight")
+
+    @property
+    def alpha(self) -> torch.Tensor | None:
+        return self.tensors.get("alpha")
+
+    @property
+    def dora(self) -> bool:
+        return "dora_scale" in self.tensors
+
+    @property
+    def complete(self) -> bool:
+        algo = self.algo
+        if algo is None:
+            return False
+        groups = ALGO_REQUIRED[algo]
+        if algo == "lokr":  # one of the w1 forms and one of the w2 forms
+            return any(all(k in self.tensors for k in g) for g in groups[:2]) and any(
+                all(k in self.tensors for k in g) for g in groups[2:]
+            )
+        return all(all(k in self.tensors for k in g) for g in groups)
 
     @property
     def rank(self) -> int | None:
-        return None if self.down is None else int(self.down.shape[0])
+        """lora: ``lora_down`` rows; loha: ``hada_w1_b`` rows; lokr: the low-rank pair's rank, None
+        when both factors are full matrices."""
+        t = self.tensors
+        if "lora_down.weight" in t:
+            return int(t["lora_down.weight"].shape[0])
+        if "hada_w1_b" in t:
+            return int(t["hada_w1_b"].shape[0])
+        if "lokr_w1_b" in t:
+            return int(t["lokr_w1_b"].shape[0])
+        if "lokr_w2_b" in t:
+            return int(t["lokr_w2_b"].shape[0])
+        return None
+
+    @property
+    def lokr_factor(self) -> int | None:
+        """LoKr: the small factor's output size (``lokr_w1`` rows), what ``factor`` chose."""
+        t = self.tensors
+        if "lokr_w1" in t:
+            return int(t["lokr_w1"].shape[0])
+        if "lokr_w1_a" in t:
+            return int(t["lokr_w1_a"].shape[0])
+        return None
+
+    def dora_on_output_axis(self) -> bool:
+        """A ``dora_scale`` of shape [out, 1(, 1, 1)] (LyCORIS ``wd_on_output=True``): the webui 1.10.1
+        applies it without an error but with wrong weights."""
+        scale = self.tensors.get("dora_scale")
+        return scale is not None and scale.dim() >= 2 and scale.shape[1] == 1 and scale.shape[0] != 1
 
 
 @dataclass
@@ -173,23 +257,34 @@ class FileSummary:
     modules: dict[str, LoraModuleWeights]
     by_component: dict[str, int] = field(default_factory=dict)
     unknown_keys: list[str] = field(default_factory=list)
-    incomplete: list[str] = field(default_factory=list)  # stems without down or up
+    incomplete: list[str] = field(default_factory=list)  # stems without the tensors their type needs
     ranks: Counter = field(default_factory=Counter)
     alphas: Counter = field(default_factory=Counter)
+    algos: Counter = field(default_factory=Counter)  # "lora" | "loha" | "lokr" -> modules
+    dora: int = 0  # modules with dora_scale
+    dora_output_axis: int = 0  # ... of them with the [out, 1] layout the webui applies wrongly
+    factors: Counter = field(default_factory=Counter)  # LoKr small-factor sizes
+    full_matrix: int = 0  # LoKr modules with both factors full
+
+    @property
+    def algo(self) -> str | None:
+        """The file's network type when all modules share one (else None)."""
+        return next(iter(self.algos)) if len(self.algos) == 1 else None
+
+    def describe(self) -> str:
+        """``LoKr + DoRA``-style name of what the file holds."""
+        text = " + ".join(ALGO_LABELS[a] for a in sorted(self.algos)) or "nothing"
+        return text + (" + DoRA" if self.dora else "")
 
 
 def group_modules(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, LoraModuleWeights], list[str]]:
-    """``<stem>.<suffix>`` tensors grouped per stem; returns (modules, names that are not LoRA tensors)."""
+    """``<stem>.<name>`` tensors grouped per stem; returns (modules, names that are not network tensors)."""
     modules: dict[str, LoraModuleWeights] = {}
     other: list[str] = []
     for name, tensor in tensors.items():
         stem, _, suffix = name.partition(".")
-        if suffix == "lora_down.weight":
-            modules.setdefault(stem, LoraModuleWeights()).down = tensor
-        elif suffix == "lora_up.weight":
-            modules.setdefault(stem, LoraModuleWeights()).up = tensor
-        elif suffix == "alpha":
-            modules.setdefault(stem, LoraModuleWeights()).alpha = tensor
+        if suffix in TENSOR_SUFFIXES:
+            modules.setdefault(stem, LoraModuleWeights()).tensors[suffix] = tensor
         else:
             other.append(name)
     return modules, other
@@ -214,7 +309,8 @@ def detect_family(stems: list[str], metadata: dict[str, str] | None = None) -> s
 
 
 def summarize(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> FileSummary:
-    """Family, module counts per component, rank/alpha histogram and unknown keys of a kohya LoRA."""
+    """Family, network type(s), module counts per component, rank/alpha histogram, DoRA and unknown
+    keys of a kohya / LyCORIS file."""
     modules, other = group_modules(tensors)
     family = detect_family(list(modules), metadata)
     known = known_stems(family) if family in ("sd1", "sdxl") else {}
@@ -223,15 +319,22 @@ def summarize(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None 
     for stem, weights in modules.items():
         info = known.get(stem)
         if info is None:
-            summary.unknown_keys += sorted(
-                f"{stem}.{s}"
-                for s, t in zip(TENSOR_SUFFIXES, (weights.down, weights.up, weights.alpha))
-                if t is not None
-            )
+            summary.unknown_keys += sorted(f"{stem}.{s}" for s in weights.tensors)
             continue
-        if weights.down is None or weights.up is None:
+        if not weights.complete:
             summary.incomplete.append(stem)
         summary.by_component[info.component] = summary.by_component.get(info.component, 0) + 1
+        algo = weights.algo
+        if algo is not None:
+            summary.algos[algo] += 1
+        if weights.dora:
+            summary.dora += 1
+            summary.dora_output_axis += weights.dora_on_output_axis()
+        if algo == "lokr":
+            if weights.lokr_factor is not None:
+                summary.factors[weights.lokr_factor] += 1
+            if weights.rank is None:
+                summary.full_matrix += 1
         if weights.rank is not None:
             summary.ranks[weights.rank] += 1
         if weights.alpha is not None:

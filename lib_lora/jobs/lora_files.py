@@ -1,4 +1,4 @@
-"""Saving and loading a network as a kohya sd-scripts LoRA file."""
+"""Saving and loading a network as a kohya sd-scripts / LyCORIS file (LoRA, LoCon, LoHa, LoKr, DoRA)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from lib_lora.common.errors import UserError
-from lib_lora.engine.network import LoadReport, LoRANetwork
+from lib_lora.engine.network import LoadReport, LoRANetwork, ModuleLayout
 from lib_lora.formats import kohya, safetensors_io
 
 FAMILY_NAMES = {"sd1": "SD1.x", "sdxl": "SDXL", "sd2": "SD2.x"}
@@ -37,12 +37,54 @@ def save_network(
 
 
 def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str], kohya.FileSummary]:
-    """Tensors, metadata and summary of a kohya LoRA (ours or sd-scripts'), with clear errors."""
+    """Tensors, metadata and summary of a kohya / LyCORIS file (ours, sd-scripts' or LyCORIS's), with
+    clear errors."""
     tensors, metadata = safetensors_io.load(path)
     summary = kohya.summarize(tensors, metadata)
     if not summary.modules:
-        raise UserError(f"{path} holds no LoRA weights (no lora_down/lora_up tensors).")
+        raise UserError(f"{path} holds no LoRA weights (no lora_*, hada_* or lokr_* tensors).")
     return tensors, metadata, summary
+
+
+def check_file_type(path: str | os.PathLike, summary: kohya.FileSummary, algo: str, dora: bool) -> None:
+    """Refuse, in one sentence, a file whose network type or DoRA differs from the run's."""
+    want = kohya.ALGO_LABELS[algo] + (" + DoRA" if dora else "")
+    have = summary.describe()
+    if set(summary.algos) != {algo} or bool(summary.dora) != dora:
+        raise UserError(
+            f"{path} is a {have} file, but this run trains {want}: continue it with the same network type "
+            "(algo / dora_wd), or start without network_weights."
+        )
+
+
+def file_layouts(
+    path: str | os.PathLike, network_keys: list[str], family: str, naming: dict[str, str]
+) -> dict[str, ModuleLayout]:
+    """canonical key -> how the file holds that module (type, shapes, alpha, DoRA), to build a
+    network that loads it exactly; any type the webui loads (LoRA/LoCon/LoHa/LoKr, DoRA)."""
+    tensors, _, summary = read_lora_file(path)
+    check_file_family(path, summary.family, family)
+    if summary.dora_output_axis:
+        raise UserError(
+            f"{path} has DoRA magnitudes on the output axis (LyCORIS wd_on_output=True), which the webui "
+            "applies wrongly; it cannot be used here."
+        )
+    canonical, _ = kohya.from_kohya(tensors, family, network_keys, naming)
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in canonical.items():
+        key, suffix = kohya.split_tensor_name(name)
+        grouped.setdefault(key, {})[suffix] = tensor
+    layouts: dict[str, ModuleLayout] = {}
+    for key, group in grouped.items():
+        algo = kohya.module_algo(group)
+        if algo is None:
+            continue
+        shapes = {k: tuple(t.shape) for k, t in group.items() if k not in kohya.COMMON_KEYS}
+        alpha = group.get("alpha")
+        layouts[key] = ModuleLayout(
+            algo, shapes, float(alpha.float().item()) if alpha is not None else None, "dora_scale" in group
+        )
+    return layouts
 
 
 def check_file_family(path: str | os.PathLike, file_family: str | None, model_family: str) -> None:
@@ -58,7 +100,7 @@ def check_file_family(path: str | os.PathLike, file_family: str | None, model_fa
 def module_dims_from_file(
     path: str | os.PathLike, network_keys: list[str], family: str, naming: dict[str, str]
 ) -> dict[str, tuple[int, float]]:
-    """canonical key -> (rank, alpha) for every module the file holds, to build a matching network."""
+    """canonical key -> (rank, alpha) for every LoRA module the file holds, to build a matching network."""
     tensors, _, summary = read_lora_file(path)
     check_file_family(path, summary.family, family)
     canonical, _ = kohya.from_kohya(tensors, family, network_keys, naming)
@@ -86,7 +128,7 @@ def load_network_weights(network: LoRANetwork, path: str | os.PathLike, strict: 
     except ValueError as exc:
         raise UserError(
             f"{path} does not fit this network: {exc}",
-            "Use the same network_dim/conv_dim, or start without network_weights.",
+            "Use the same network type, network_dim/conv_dim (and factor for LoKr), or start without network_weights.",
         ) from None
     report.unexpected += unknown
     if strict and unknown:

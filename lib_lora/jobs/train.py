@@ -47,6 +47,7 @@ from lib_lora.engine import optim
 from lib_lora.engine.bundle import ModelBundle, TextCond
 from lib_lora.engine.fp8 import Fp8Base, float8_problem
 from lib_lora.engine.loop import LoopHooks, LoopSettings, Position, Schedule, derive_seed, run_loop
+from lib_lora.engine.lora_module import host_dims
 from lib_lora.engine.network import LoRANetwork
 from lib_lora.engine.savers import Offload, offload_modules
 from lib_lora.engine.step import Batch, LossSettings
@@ -55,7 +56,13 @@ from lib_lora.events import Events, MultiEvents, SampleImage, SavedFile, StopReq
 from lib_lora.formats import metadata as md
 from lib_lora.formats import safetensors_io
 from lib_lora.jobs import vram
-from lib_lora.jobs.lora_files import check_file_family, load_network_weights, read_lora_file, save_network
+from lib_lora.jobs.lora_files import (
+    check_file_family,
+    check_file_type,
+    load_network_weights,
+    read_lora_file,
+    save_network,
+)
 from lib_lora.jobs.samples import SamplePrompt, load_sample_prompts, sample_path
 
 STATE_VERSION = 2
@@ -76,6 +83,7 @@ RESUME_KEYS = (
     "gradient_accumulation_steps", "max_train_epochs", "max_train_steps", "optimizer_type", "optimizer_args",
     "lr_scheduler", "lr_warmup_steps", "lr_scheduler_num_cycles", "lr_scheduler_power", "learning_rate",
     "unet_lr", "text_encoder_lr", "network_train_unet_only", "network_train_text_encoder_only", "seed",
+    "algo", "dora_wd", "factor", "decompose_both", "full_matrix", "use_tucker",
 )  # fmt: skip
 SD_VERSION = {"sd1": "SD1", "sdxl": "SDXL"}
 
@@ -175,9 +183,7 @@ def prepare(
         plan.steps_per_epoch, cfg.gradient_accumulation_steps, cfg.max_train_epochs, cfg.max_train_steps
     )
     _check_optimizer(cfg, schedule)
-    if cfg.network_weights:
-        _, _, summary = read_lora_file(cfg.network_weights)
-        check_file_family(cfg.network_weights, summary.family, family)
+    check_network(cfg, bundle)
     if resume:
         _read_state(Path(resume), cfg)
     seed = cfg.seed if cfg.seed is not None else random.randrange(1 << 31)
@@ -212,19 +218,72 @@ def _check_optimizer(cfg: TrainConfig, schedule: Schedule) -> None:
     )
 
 
-def build_network(cfg: TrainConfig, bundle: ModelBundle) -> LoRANetwork:
+def _network_targets(cfg: TrainConfig, bundle: ModelBundle) -> tuple[list, dict[str, str]]:
     unet, encoders, naming = bundle.lora_hosts()
     targets = select_targets(
         bundle.family,
         unet if cfg.train_unet else None,
         encoders if cfg.train_text_encoder else {},
-        conv=cfg.conv_dim is not None,
+        conv=cfg.effective_conv_dim is not None,
     )
+    return targets, naming
+
+
+def build_network(cfg: TrainConfig, bundle: ModelBundle) -> LoRANetwork:
+    """The network ``cfg`` asks for (type, ranks, LoKr/Tucker/DoRA options) on the bundle's modules."""
+    targets, naming = _network_targets(cfg, bundle)
     return LoRANetwork(
-        targets, cfg.network_dim, cfg.network_alpha, conv_rank=cfg.conv_dim,
-        conv_alpha=cfg.conv_alpha if cfg.conv_alpha is not None else 1.0, dropout=cfg.network_dropout,
+        targets, cfg.network_dim, cfg.network_alpha, conv_rank=cfg.effective_conv_dim,
+        conv_alpha=cfg.effective_conv_alpha, dropout=cfg.network_dropout,
         rank_dropout=cfg.rank_dropout, module_dropout=cfg.module_dropout, naming=naming, family=bundle.family,
+        algo=cfg.engine_algo, dora_wd=cfg.dora_wd, factor=cfg.factor, decompose_both=cfg.decompose_both,
+        full_matrix=cfg.full_matrix, use_tucker=cfg.use_tucker,
     )  # fmt: skip
+
+
+def check_network(cfg: TrainConfig, bundle: ModelBundle) -> None:
+    """Before anything is written: a LoKr factor must divide every trained layer's size, and a
+    network_weights file must be of this family and this network type."""
+    if cfg.engine_algo == "lokr" and cfg.factor > 0:
+        targets, _ = _network_targets(cfg, bundle)
+        for target in targets:
+            for size in host_dims(target.module, target.kind):
+                if size % cfg.factor:
+                    raise UserError(
+                        f"factor = {cfg.factor} does not divide the {size} channels of {target.key}: LoKr needs a "
+                        "factor that divides every layer's size (4, 8 or 16 for SD models), or -1 for automatic."
+                    )
+    if cfg.network_weights:
+        _, _, summary = read_lora_file(cfg.network_weights)
+        check_file_family(cfg.network_weights, summary.family, bundle.family)
+        check_file_type(cfg.network_weights, summary, cfg.engine_algo, cfg.dora_wd)
+
+
+def network_args_metadata(cfg: TrainConfig) -> dict[str, str]:
+    """``ss_network_args`` as sd-scripts records them (strings): LoRA's conv/dropout args; for
+    LyCORIS (``lycoris.kohya``) also algo, factor, dora_wd with wd_on_output=False (the input axis)."""
+    args: dict[str, str] = {}
+    if cfg.lycoris:
+        args["algo"] = cfg.algo if cfg.algo != "lora" else "locon"
+    conv_dim = cfg.effective_conv_dim
+    if conv_dim is not None:
+        args["conv_dim"] = str(conv_dim)
+        if cfg.lycoris or cfg.conv_alpha is not None:
+            args["conv_alpha"] = str(cfg.effective_conv_alpha)
+    for key in ("rank_dropout", "module_dropout"):  # as given (sd-scripts records its network_args)
+        if getattr(cfg, key) is not None:
+            args[key] = str(getattr(cfg, key))
+    if cfg.engine_algo == "lokr":
+        args["factor"] = str(cfg.factor)
+        for key in ("decompose_both", "full_matrix"):
+            if getattr(cfg, key):
+                args[key] = "True"
+    if cfg.use_tucker:
+        args["use_tucker"] = "True"
+    if cfg.dora_wd:
+        args["dora_wd"] = "True"
+        args["wd_on_output"] = "False"
+    return args
 
 
 def default_activation_text(scan: DatasetScan) -> str:
@@ -258,12 +317,7 @@ def _base_metadata(
     started: float,
 ) -> dict[str, Any]:
     scan, buckets, schedule = plan.scan, plan.buckets, plan.schedule
-    net_args: dict[str, str] = {}
-    if cfg.conv_dim is not None:
-        net_args["conv_dim"] = str(cfg.conv_dim)
-    for key in ("conv_alpha", "rank_dropout", "module_dropout"):  # as given (sd-scripts records its network_args)
-        if getattr(cfg, key) is not None:
-            net_args[key] = str(getattr(cfg, key))
+    net_args = network_args_metadata(cfg)
     values: dict[str, Any] = {
         "ss_session_id": session_id, "ss_training_started_at": started, "ss_output_name": cfg.output_name,
         "ss_learning_rate": cfg.learning_rate, "ss_text_encoder_lr": cfg.text_encoder_lr, "ss_unet_lr": cfg.unet_lr,
@@ -271,7 +325,7 @@ def _base_metadata(
         "ss_num_batches_per_epoch": schedule.batches_per_epoch, "ss_num_epochs": schedule.num_epochs,
         "ss_gradient_checkpointing": cfg.gradient_checkpointing, "ss_gradient_accumulation_steps": cfg.gradient_accumulation_steps,
         "ss_max_train_steps": schedule.total_steps, "ss_lr_warmup_steps": cfg.lr_warmup_steps if cfg.lr_warmup_steps < 1 else int(cfg.lr_warmup_steps),
-        "ss_lr_scheduler": cfg.lr_scheduler, "ss_network_module": cfg.network_module, "ss_network_dim": cfg.network_dim,
+        "ss_lr_scheduler": cfg.lr_scheduler, "ss_network_module": cfg.effective_network_module, "ss_network_dim": cfg.network_dim,
         "ss_network_alpha": cfg.network_alpha, "ss_network_dropout": cfg.network_dropout, "ss_mixed_precision": plan.mixed_precision,
         "ss_full_fp16": False, "ss_v2": False, "ss_base_model_version": md.base_model_version(bundle.family, bundle.v_prediction),
         "ss_clip_skip": bundle.clip_skip, "ss_max_token_length": cfg.max_token_length, "ss_cache_latents": cfg.cache_latents,
@@ -537,6 +591,8 @@ def _read_state(state_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
         ours = list(ours) if isinstance(ours, tuple) else ours
         if key == "seed" and ours is None:
             continue
+        if key not in saved and ours == TrainConfig.__dataclass_fields__[key].default:
+            continue  # a state written before the setting existed
         if saved.get(key) != ours:
             changed.append(f"{key} ({saved.get(key)!r} -> {ours!r})")
     if changed:

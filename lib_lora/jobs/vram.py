@@ -16,8 +16,11 @@ need = resident model + activations + LoRA (weights, gradients, optimizer state)
     self-attention layer, counted exactly from the architecture, x a factor fitted to the bench;
   * gradient checkpointing keeps ``CHECKPOINT_KEEP`` of the UNet's activations (bench);
   * a trained text encoder adds its own activations (bench, SD1; SDXL scaled);
-- LoRA: parameters per rank (:data:`LORA_PER_RANK`, kohya's default targets; other network types
-  add their own counts there) x (fp32 weight + fp32 gradient + optimizer state);
+- network: its exact parameter count for the type (LoRA/LoCon, LoHa, LoKr, DoRA magnitudes), from
+  the trained layers' shapes of the full-size model (``TARGET_LAYERS``) x (weight + gradient +
+  optimizer states); LoHa, LoKr and DoRA also build each layer's full weight change in the forward
+  pass and keep it for the backward pass (fp32 change + its half-precision copy), which gradient
+  checkpointing frees block by block;
 - overhead: the CUDA context and the allocator's slack.
 
 :func:`choose_savers` picks the cheapest savers that make a run fit the card's free memory with a
@@ -27,10 +30,12 @@ shared system memory (the Windows driver's fallback: 1 s/it becomes 100 s/it wit
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lib_lora.engine.lora_module import shape_layout
 from lib_lora.events import Events
 
 GIB = 1024**3
@@ -55,8 +60,6 @@ ATTENTION_LAYERS = {
     "sdxl": [(2, 10, 10), (4, 60, 20)],
 }
 QUADRATIC_SAVED = 1.42  # attention matrices kept per layer by ldm's attention (bench: default - +sdpa)
-# LoRA parameters per rank unit (millions) with kohya's default targets: network type -> family -> (UNet, TE)
-LORA_PER_RANK = {"networks.lora": {"sd1": (0.40, 0.15), "sdxl": (2.9, 0.65)}}
 # optimizer state bytes per trained parameter (besides the fp32 weight and its gradient)
 OPTIMIZER_STATE = {
     "adamw": 8,
@@ -70,6 +73,86 @@ OPTIMIZER_STATE = {
 OVERHEAD_GIB = 0.8
 MARGIN = 1.1  # a run must fit in free memory / MARGIN ...
 MARGIN_GIB = 0.5  # ... and leave this much
+# The layers kohya's default selection trains on the full-size models (with conv layers on):
+# (component, out, in, kernel, conv_only, count); conv_only layers exist only with conv_dim (ResNet
+# blocks and samplers: k x k convs at conv_dim, their Linear / 1x1 layers at network_dim).
+# tests/jobs/test_vram.py checks these against the real architectures.
+TARGET_LAYERS = {
+    "sd1": (("te", 768, 768, 1, 0, 48), ("te", 768, 3072, 1, 0, 12), ("te", 3072, 768, 1, 0, 12), ("unet", 320, 320, 1, 0, 40),
+            ("unet", 320, 320, 3, 1, 8), ("unet", 320, 640, 1, 1, 2), ("unet", 320, 640, 3, 1, 2), ("unet", 320, 768, 1, 0, 10),
+            ("unet", 320, 960, 1, 1, 1), ("unet", 320, 960, 3, 1, 1), ("unet", 320, 1280, 1, 0, 5), ("unet", 320, 1280, 1, 1, 5),
+            ("unet", 640, 320, 1, 1, 1), ("unet", 640, 320, 3, 1, 1), ("unet", 640, 640, 1, 0, 40), ("unet", 640, 640, 3, 1, 8),
+            ("unet", 640, 768, 1, 0, 10), ("unet", 640, 960, 1, 1, 1), ("unet", 640, 960, 3, 1, 1), ("unet", 640, 1280, 1, 1, 6),
+            ("unet", 640, 1280, 3, 1, 1), ("unet", 640, 1920, 1, 1, 1), ("unet", 640, 1920, 3, 1, 1), ("unet", 640, 2560, 1, 0, 5),
+            ("unet", 1280, 640, 1, 1, 1), ("unet", 1280, 640, 3, 1, 1), ("unet", 1280, 768, 1, 0, 12), ("unet", 1280, 1280, 1, 0, 48),
+            ("unet", 1280, 1280, 1, 1, 12), ("unet", 1280, 1280, 3, 1, 20), ("unet", 1280, 1920, 1, 1, 1), ("unet", 1280, 1920, 3, 1, 1),
+            ("unet", 1280, 2560, 1, 1, 5), ("unet", 1280, 2560, 3, 1, 5), ("unet", 1280, 5120, 1, 0, 6), ("unet", 2560, 320, 1, 0, 5),
+            ("unet", 5120, 640, 1, 0, 5), ("unet", 10240, 1280, 1, 0, 6)),
+    "sdxl": (("te", 768, 768, 1, 0, 48), ("te", 768, 3072, 1, 0, 12), ("te", 1280, 1280, 1, 0, 128), ("te", 1280, 5120, 1, 0, 32),
+             ("te", 3072, 768, 1, 0, 12), ("te", 5120, 1280, 1, 0, 32), ("unet", 320, 320, 3, 1, 8), ("unet", 320, 640, 1, 1, 2),
+             ("unet", 320, 640, 3, 1, 2), ("unet", 320, 960, 1, 1, 1), ("unet", 320, 960, 3, 1, 1), ("unet", 320, 1280, 1, 1, 5),
+             ("unet", 640, 320, 1, 1, 1), ("unet", 640, 320, 3, 1, 1), ("unet", 640, 640, 1, 0, 70), ("unet", 640, 640, 3, 1, 8),
+             ("unet", 640, 960, 1, 1, 1), ("unet", 640, 960, 3, 1, 1), ("unet", 640, 1280, 1, 1, 6), ("unet", 640, 1280, 3, 1, 1),
+             ("unet", 640, 1920, 1, 1, 1), ("unet", 640, 1920, 3, 1, 1), ("unet", 640, 2048, 1, 0, 20), ("unet", 640, 2560, 1, 0, 10),
+             ("unet", 1280, 640, 1, 1, 1), ("unet", 1280, 640, 3, 1, 1), ("unet", 1280, 1280, 1, 0, 372), ("unet", 1280, 1280, 1, 1, 7),
+             ("unet", 1280, 1280, 3, 1, 11), ("unet", 1280, 1920, 1, 1, 1), ("unet", 1280, 1920, 3, 1, 1), ("unet", 1280, 2048, 1, 0, 120),
+             ("unet", 1280, 2560, 1, 1, 2), ("unet", 1280, 2560, 3, 1, 2), ("unet", 1280, 5120, 1, 0, 60), ("unet", 5120, 640, 1, 0, 10),
+             ("unet", 10240, 1280, 1, 0, 60)),
+}  # fmt: skip
+SAVE_BYTES = {"fp16": 2, "float16": 2, "bf16": 2, "bfloat16": 2, "fp32": 4, "float": 4, "float32": 4}
+CHECKPOINTED_WEIGHT_FORM = 0.15  # share of the weight-form buffers alive at once with gradient checkpointing
+
+
+@dataclass(frozen=True)
+class NetworkSize:
+    params: int  # trained parameters (alpha aside)
+    modules: int
+    weight_form_elements: int  # host weight elements whose full change is built each step (LoHa/LoKr/DoRA)
+
+    def file_bytes(self, save_precision: str = "fp16") -> int:
+        """The .safetensors size: every tensor in ``save_precision`` (alpha included) + a header estimate."""
+        per = SAVE_BYTES.get(save_precision, 2)
+        return self.params * per + self.modules * (per + 250)
+
+
+def network_size(
+    family: str,
+    algo: str = "lora",
+    network_dim: int = 32,
+    conv_dim: int | None = None,
+    train_unet: bool = True,
+    train_text_encoder: bool = True,
+    *,
+    dora: bool = False,
+    factor: int = -1,
+    decompose_both: bool = False,
+    full_matrix: bool = False,
+    use_tucker: bool = False,
+) -> NetworkSize:
+    """Parameter count of a network on the full-size model of ``family`` (``algo``: lora | locon |
+    loha | lokr; locon and the LyCORIS types train the 3x3 convs at network_dim unless conv_dim is set)."""
+    fam = family if family in TARGET_LAYERS else "sd1"
+    engine_algo = "lora" if algo in ("lora", "locon") else algo
+    if conv_dim is None and algo != "lora":
+        conv_dim = network_dim
+    params = modules = weight_form = 0
+    for component, out_dim, in_dim, k, conv_only, count in TARGET_LAYERS[fam]:
+        if (component == "unet" and not train_unet) or (component == "te" and not train_text_encoder):
+            continue
+        if conv_only and conv_dim is None:
+            continue
+        rank = conv_dim if k > 1 else network_dim
+        divides = factor > 0 and out_dim % factor == 0 and in_dim % factor == 0
+        layout = shape_layout(
+            engine_algo, out_dim, in_dim, (k, k) if k > 1 else (), rank, factor=factor if divides else -1,
+            decompose_both=decompose_both, full_matrix=full_matrix, use_tucker=use_tucker,
+        )  # fmt: skip
+        each = sum(math.prod(shape) for shape in layout.values()) + (in_dim if dora else 0)
+        params += each * count
+        modules += count
+        if engine_algo != "lora" or dora:
+            weight_form += out_dim * in_dim * k * k * count
+    return NetworkSize(params, modules, weight_form)
 
 
 @dataclass(frozen=True)
@@ -127,7 +210,12 @@ def estimate(
     sdpa: bool = True,
     cache_text_encoder_outputs: bool = False,
     fp8_base: bool = False,
-    network_module: str = "networks.lora",
+    algo: str = "lora",
+    dora: bool = False,
+    factor: int = -1,
+    decompose_both: bool = False,
+    full_matrix: bool = False,
+    use_tucker: bool = False,
 ) -> VramEstimate:
     fam = family if family in BASE_PARAMS else "sd1"
     half = mixed_precision != "no"
@@ -153,13 +241,17 @@ def estimate(
         acts *= 0.5  # the UNet still runs forward and backward to reach the text encoders
     if half:
         acts *= HALF_ACTIVATIONS
-    per_rank = LORA_PER_RANK.get(network_module, LORA_PER_RANK["networks.lora"])
-    unet_rank, te_rank = per_rank[fam]
-    rank = network_dim + (conv_dim or 0) * 0.6
-    lora_params = (unet_rank * rank if train_unet else 0) + (te_rank * network_dim if train_text_encoder else 0)
+    size = network_size(
+        fam, algo, network_dim, conv_dim, train_unet, train_text_encoder, dora=dora, factor=factor,
+        decompose_both=decompose_both, full_matrix=full_matrix, use_tucker=use_tucker,
+    )  # fmt: skip
     state = OPTIMIZER_STATE.get(optimizer.lower(), 8)
-    lora = lora_params * 1e6 * (4 + 4 + state) / GIB
-    parts = {"model": weights, "activations": acts, "LoRA+optimizer": lora, "overhead": OVERHEAD_GIB}
+    lora = size.params * (4 + 4 + state) / GIB
+    parts = {"model": weights, "activations": acts, "LoRA+optimizer": lora}
+    if size.weight_form_elements:
+        share = CHECKPOINTED_WEIGHT_FORM if gradient_checkpointing else 1.0
+        parts["weight changes"] = size.weight_form_elements * (4 + weight_bytes) * share / GIB
+    parts["overhead"] = OVERHEAD_GIB
     return VramEstimate(sum(parts.values()), parts, available_gib, device_name)
 
 
@@ -174,11 +266,12 @@ def estimate_for(
     }  # fmt: skip
     values.update(overrides)
     return estimate(
-        family, width, height, cfg.train_batch_size, cfg.network_dim, cfg.conv_dim, cfg.train_unet,
+        family, width, height, cfg.train_batch_size, cfg.network_dim, cfg.effective_conv_dim, cfg.train_unet,
         cfg.train_text_encoder, values["gradient_checkpointing"], "no" if cfg.mixed_precision == "no" else "fp16",
         cfg.optimizer_type, cfg.cache_latents, sdpa=values["sdpa"],
         cache_text_encoder_outputs=values["cache_text_encoder_outputs"], fp8_base=values["fp8_base"],
-        network_module=cfg.network_module, available_gib=available_gib, device_name=device_name,
+        algo=cfg.algo, dora=cfg.dora_wd, factor=cfg.factor, decompose_both=cfg.decompose_both,
+        full_matrix=cfg.full_matrix, use_tucker=cfg.use_tucker, available_gib=available_gib, device_name=device_name,
     )  # fmt: skip
 
 

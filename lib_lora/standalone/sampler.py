@@ -23,7 +23,7 @@ from lib_lora.common.errors import UserError
 from lib_lora.engine.network import LoRANetwork
 from lib_lora.engine.targets import select_targets
 from lib_lora.events import Events, StopToken
-from lib_lora.jobs.lora_files import load_network_weights, module_dims_from_file
+from lib_lora.jobs.lora_files import file_layouts, load_network_weights
 from lib_lora.standalone.bundle import DiffusersBundle
 
 STAGE = "sampling"
@@ -67,9 +67,9 @@ def applied_loras(bundle: DiffusersBundle, loras: Sequence[LoraSpec]) -> Iterato
     keys = [target.key for target in targets]
     try:
         for path, weight in loras:
-            dims = module_dims_from_file(path, keys, bundle.family, naming)
+            layouts = file_layouts(path, keys, bundle.family, naming)
             network = LoRANetwork(
-                targets, rank=1, module_dims=dims, naming=naming, family=bundle.family, multiplier=float(weight)
+                targets, rank=1, module_layouts=layouts, naming=naming, family=bundle.family, multiplier=float(weight)
             )
             load_network_weights(network, path, strict=True)
             network.eval()

@@ -12,6 +12,7 @@ import gradio as gr
 
 from lib_lora.common.errors import UserError
 from lib_lora.config import (
+    NETWORK_TYPE_DEFAULTS,
     PRESETS,
     TrainConfig,
     build_config,
@@ -24,7 +25,7 @@ from lib_lora.jobs import dataset_info, editor, vram
 from lib_lora.ui import html
 from lib_lora.ui.common import guarded, hook, host_events, job_html, long_js, resolve_output_dir, user_path
 from lib_lora.ui.compat import hidden_progress, js_kwargs
-from lib_lora.ui.forms import SettingsForm, build_settings_form
+from lib_lora.ui.forms import SettingsForm, build_settings_form, to_component_value
 
 if TYPE_CHECKING:
     from lib_lora.ui.host import ModelInfo
@@ -146,6 +147,10 @@ class TrainPanel:
         self.output_choice.change(**live_check)
         folder.change(**live_check)
         self.tab.dataset.overview.change(**live_check)  # a dataset made, refreshed or imported
+        if "algo" in self.form.components:  # a network type fills in its starting values
+            self.form.components["algo"].change(
+                self.apply_network_type, [self.form.components["algo"]], self.form.inputs()
+            ).then(**live_check)
         self.check_button.click(self.check, self.run_inputs(), [self.estimate])
 
         live = [self.live, self.chart, self.epochs, self.samples, self.sample_count]
@@ -194,6 +199,12 @@ class TrainPanel:
             "choose the preset again to get its full values."
         )
 
+    def apply_network_type(self, algo: str) -> list[Any]:
+        """The community's starting dim/alpha/conv/factor for the chosen type; other settings untouched."""
+        defaults = NETWORK_TYPE_DEFAULTS.get(algo, {})
+        names = self.form.names
+        return [gr.update(value=to_component_value(n, defaults[n])) if n in defaults else gr.update() for n in names]
+
     def _config(self, folder: str, name: str, choice: str, custom: str, values: Sequence[Any]) -> TrainConfig:
         form_values = self.form.values(values)
         form_values["train_data_dir"] = user_path(folder) if (folder or "").strip() else ""
@@ -229,6 +240,18 @@ class TrainPanel:
         gpu = vram.gpu_memory()
         estimate = vram.estimate_for(
             cfg, self.family, available_gib=gpu[1] if gpu else None, device_name=gpu[0] if gpu else None
+        )
+        size = vram.network_size(
+            self.family, cfg.algo, cfg.network_dim, cfg.effective_conv_dim, cfg.train_unet, cfg.train_text_encoder,
+            dora=cfg.dora_wd, factor=cfg.factor, decompose_both=cfg.decompose_both, full_matrix=cfg.full_matrix,
+            use_tucker=cfg.use_tucker,
+        )  # fmt: skip
+        parts.append(
+            html.message(
+                f"File size: ~{size.file_bytes(cfg.save_precision) / 2**20:.1f} MiB per saved epoch "
+                f"({size.modules} modules, {size.params / 1e6:.1f} M parameters in {cfg.save_precision}).",
+                "info",
+            )
         )
         text = estimate.text()
         free = vram.gpu_free() if cfg.auto_memory else None

@@ -129,12 +129,56 @@ def load_networks(names, te_multipliers=None, unet_multipliers=None, dyn_dims=No
         loaded_networks.append(net)
 
 
-def _updown(tensors, weight_shape, multiplier):
-    down, up = tensors["lora_down.weight"].float(), tensors["lora_up.weight"].float()
-    rank = down.shape[0]
-    alpha = float(tensors["alpha"]) if "alpha" in tensors else rank
-    delta = (up.flatten(1) @ down.flatten(1)).reshape(weight_shape)
-    return delta * (alpha / rank) * multiplier
+def _cp(core, wa, wb):
+    """lyco_helpers.make_weight_cp: core [r, r, k, k], wa [r, out], wb [r, in] -> [out, in, k, k]."""
+    temp = torch.einsum("i j k l, j r -> i r k l", core, wb)
+    return torch.einsum("i j k l, i r -> r j k l", temp, wa)
+
+
+def _updown(tensors, orig_weight, multiplier):
+    """The webui 1.10.1's weight change for one module: network_lora / network_hada / network_lokr
+    (``calc_updown``), then ``finalize_updown``: alpha / dim, DoRA per input column, multiplier."""
+    t = {k: v.float() for k, v in tensors.items()}
+    shape = tuple(orig_weight.shape)
+    dim = None
+    if "lora_down.weight" in t:
+        down, up = t["lora_down.weight"], t["lora_up.weight"]
+        dim = down.shape[0]
+        if "lora_mid.weight" in t:
+            updown = torch.einsum("n m k l, i n, m j -> i j k l", t["lora_mid.weight"], up.flatten(1), down.flatten(1))
+        else:
+            updown = up.flatten(1) @ down.flatten(1)
+    elif "hada_w1_a" in t:
+        dim = t["hada_w1_b"].shape[0]
+        if "hada_t1" in t:
+            updown = _cp(t["hada_t1"], t["hada_w1_a"], t["hada_w1_b"]) * _cp(
+                t["hada_t2"], t["hada_w2_a"], t["hada_w2_b"]
+            )
+        else:
+            updown = (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"])
+    else:
+        w1 = t["lokr_w1"] if "lokr_w1" in t else t["lokr_w1_a"] @ t["lokr_w1_b"]
+        dim = t["lokr_w1_b"].shape[0] if "lokr_w1_b" in t else None
+        if "lokr_w2" in t:
+            w2 = t["lokr_w2"]
+        elif "lokr_t2" in t:
+            w2 = _cp(t["lokr_t2"], t["lokr_w2_a"], t["lokr_w2_b"])
+        else:
+            w2 = t["lokr_w2_a"] @ t["lokr_w2_b"]
+        dim = t["lokr_w2_b"].shape[0] if "lokr_w2_b" in t else dim
+        if w2.dim() == 4:
+            w1 = w1[:, :, None, None]
+        updown = torch.kron(w1, w2.contiguous())
+    updown = updown.reshape(shape)
+    if dim is not None and "alpha" in t:
+        updown = updown * (float(t["alpha"]) / dim)
+    if "dora_scale" in t:
+        orig = orig_weight.float()
+        merged = updown + orig
+        norm = merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1, keepdim=True)
+        norm = norm.reshape(merged.shape[1], *[1] * (merged.dim() - 1)).transpose(0, 1)
+        updown = merged * (t["dora_scale"] / norm) - orig
+    return updown * multiplier
 
 
 def network_restore_weights_from_backup(self):
@@ -176,16 +220,15 @@ def network_apply_weights(self):
                 dim = self.embed_dim
                 for index, tensors in enumerate(parts):
                     if tensors:
-                        self.in_proj_weight[index * dim : (index + 1) * dim] += _updown(
-                            tensors, (dim, dim), multiplier
-                        ).to(self.in_proj_weight.dtype)
+                        part = self.in_proj_weight[index * dim : (index + 1) * dim]
+                        part += _updown(tensors, part, multiplier).to(self.in_proj_weight.dtype)
                 out = net.modules.get(f"{name}.out_proj")
                 if out:
-                    self.out_proj.weight += _updown(out, self.out_proj.weight.shape, multiplier).to(
+                    self.out_proj.weight += _updown(out, self.out_proj.weight, multiplier).to(
                         self.out_proj.weight.dtype
                     )
             elif name in net.modules:
-                self.weight += _updown(net.modules[name], self.weight.shape, multiplier).to(self.weight.dtype)
+                self.weight += _updown(net.modules[name], self.weight, multiplier).to(self.weight.dtype)
     self.network_current_names = wanted
 
 
