@@ -238,6 +238,52 @@ class TrainConfig:
     network_train_text_encoder_only: bool = setting(
         False, "Train only the text encoder(s).", group="network", advanced=True
     )
+    loraplus_lr_ratio: float | None = setting(
+        None,
+        "LoRA+: the up weights learn this many times faster than the down weights (16 is common).",
+        group="network", minimum=0, exclusive_minimum=True, advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    loraplus_unet_lr_ratio: float | None = setting(
+        None, "LoRA+ ratio for the UNet only (wins over loraplus_lr_ratio).",
+        group="network", minimum=0, exclusive_minimum=True, advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    loraplus_text_encoder_lr_ratio: float | None = setting(
+        None, "LoRA+ ratio for the text encoder(s) only (wins over loraplus_lr_ratio).",
+        group="network", minimum=0, exclusive_minimum=True, advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    down_lr_weight: str | None = setting(
+        None,
+        "Learning-rate factor per UNet down block, shallow to deep: 12 numbers for SD1, 9 for SDXL (missing ones = 1), or cosine / sine / linear / reverse_linear / zeros [+base].",
+        group="network", advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    mid_lr_weight: str | None = setting(
+        None, "Learning-rate factor of the UNet middle block (1 number for SD1, 3 for SDXL).",
+        group="network", advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    up_lr_weight: str | None = setting(
+        None, "Learning-rate factor per UNet up block, deep to shallow (as down_lr_weight).",
+        group="network", advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    block_lr_zero_threshold: float | None = setting(
+        None, "Block factors at or below this become 0: those blocks get no LoRA at all.",
+        group="network", minimum=0, advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    block_dims: str | None = setting(
+        None, "Rank per UNet block, comma-separated: 25 numbers for SD1, 23 for SDXL (0 = no LoRA there).",
+        group="network", advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    block_alphas: str | None = setting(
+        None, "Alpha per UNet block (as many numbers as block_dims; default network_alpha).",
+        group="network", advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    conv_block_dims: str | None = setting(
+        None, "Rank of the 3x3 convolution LoRAs per UNet block (as block_dims).",
+        group="network", advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    conv_block_alphas: str | None = setting(
+        None, "Alpha of the 3x3 convolution LoRAs per UNet block (default conv_alpha).",
+        group="network", advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
 
     # -- optimizer -------------------------------------------------------------------------------
     optimizer_type: str = setting(
@@ -341,8 +387,52 @@ class TrainConfig:
         None, "Highest timestep trained plus one (1-1000).", group="training", minimum=1, maximum=1000, advanced=True
     )
     loss_type: str = setting(
-        "l2", "Loss: l2 (mean squared error) or l1.", group="training", choices=("l2", "l1"), advanced=True
+        "l2", "Loss: l2 (mean squared error), l1, huber or smooth_l1 (the last two less hurt by outliers).",
+        group="training", choices=("l2", "l1", "huber", "smooth_l1"), advanced=True,
+    )  # fmt: skip
+    zero_terminal_snr: bool | None = setting(
+        None, "Rescale the noise schedule so the last step is pure noise (for v-prediction models such as NoobAI-XL v-pred). Empty = as the checkpoint says.",
+        group="training", choices=(None, True, False), advanced=True,
+    )  # fmt: skip
+    scale_v_pred_loss_like_noise_pred: bool = setting(
+        False, "v-prediction only: weight the loss by SNR/(SNR+1) so it behaves like noise prediction.",
+        group="training", advanced=True,
+    )  # fmt: skip
+    multires_noise_iterations: int | None = setting(
+        None, "Multi-resolution (pyramid) noise: add coarser noise this many times (6-10 is common).",
+        group="training", minimum=1, advanced=True,
+    )  # fmt: skip
+    multires_noise_discount: float = setting(
+        0.3, "Weight of each coarser noise level in multi-resolution noise.",
+        group="training", minimum=0, exclusive_minimum=True, maximum=1, advanced=True,
+    )  # fmt: skip
+    adaptive_noise_scale: float | None = setting(
+        None, "Add this times each latent channel's mean to the noise offset (needs noise_offset).",
+        group="training", advanced=True,
+    )  # fmt: skip
+    ip_noise_gamma: float | None = setting(
+        None, "Input perturbation: extra noise on the model's input only (0.1 is common).",
+        group="training", minimum=0, advanced=True,
+    )  # fmt: skip
+    ip_noise_gamma_random_strength: bool = setting(
+        False, "Use a random input perturbation between 0 and ip_noise_gamma.", group="training", advanced=True
     )
+    debiased_estimation_loss: bool = setting(
+        False, "Debiased estimation: weight the loss by 1/sqrt(SNR) (1/(SNR+1) for v-prediction).",
+        group="training", advanced=True,
+    )  # fmt: skip
+    huber_schedule: str = setting(
+        "snr", "How huber_c changes over the timesteps for huber / smooth_l1 loss.",
+        group="training", choices=("constant", "exponential", "snr"), advanced=True,
+    )  # fmt: skip
+    huber_c: float = setting(
+        0.1, "Huber loss threshold (for huber / smooth_l1 loss).",
+        group="training", minimum=0, exclusive_minimum=True, maximum=1, advanced=True,
+    )  # fmt: skip
+    huber_scale: float = setting(
+        1.0, "Scale of huber_c for the constant and exponential schedules.",
+        group="training", minimum=0, exclusive_minimum=True, advanced=True,
+    )  # fmt: skip
 
     # -- saving ------------------------------------------------------------------------------------
     output_dir: str = setting(
@@ -418,6 +508,14 @@ class TrainConfig:
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 _NETWORK_ARGS = {"conv_dim": "conv_dim", "conv_alpha": "conv_alpha", "rank_dropout": "rank_dropout", "module_dropout": "module_dropout",
                  "dropout": "network_dropout"}  # fmt: skip
+# network_args of sd-scripts' networks.lora that are fields of the same name (LoRA+, block-wise lr and dims)
+NETWORK_ARG_FIELDS = (
+    "loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio", "down_lr_weight", "mid_lr_weight",
+    "up_lr_weight", "block_lr_zero_threshold", "block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas",
+)  # fmt: skip
+_NETWORK_ARGS.update({name: name for name in NETWORK_ARG_FIELDS})
+#: sd-scripts network_args key -> the field it sets
+NETWORK_ARGS: Mapping[str, str] = _NETWORK_ARGS
 # keys of kohya configs that only steer sd-scripts itself; accepted and ignored
 IGNORED_KOHYA_KEYS = frozenset({
     "save_model_as", "logging_dir", "log_with", "log_prefix", "xformers", "sdpa", "mem_eff_attn", "persistent_data_loader_workers",
@@ -570,8 +668,15 @@ def check_rules(cfg: TrainConfig) -> None:
         )
     if cfg.network_train_unet_only and cfg.network_train_text_encoder_only:
         raise ConfigError("network_train_unet_only and network_train_text_encoder_only cannot both be on.")
-    if cfg.min_timestep is not None and cfg.max_timestep is not None and cfg.min_timestep >= cfg.max_timestep:
-        raise ConfigError(f"min_timestep ({cfg.min_timestep}) must be below max_timestep ({cfg.max_timestep}).")
+    if cfg.min_timestep is not None and cfg.max_timestep is not None and cfg.min_timestep > cfg.max_timestep:
+        # equal values train that one timestep (sd-scripts' get_timesteps)
+        raise ConfigError(f"min_timestep ({cfg.min_timestep}) must not be above max_timestep ({cfg.max_timestep}).")
+    if cfg.v_parameterization is False and cfg.scale_v_pred_loss_like_noise_pred:
+        raise ConfigError(
+            "scale_v_pred_loss_like_noise_pred works only with v_parameterization (a v-prediction model)."
+        )
+    if cfg.adaptive_noise_scale is not None and cfg.noise_offset is None:
+        raise ConfigError("adaptive_noise_scale needs noise_offset: set a noise offset or clear adaptive_noise_scale.")
     if cfg.random_crop and cfg.cache_latents:
         raise ConfigError(
             "random_crop cannot be used with cache_latents (cached latents are centre-cropped); turn one off."

@@ -26,20 +26,22 @@ from lib_lora import __version__
 from lib_lora.common.errors import UserError
 from lib_lora.common.fsutil import atomic_write_text
 from lib_lora.common.tags import split_tags
-from lib_lora.config import TrainConfig, check_rules
+from lib_lora.config import NETWORK_ARGS, TrainConfig, check_rules
 from lib_lora.data.buckets import BucketManager, BucketSettings, crop_top_left
 from lib_lora.data.captions import CaptionOptions, is_static, process_caption
 from lib_lora.data.dataset import BucketPlan, DatasetScan, assign_buckets, scan_dataset
 from lib_lora.data.images import load_and_transform
 from lib_lora.data.latent_cache import LatentCache
-from lib_lora.engine import optim
+from lib_lora.engine import blocks, optim
 from lib_lora.engine.bundle import ModelBundle, TextCond
 from lib_lora.engine.loop import LoopHooks, LoopSettings, Position, Schedule, derive_seed, run_loop
 from lib_lora.engine.network import LoRANetwork
+from lib_lora.engine.noise import NUM_TRAIN_TIMESTEPS, zero_terminal_snr_alphas_cumprod
 from lib_lora.engine.step import Batch, LossSettings
 from lib_lora.engine.targets import check_family, select_targets
 from lib_lora.events import Events, SampleImage, SavedFile, StopRequested, StopToken
 from lib_lora.formats import metadata as md
+from lib_lora.formats.kohya import stem_map
 from lib_lora.jobs.lora_files import check_file_family, load_network_weights, read_lora_file, save_network
 from lib_lora.jobs.samples import SamplePrompt, load_sample_prompts, sample_path
 
@@ -55,6 +57,8 @@ RESUME_KEYS = (
     "gradient_accumulation_steps", "max_train_epochs", "max_train_steps", "optimizer_type", "optimizer_args",
     "lr_scheduler", "lr_warmup_steps", "lr_scheduler_num_cycles", "lr_scheduler_power", "learning_rate",
     "unet_lr", "text_encoder_lr", "network_train_unet_only", "network_train_text_encoder_only", "seed",
+    "loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio", "down_lr_weight", "mid_lr_weight",
+    "up_lr_weight", "block_lr_zero_threshold", "block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas",
 )  # fmt: skip
 SD_VERSION = {"sd1": "SD1", "sdxl": "SDXL"}
 
@@ -141,6 +145,25 @@ def prepare(
     caption_options(cfg).validate()
     if cfg.mixed_precision == "fp16" and bundle.device.type == "cpu":
         raise UserError("mixed_precision fp16 needs a GPU; use no (or bf16) on the CPU.")
+    v_pred = resolve_v_prediction(cfg, bundle)
+    if cfg.scale_v_pred_loss_like_noise_pred and not v_pred:
+        raise UserError(
+            "scale_v_pred_loss_like_noise_pred works only with a v-prediction model (set v_parameterization or load one)."
+        )
+    if uses_blocks(cfg):
+        if not cfg.train_unet:
+            raise UserError(
+                "Block-wise dims and learning rates apply to the UNet, which is not trained (network_train_text_encoder_only)."
+            )
+        block_module_dims(cfg, family, [], {})  # bad block lists are reported before any work
+    elif any(getattr(cfg, key) is not None for key in ("block_alphas", "conv_block_dims", "conv_block_alphas")):
+        warnings.append(
+            "block_alphas / conv_block_dims / conv_block_alphas do nothing without block_dims or a *_lr_weight (as in sd-scripts)."
+        )
+    if resolve_zero_terminal_snr(cfg, bundle) and not v_pred:
+        warnings.append(
+            "zero_terminal_snr is on for a model that predicts noise (eps): sd-scripts warns that the result will be unexpected."
+        )
     for warning in warnings:
         events.warning(warning)
     scan = scan_dataset(cfg.train_data_dir, cfg.caption_extension, events=events, stop=stop)
@@ -182,9 +205,76 @@ def build_optimizer(cfg: TrainConfig, param_groups: list[dict], total_steps: int
 def _check_optimizer(cfg: TrainConfig, schedule: Schedule) -> None:
     """Build the optimizer and schedule once on a dummy parameter: a missing package or a bad
     optimizer argument is reported before any work."""
-    build_optimizer(
+    built, _ = build_optimizer(
         cfg, [{"params": [torch.zeros(1, requires_grad=True)], "lr": cfg.learning_rate}], schedule.total_steps
     )
+    per_group = [
+        key for key in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio",
+                        "down_lr_weight", "mid_lr_weight", "up_lr_weight") if getattr(cfg, key) is not None
+    ]  # fmt: skip
+    if per_group and (built.adaptive or built.group_lrs_dropped):
+        raise UserError(
+            f"{per_group[0]} needs a learning rate per parameter group, which {built.name} does not use "
+            "(it sets one step size for everything); choose AdamW or another optimizer, or clear it."
+        )
+
+
+def uses_blocks(cfg: TrainConfig) -> bool:
+    """Block-wise dims or lrs are set (sd-scripts then builds the UNet per block)."""
+    return any(
+        getattr(cfg, key) is not None for key in ("block_dims", "down_lr_weight", "mid_lr_weight", "up_lr_weight")
+    )
+
+
+def _block_lr_weights(cfg: TrainConfig, family: str) -> list[float] | None:
+    try:
+        return blocks.block_lr_weights(
+            family == "sdxl", cfg.down_lr_weight, cfg.mid_lr_weight, cfg.up_lr_weight, cfg.block_lr_zero_threshold
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def block_module_dims(
+    cfg: TrainConfig, family: str, targets: list, naming: dict[str, str]
+) -> dict[str, tuple[int, float]]:
+    """canonical key -> (rank, alpha) of every LoRA a block-wise network gets (sd-scripts' rules:
+    text encoders at network_dim/alpha, UNet blocks from block_dims/alphas, 0 = none)."""
+    sdxl = family == "sdxl"
+    conv_alpha = cfg.conv_alpha if cfg.conv_alpha is not None else (1.0 if cfg.conv_dim is not None else None)
+    try:
+        dims, alphas, conv_dims, conv_alphas = blocks.block_dims_and_alphas(
+            sdxl, cfg.block_dims, cfg.block_alphas, cfg.network_dim, cfg.network_alpha, cfg.conv_block_dims,
+            cfg.conv_block_alphas, cfg.conv_dim, conv_alpha, _block_lr_weights(cfg, family),
+        )  # fmt: skip
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    names = stem_map(family, [t.key for t in targets], naming)
+    out: dict[str, tuple[int, float]] = {}
+    for target in targets:
+        if target.component != "unet":
+            if not target.conv_rank:
+                out[target.key] = (cfg.network_dim, cfg.network_alpha)
+            continue
+        found = blocks.module_dim(names[target.key], target.conv_rank, sdxl, dims, alphas, conv_dims, conv_alphas)
+        if found is not None:
+            out[target.key] = found
+    return out
+
+
+def unet_block_groups(cfg: TrainConfig, network: LoRANetwork) -> Callable[[str], tuple[str, float]] | None:
+    """The block-wise lr split for ``network.param_groups`` (label ``unet_block<N>``, factor), or None."""
+    weights = _block_lr_weights(cfg, network.family)
+    if weights is None:
+        return None
+    names = stem_map(network.family, network.lora_keys(), network.naming)
+    sdxl = network.family == "sdxl"
+
+    def of(key: str) -> tuple[str, float]:
+        index = blocks.block_index(names[key], sdxl)
+        return f"unet_block{index}", weights[index]
+
+    return of
 
 
 def build_network(cfg: TrainConfig, bundle: ModelBundle) -> LoRANetwork:
@@ -193,13 +283,23 @@ def build_network(cfg: TrainConfig, bundle: ModelBundle) -> LoRANetwork:
         bundle.family,
         unet if cfg.train_unet else None,
         encoders if cfg.train_text_encoder else {},
-        conv=cfg.conv_dim is not None,
+        conv=cfg.conv_dim is not None or (uses_blocks(cfg) and cfg.conv_block_dims is not None),
     )
+    module_dims = block_module_dims(cfg, bundle.family, targets, naming) if uses_blocks(cfg) else None
     return LoRANetwork(
         targets, cfg.network_dim, cfg.network_alpha, conv_rank=cfg.conv_dim,
         conv_alpha=cfg.conv_alpha if cfg.conv_alpha is not None else 1.0, dropout=cfg.network_dropout,
         rank_dropout=cfg.rank_dropout, module_dropout=cfg.module_dropout, naming=naming, family=bundle.family,
+        module_dims=module_dims,
     )  # fmt: skip
+
+
+def timestep_range(cfg: TrainConfig) -> tuple[int, int] | None:
+    """(min, max) trained timesteps for ``modelspec.timestep_range`` when either is set (sd-scripts)."""
+    if cfg.min_timestep is None and cfg.max_timestep is None:
+        return None
+    low = 0 if cfg.min_timestep is None else cfg.min_timestep
+    return low, NUM_TRAIN_TIMESTEPS if cfg.max_timestep is None else cfg.max_timestep
 
 
 def default_activation_text(scan: DatasetScan) -> str:
@@ -233,12 +333,8 @@ def _base_metadata(
     started: float,
 ) -> dict[str, Any]:
     scan, buckets, schedule = plan.scan, plan.buckets, plan.schedule
-    net_args: dict[str, str] = {}
-    if cfg.conv_dim is not None:
-        net_args["conv_dim"] = str(cfg.conv_dim)
-    for key in ("conv_alpha", "rank_dropout", "module_dropout"):  # as given (sd-scripts records its network_args)
-        if getattr(cfg, key) is not None:
-            net_args[key] = str(getattr(cfg, key))
+    net_args = network_args_metadata(cfg)
+    v_pred = resolve_v_prediction(cfg, bundle)
     values: dict[str, Any] = {
         "ss_session_id": session_id, "ss_training_started_at": started, "ss_output_name": cfg.output_name,
         "ss_learning_rate": cfg.learning_rate, "ss_text_encoder_lr": cfg.text_encoder_lr, "ss_unet_lr": cfg.unet_lr,
@@ -248,24 +344,27 @@ def _base_metadata(
         "ss_max_train_steps": schedule.total_steps, "ss_lr_warmup_steps": cfg.lr_warmup_steps if cfg.lr_warmup_steps < 1 else int(cfg.lr_warmup_steps),
         "ss_lr_scheduler": cfg.lr_scheduler, "ss_network_module": cfg.network_module, "ss_network_dim": cfg.network_dim,
         "ss_network_alpha": cfg.network_alpha, "ss_network_dropout": cfg.network_dropout, "ss_mixed_precision": plan.mixed_precision,
-        "ss_full_fp16": False, "ss_v2": False, "ss_base_model_version": md.base_model_version(bundle.family, bundle.v_prediction),
+        "ss_full_fp16": False, "ss_v2": False, "ss_base_model_version": md.base_model_version(bundle.family, v_pred),
         "ss_clip_skip": bundle.clip_skip, "ss_max_token_length": cfg.max_token_length, "ss_cache_latents": cfg.cache_latents,
-        "ss_seed": plan.seed, "ss_lowram": False, "ss_noise_offset": cfg.noise_offset, "ss_multires_noise_iterations": None,
-        "ss_multires_noise_discount": 0.3, "ss_adaptive_noise_scale": None, "ss_zero_terminal_snr": False,
+        "ss_seed": plan.seed, "ss_lowram": False, "ss_noise_offset": cfg.noise_offset, "ss_multires_noise_iterations": cfg.multires_noise_iterations,
+        "ss_multires_noise_discount": cfg.multires_noise_discount, "ss_adaptive_noise_scale": cfg.adaptive_noise_scale,
+        "ss_zero_terminal_snr": resolve_zero_terminal_snr(cfg, bundle),
         "ss_training_comment": cfg.training_comment, "ss_sd_scripts_commit_hash": f"lib_lora {__version__}",
         "ss_optimizer": optimizer_name, "ss_max_grad_norm": cfg.max_grad_norm, "ss_caption_dropout_rate": cfg.caption_dropout_rate,
         "ss_caption_dropout_every_n_epochs": cfg.caption_dropout_every_n_epochs, "ss_caption_tag_dropout_rate": cfg.caption_tag_dropout_rate,
         "ss_face_crop_aug_range": None, "ss_prior_loss_weight": 1.0, "ss_min_snr_gamma": cfg.min_snr_gamma,
-        "ss_scale_weight_norms": None, "ss_ip_noise_gamma": None, "ss_debiased_estimation": False,
-        "ss_noise_offset_random_strength": cfg.noise_offset_random_strength, "ss_ip_noise_gamma_random_strength": False,
-        "ss_loss_type": cfg.loss_type, "ss_huber_schedule": "snr", "ss_huber_scale": 1.0, "ss_huber_c": 0.1,
+        "ss_scale_weight_norms": None, "ss_ip_noise_gamma": cfg.ip_noise_gamma,
+        "ss_debiased_estimation": cfg.debiased_estimation_loss, "ss_noise_offset_random_strength": cfg.noise_offset_random_strength,
+        "ss_ip_noise_gamma_random_strength": cfg.ip_noise_gamma_random_strength, "ss_loss_type": cfg.loss_type,
+        "ss_huber_schedule": cfg.huber_schedule, "ss_huber_scale": cfg.huber_scale, "ss_huber_c": cfg.huber_c,
         "ss_fp8_base": False, "ss_fp8_base_unet": False, "ss_validation_seed": None, "ss_validation_split": 0.0,
         "ss_max_validation_steps": None, "ss_validate_every_n_epochs": None, "ss_validate_every_n_steps": None,
         "ss_resize_interpolation": None,
         "ss_batch_size_per_device": cfg.train_batch_size, "ss_total_batch_size": cfg.train_batch_size * cfg.gradient_accumulation_steps,
         "ss_resolution": cfg.resolution_wh, "ss_color_aug": False, "ss_flip_aug": cfg.flip_aug, "ss_random_crop": cfg.random_crop,
         "ss_shuffle_caption": cfg.shuffle_caption, "ss_enable_bucket": cfg.enable_bucket, "ss_bucket_no_upscale": cfg.bucket_no_upscale,
-        "ss_min_bucket_reso": cfg.min_bucket_reso, "ss_max_bucket_reso": cfg.max_bucket_reso, "ss_keep_tokens": cfg.keep_tokens,
+        "ss_min_bucket_reso": cfg.min_bucket_reso if cfg.enable_bucket else None,
+        "ss_max_bucket_reso": cfg.max_bucket_reso if cfg.enable_bucket else None, "ss_keep_tokens": cfg.keep_tokens,
         "ss_dataset_dirs": scan.dataset_dirs_info(), "ss_reg_dataset_dirs": {}, "ss_tag_frequency": scan.tag_frequency(),
         "ss_bucket_info": buckets.bucket_info(), "ss_network_args": net_args or None,
         "ss_sd_model_name": bundle.model_name,
@@ -282,7 +381,69 @@ def _base_metadata(
             values.pop(key)
     for key in ("ss_vae_name", "ss_vae_hash", "ss_new_vae_hash"):
         values.pop(key)
+    vae_path = getattr(bundle, "vae_path", None)  # a separate VAE file, when the host has one
+    if vae_path:
+        values["ss_vae_name"] = os.path.basename(vae_path)
+        if os.path.isfile(vae_path):
+            values["ss_vae_hash"] = md.legacy_model_hash(vae_path)
+            values["ss_new_vae_hash"] = md.sha256_of_file(vae_path)
     return values
+
+
+def _typed(value: Any) -> str:
+    """A setting as a user would type it in network_args: 2 not 2.0."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def network_args_metadata(cfg: TrainConfig) -> dict[str, Any]:
+    """``ss_network_args`` as sd-scripts records it: each ``network_args`` entry's value as typed
+    (strings), settings made outside network_args added as a user would type them, and
+    ``dropout`` (network_dropout, a number or null) added; empty when there are none."""
+    out: dict[str, Any] = {}
+    for arg in cfg.network_args:
+        key, _, value = arg.partition("=")
+        out[key.strip()] = value.strip()
+    for key, name in NETWORK_ARGS.items():
+        if key == "dropout" or key in out:
+            continue
+        value = getattr(cfg, name)
+        if value is not None:
+            out[key] = _typed(value)
+    if out and "dropout" not in out:
+        out["dropout"] = cfg.network_dropout
+    return out
+
+
+def resolve_v_prediction(cfg: TrainConfig, bundle: ModelBundle) -> bool:
+    """``v_parameterization`` when set, else what the model says (its ``v_pred`` key / the webui's config)."""
+    return bundle.v_prediction if cfg.v_parameterization is None else bool(cfg.v_parameterization)
+
+
+def resolve_zero_terminal_snr(cfg: TrainConfig, bundle: ModelBundle) -> bool:
+    """``zero_terminal_snr`` when set, else what the checkpoint says (its ``ztsnr`` key)."""
+    if cfg.zero_terminal_snr is not None:
+        return bool(cfg.zero_terminal_snr)
+    return bool(getattr(bundle, "zero_terminal_snr", False))
+
+
+def loss_settings(cfg: TrainConfig, bundle: ModelBundle) -> LossSettings:
+    """The step's loss settings from ``cfg`` (the model's prediction type and schedule resolved)."""
+    schedule = None
+    if resolve_zero_terminal_snr(cfg, bundle):
+        schedule = zero_terminal_snr_alphas_cumprod(bundle.alphas_cumprod).float().to(bundle.alphas_cumprod.device)
+    return LossSettings(
+        v_prediction=resolve_v_prediction(cfg, bundle), latent_scaling=bundle.latent_scaling,
+        noise_offset=cfg.noise_offset, noise_offset_random_strength=cfg.noise_offset_random_strength,
+        min_snr_gamma=cfg.min_snr_gamma, min_timestep=cfg.min_timestep, max_timestep=cfg.max_timestep,
+        loss_type=cfg.loss_type, adaptive_noise_scale=cfg.adaptive_noise_scale,
+        multires_noise_iterations=cfg.multires_noise_iterations, multires_noise_discount=cfg.multires_noise_discount,
+        ip_noise_gamma=cfg.ip_noise_gamma, ip_noise_gamma_random_strength=cfg.ip_noise_gamma_random_strength,
+        huber_schedule=cfg.huber_schedule, huber_c=cfg.huber_c, huber_scale=cfg.huber_scale,
+        scale_v_pred_loss_like_noise_pred=cfg.scale_v_pred_loss_like_noise_pred,
+        debiased_estimation_loss=cfg.debiased_estimation_loss, alphas_cumprod=schedule,
+    )  # fmt: skip
 
 
 class _Saver:
@@ -327,9 +488,11 @@ class _Saver:
                 self.bundle.family,
                 title=self.cfg.output_name,
                 resolution=self.cfg.resolution_wh,
-                v_prediction=self.bundle.v_prediction,
+                v_prediction=resolve_v_prediction(self.cfg, self.bundle),
                 clip_skip=self.bundle.clip_skip,
                 trigger_phrase=self.activation or None,
+                implementation_version=f"train-lora/{__version__}",
+                timestep_range=timestep_range(self.cfg),
             )  # fmt: skip
         )
         path = self.out / self.file_name(kind, epoch, step)
@@ -462,7 +625,11 @@ def train(
     elif cfg.network_weights:
         load_network_weights(network, cfg.network_weights)
         events.info(f"starting from {cfg.network_weights}")
-    param_groups = network.param_groups(cfg.unet_lr, cfg.text_encoder_lr, cfg.learning_rate)
+    param_groups = network.param_groups(
+        cfg.unet_lr, cfg.text_encoder_lr, cfg.learning_rate, loraplus_unet_ratio=cfg.loraplus_unet_lr_ratio or cfg.loraplus_lr_ratio,
+        loraplus_text_encoder_ratio=cfg.loraplus_text_encoder_lr_ratio or cfg.loraplus_lr_ratio,
+        unet_block=unet_block_groups(cfg, network),
+    )  # fmt: skip
     built, scheduler = build_optimizer(cfg, param_groups, plan.schedule.total_steps)
     for warning in built.warnings:
         events.warning(warning)
@@ -526,11 +693,7 @@ def train(
             epoch_batches=lambda e: plan.buckets.epoch_batches(seed, e), make_batch=make_batch, save=saver,
             save_state=save_state, after_epoch=after_epoch, log_step=log_step,
         )  # fmt: skip
-        loss_settings = LossSettings(
-            v_prediction=bundle.v_prediction, latent_scaling=bundle.latent_scaling, noise_offset=cfg.noise_offset,
-            noise_offset_random_strength=cfg.noise_offset_random_strength, min_snr_gamma=cfg.min_snr_gamma,
-            min_timestep=cfg.min_timestep, max_timestep=cfg.max_timestep, loss_type=cfg.loss_type,
-        )  # fmt: skip
+        step_settings = loss_settings(cfg, bundle)
         settings = LoopSettings(
             seed=seed, mixed_precision=plan.mixed_precision, max_grad_norm=cfg.max_grad_norm,
             save_every_n_epochs=cfg.save_every_n_epochs, save_every_n_steps=cfg.save_every_n_steps,
@@ -542,7 +705,7 @@ def train(
                 network,
                 built.optimizer,
                 scheduler,
-                loss_settings,
+                step_settings,
                 plan.schedule,
                 settings,
                 hooks,
