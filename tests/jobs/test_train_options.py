@@ -1,0 +1,123 @@
+"""sd-scripts' training options through the training job: a kohya_ss-style TOML using them trains one
+epoch on the built-in tiny models and the file records them as sd-scripts does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lib_lora.common.errors import UserError
+from lib_lora.config import build_config, load_toml
+from lib_lora.engine import blocks
+from lib_lora.events import RecordingEvents
+from lib_lora.formats import safetensors_io
+from lib_lora.jobs.train import train
+from support.train_data import make_dataset
+
+
+def _toml(tmp_path: Path, family: str) -> Path:
+    sdxl = family == "sdxl"
+    count = blocks.num_blocks(sdxl)
+    dims = ["4"] * count
+    dims[5 if sdxl else 4] = "8"
+    lines = [
+        f'pretrained_model_name_or_path = "tiny-{"sdxl" if sdxl else "sd15"}"',
+        f'train_data_dir = "{(tmp_path / "data").as_posix()}"',
+        f'output_dir = "{(tmp_path / "out").as_posix()}"',
+        'output_name = "opt"', 'resolution = "64"', "train_batch_size = 2", "max_train_epochs = 1", "seed = 3",
+        'mixed_precision = "no"', 'network_module = "networks.lora"', "network_dim = 4", "network_alpha = 2",
+        "network_args = ["
+        + ", ".join(
+            f'"{a}"'
+            for a in (
+                "conv_dim=2", "conv_alpha=1", "loraplus_lr_ratio=16", "loraplus_text_encoder_lr_ratio=4",
+                "down_lr_weight=1,0", "mid_lr_weight=2", "up_lr_weight=cosine",
+                f"block_dims={','.join(dims)}",
+            )
+        )
+        + "]",
+        'optimizer_type = "AdamW"', "learning_rate = 1e-3", "unet_lr = 1e-3", "text_encoder_lr = 5e-4",
+        "multires_noise_iterations = 6", "multires_noise_discount = 0.3", "ip_noise_gamma = 0.1",
+        "ip_noise_gamma_random_strength = true", "debiased_estimation_loss = true", 'loss_type = "huber"',
+        'huber_schedule = "snr"', "huber_c = 0.1", "min_snr_gamma = 5", "noise_offset = 0.05",
+        "adaptive_noise_scale = 0.01", "min_timestep = 0", "max_timestep = 1000",
+    ]  # fmt: skip
+    if sdxl:
+        lines += ["v_parameterization = true", "zero_terminal_snr = true", "scale_v_pred_loss_like_noise_pred = true"]
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_kohya_toml_with_the_options_trains_and_records_them(tmp_path: Path, family: str) -> None:
+    from lib_lora.standalone.models import load_model
+
+    make_dataset(tmp_path / "data", {"2_opt": [(64, 64), (64, 64), (64, 64)]})
+    cfg = build_config(load_toml(_toml(tmp_path, family)), family=family)
+    bundle = load_model(cfg.pretrained_model_name_or_path, device="cpu")
+    result = train(cfg, bundle, RecordingEvents())
+    assert result.status == "done" and all(loss == loss for loss in result.losses)
+    tensors, meta = safetensors_io.load(tmp_path / "out" / "opt.safetensors")
+
+    # ss_* as sd-scripts writes them
+    assert json.loads(meta["ss_network_args"]) == {
+        "conv_dim": "2", "conv_alpha": "1", "loraplus_lr_ratio": "16", "loraplus_text_encoder_lr_ratio": "4",
+        "down_lr_weight": "1,0", "mid_lr_weight": "2", "up_lr_weight": "cosine",
+        "block_dims": cfg.block_dims, "dropout": None,
+    }  # fmt: skip
+    assert meta["ss_multires_noise_iterations"] == "6" and meta["ss_multires_noise_discount"] == "0.3"
+    assert meta["ss_ip_noise_gamma"] == "0.1" and meta["ss_ip_noise_gamma_random_strength"] == "True"
+    assert meta["ss_debiased_estimation"] == "True" and meta["ss_adaptive_noise_scale"] == "0.01"
+    assert (meta["ss_loss_type"], meta["ss_huber_schedule"], meta["ss_huber_c"]) == ("huber", "snr", "0.1")
+    assert meta["ss_min_bucket_reso"] == "None" and meta["ss_max_bucket_reso"] == "None"  # buckets off
+    assert not any(key.startswith("ss_vae") for key in meta)  # no separate VAE
+    assert meta["modelspec.sai_model_spec"] == "1.0.1" and meta["modelspec.implementation_version"].startswith(
+        "train-lora/"
+    )
+    assert meta["modelspec.timestep_range"] == "0,1000"
+    sdxl = family == "sdxl"
+    assert meta["ss_zero_terminal_snr"] == str(sdxl)
+    assert meta["modelspec.prediction_type"] == ("v" if sdxl else "epsilon")
+    assert meta["ss_base_model_version"] == ("sdxl_base_v1-0" if sdxl else "sd_v1")
+
+    # block-wise dims: the zero-lr block (down_lr_weight's 2nd entry: SD1 block 1 = down_blocks_0 first
+    # layer, SDXL block 2 = input_blocks_1, after the embeddings' entry) has no LoRA, the 8-rank block has rank 8, the rest 4
+    ranks: dict[int, set[int]] = {}  # block -> ranks of its Linear / 1x1 LoRAs
+    conv_ranks: dict[int, set[int]] = {}  # block -> ranks of its 3x3 conv LoRAs
+    for name, tensor in tensors.items():
+        if name.startswith("lora_unet") and name.endswith("lora_down.weight"):
+            index = blocks.block_index(name[: -len(".lora_down.weight")], sdxl)
+            conv3x3 = tensor.dim() == 4 and tensor.shape[-1] == 3
+            (conv_ranks if conv3x3 else ranks).setdefault(index, set()).add(tensor.shape[0])
+    zero, eight = (2, 5) if sdxl else (1, 4)
+    assert zero not in ranks and zero not in conv_ranks
+    assert ranks[eight] == {8} and all(r == {4} for i, r in ranks.items() if i != eight)
+    assert conv_ranks and all(r == {2} for r in conv_ranks.values())  # conv_dim for every block (no conv_block_dims)
+
+    # LoRA+ and block lrs: the logged groups (first step, constant schedule)
+    lrs = json.loads((tmp_path / "out" / "opt-log.jsonl").read_text().splitlines()[0])["lr"]
+    mid = 10 if sdxl else 12
+    assert lrs[f"unet_block{mid}"] == pytest.approx(2e-3) and lrs[f"unet_block{mid} plus"] == pytest.approx(32e-3)
+    assert lrs[f"unet_block{eight}"] == pytest.approx(1e-3) and lrs[f"unet_block{eight} plus"] == pytest.approx(16e-3)
+    if not sdxl:  # SDXL's demo preset trains the text encoders too; SD1 always here
+        assert lrs["textencoder plus"] == pytest.approx(2e-3)
+
+
+def test_options_that_cannot_combine_are_refused(tmp_path: Path) -> None:
+    from lib_lora.standalone.models import load_model
+
+    make_dataset(tmp_path / "data", {"1_x": [(64, 64)]})
+    bundle = load_model("tiny-sd15", device="cpu")
+    base = {"train_data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "out"), "resolution": "64"}
+    with pytest.raises(UserError, match="scale_v_pred_loss_like_noise_pred works only with a v-prediction model"):
+        train(build_config({**base, "scale_v_pred_loss_like_noise_pred": True}), bundle)
+    with pytest.raises(UserError, match="loraplus_lr_ratio needs a learning rate per parameter group"):
+        train(build_config({**base, "loraplus_lr_ratio": 16, "optimizer_type": "Adafactor"}), bundle)
+    with pytest.raises(UserError, match="block_dims needs 25 numbers"):
+        train(build_config({**base, "block_dims": "4,4"}), bundle)
+    with pytest.raises(UserError, match="down_lr_weight"):
+        train(build_config({**base, "down_lr_weight": "wavy"}), bundle)
+    assert not (tmp_path / "out").exists()  # nothing written
