@@ -156,6 +156,14 @@ class TrainConfig:
         group="dataset",
         advanced=True,
     )
+    alpha_mask: bool = setting(
+        False, "Masked loss from each image's transparency: transparent parts are not learned.",
+        group="dataset", advanced=True,
+    )  # fmt: skip
+    conditioning_data_dir: str | None = setting(
+        None, "Mask folder for masked_loss: a black-and-white image named like each training image (white = learned, black = ignored), in a subfolder named like its dataset folder or directly inside.",
+        group="dataset", advanced=True, label="Mask folder",
+    )  # fmt: skip
 
     # -- network -----------------------------------------------------------------------------------
     network_module: str = setting(
@@ -433,6 +441,12 @@ class TrainConfig:
         1.0, "Scale of huber_c for the constant and exponential schedules.",
         group="training", minimum=0, exclusive_minimum=True, advanced=True,
     )  # fmt: skip
+    masked_loss: bool = setting(
+        False,
+        "Learn only the white parts of each image's mask (from the mask folder).",
+        group="training",
+        advanced=True,
+    )
 
     # -- saving ------------------------------------------------------------------------------------
     output_dir: str = setting(
@@ -674,6 +688,16 @@ def check_rules(cfg: TrainConfig) -> None:
     if cfg.v_parameterization is False and cfg.scale_v_pred_loss_like_noise_pred:
         raise ConfigError(
             "scale_v_pred_loss_like_noise_pred works only with v_parameterization (a v-prediction model)."
+        )
+    if cfg.masked_loss and not cfg.conditioning_data_dir and not cfg.alpha_mask:
+        raise ConfigError(
+            "masked_loss needs the masks: choose a mask folder (conditioning_data_dir) or turn on alpha_mask."
+        )
+    if cfg.conditioning_data_dir and cfg.alpha_mask:
+        raise ConfigError("Choose one mask source: the mask folder (conditioning_data_dir) or alpha_mask, not both.")
+    if cfg.conditioning_data_dir and not cfg.masked_loss:
+        raise ConfigError(
+            "conditioning_data_dir (the mask folder) is used only with masked_loss: turn masked_loss on or clear it."
         )
     if cfg.adaptive_noise_scale is not None and cfg.noise_offset is None:
         raise ConfigError("adaptive_noise_scale needs noise_offset: set a noise offset or clear adaptive_noise_scale.")

@@ -27,11 +27,12 @@ from lib_lora.common.errors import UserError
 from lib_lora.common.fsutil import atomic_write_text
 from lib_lora.common.tags import split_tags
 from lib_lora.config import NETWORK_ARGS, TrainConfig, check_rules
-from lib_lora.data.buckets import BucketManager, BucketSettings, crop_top_left
+from lib_lora.data.buckets import BucketManager, BucketSettings, crop_offsets, crop_top_left
 from lib_lora.data.captions import CaptionOptions, is_static, process_caption
 from lib_lora.data.dataset import BucketPlan, DatasetScan, assign_buckets, scan_dataset
 from lib_lora.data.images import load_and_transform
 from lib_lora.data.latent_cache import LatentCache
+from lib_lora.data.masks import MaskSource
 from lib_lora.engine import blocks, optim
 from lib_lora.engine.bundle import ModelBundle, TextCond
 from lib_lora.engine.loop import LoopHooks, LoopSettings, Position, Schedule, derive_seed, run_loop
@@ -168,6 +169,13 @@ def prepare(
         events.warning(warning)
     scan = scan_dataset(cfg.train_data_dir, cfg.caption_extension, events=events, stop=stop)
     warnings += scan.warnings
+    if cfg.masked_loss and cfg.conditioning_data_dir:
+        if not Path(cfg.conditioning_data_dir).is_dir():
+            raise UserError(f"The mask folder {cfg.conditioning_data_dir} does not exist.")
+        missing = mask_source(cfg, scan).missing()
+        if missing:
+            names = ", ".join(p.name for p in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise UserError(f"{len(missing)} training images have no mask in {cfg.conditioning_data_dir}: {names}.")
     plan = assign_buckets(scan, BucketManager(bucket_settings(cfg)), cfg.train_batch_size)
     schedule = Schedule.plan(
         plan.steps_per_epoch, cfg.gradient_accumulation_steps, cfg.max_train_epochs, cfg.max_train_steps
@@ -292,6 +300,20 @@ def build_network(cfg: TrainConfig, bundle: ModelBundle) -> LoRANetwork:
         rank_dropout=cfg.rank_dropout, module_dropout=cfg.module_dropout, naming=naming, family=bundle.family,
         module_dims=module_dims,
     )  # fmt: skip
+
+
+def mask_source(cfg: TrainConfig, scan: DatasetScan) -> MaskSource | None:
+    """The loss masks ``cfg`` asks for (masked_loss with a mask folder, or alpha_mask), else None."""
+    if cfg.alpha_mask:
+        return MaskSource(scan, alpha=True)
+    if cfg.masked_loss and cfg.conditioning_data_dir:
+        return MaskSource(scan, mask_dir=cfg.conditioning_data_dir)
+    return None
+
+
+def centre_offset(choice: Any) -> tuple[int, int]:
+    """The crop window of a cached (centre-cropped) image."""
+    return crop_offsets(choice.resized, choice.bucket, False)
 
 
 def timestep_range(cfg: TrainConfig) -> tuple[int, int] | None:
@@ -654,6 +676,7 @@ def train(
         network.apply_to()
         latents = _prepare_latents(cfg, plan, bundle, seed, events, stop) if cfg.cache_latents else None
         text_cache = _prepare_text_cache(cfg, plan, bundle, options, events)
+        masks = mask_source(cfg, plan.scan)
 
         def make_batch(epoch: int, samples: list, rng: random.Random) -> Batch:
             flips = [cfg.flip_aug and rng.random() < 0.5 for _ in samples]
@@ -661,8 +684,9 @@ def train(
             if latents is not None:
                 batch_latents = latents.get_batch(samples, flips)
                 ltrbs = [latents.entry(s.item).crop_ltrb for s in samples]
+                offsets = [centre_offset(plan.buckets.choices[s.item]) for s in samples]
             else:
-                batch_latents, ltrbs = _encode_on_the_fly(plan, bundle, samples, flips, cfg.random_crop, rng)
+                batch_latents, ltrbs, offsets = _encode_on_the_fly(plan, bundle, samples, flips, cfg.random_crop, rng)
             captions = [process_caption(item.caption, options, epoch, rng) for item in items]
             text = TextCond.cat([text_cache[c] for c in captions]) if text_cache is not None else None
             size_cond = None
@@ -674,7 +698,15 @@ def train(
                     top, left = crop_top_left(ltrb, (bw, bh), flip)
                     rows.append([oh, ow, top, left, bh, bw])
                 size_cond = torch.tensor(rows, dtype=torch.float32)
-            return Batch(batch_latents, captions, text, size_cond)
+            mask = None
+            if masks is not None:
+                mask = torch.stack(
+                    [
+                        masks.tensor(s.item, plan.buckets.choices[s.item], offset, flip)
+                        for s, offset, flip in zip(samples, offsets, flips)
+                    ]
+                )
+            return Batch(batch_latents, captions, text, size_cond, mask=mask)
 
         log_handle = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
 
@@ -764,7 +796,7 @@ def _prepare_latents(
 def _encode_on_the_fly(
     plan: TrainPlan, bundle: ModelBundle, samples: list, flips: list[bool], random_crop: bool, rng: random.Random
 ):
-    images, ltrbs = [], []
+    images, ltrbs, offsets = [], [], []
     for sample, flip in zip(samples, flips):
         item = plan.scan.items[sample.item]
         done = load_and_transform(
@@ -772,6 +804,7 @@ def _encode_on_the_fly(
         )
         images.append(done.image)
         ltrbs.append(done.crop_ltrb)
+        offsets.append(done.offset)
     generator = torch.Generator(device=bundle.device).manual_seed(rng.randrange(1 << 62))
     with torch.no_grad():
         latents = bundle.encode_images(torch.stack(images).to(bundle.device), generator=generator).float()
@@ -779,7 +812,7 @@ def _encode_on_the_fly(
         raise UserError(
             "The VAE produced NaN latents for this batch; train with the VAE in float32 (a fixed fp16 VAE for SDXL)."
         )
-    return latents, ltrbs
+    return latents, ltrbs, offsets
 
 
 def _prepare_text_cache(

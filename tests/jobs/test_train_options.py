@@ -121,3 +121,77 @@ def test_options_that_cannot_combine_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="down_lr_weight"):
         train(build_config({**base, "down_lr_weight": "wavy"}), bundle)
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def _noise_half_dataset(root: Path, alpha: bool) -> None:
+    """64x64 images whose left half is a smooth field and right half random noise; the mask (a file,
+    or the alpha channel) is white on the left, black on the right."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "data" / "2_half").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(3):
+        pixels = np.zeros((64, 64, 4 if alpha else 3), np.uint8)
+        pixels[:, :32, :3] = (40 * i, 120, 200)
+        pixels[:, 32:, :3] = rng.integers(0, 256, (64, 32, 3))
+        if alpha:
+            pixels[:, :32, 3] = 255
+            pixels[:, 32:, 3] = 0
+        Image.fromarray(pixels, "RGBA" if alpha else "RGB").save(root / "data" / "2_half" / f"{i}.png")
+        (root / "data" / "2_half" / f"{i}.txt").write_text("half, tag", encoding="utf-8")
+        mask = np.zeros((64, 64), np.uint8)
+        mask[:, :32] = 255
+        Image.fromarray(mask, "L").save(root / "masks" / f"{i}.png")
+
+
+@pytest.mark.parametrize("source", ["mask folder", "alpha, flipped, not cached"])
+def test_masked_loss_gives_the_masked_out_half_zero_gradient(tmp_path: Path, monkeypatch, source: str) -> None:
+    from lib_lora.standalone.models import load_model
+
+    alpha = source.startswith("alpha")
+    _noise_half_dataset(tmp_path, alpha)
+    values = {
+        "train_data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "out"), "resolution": "64",
+        "train_batch_size": 3, "max_train_epochs": 1, "seed": 1, "mixed_precision": "no", "learning_rate": 1e-3,
+        "loss_type": "smooth_l1",
+    }  # fmt: skip
+    if alpha:
+        values.update(alpha_mask=True, flip_aug=True, cache_latents=False)
+    else:
+        values.update(masked_loss=True, conditioning_data_dir=str(tmp_path / "masks"))
+    bundle = load_model("tiny-sd15", device="cpu")
+    grads: list = []
+    original = bundle.denoise
+
+    def denoise(*args, **kwargs):
+        out = original(*args, **kwargs)
+        if out.requires_grad:
+            out.register_hook(lambda g: grads.append(g.detach().clone()))
+        return out
+
+    monkeypatch.setattr(bundle, "denoise", denoise)
+    result = train(build_config(values), bundle, RecordingEvents())
+    assert result.status == "done" and len(grads) == 2  # 6 samples, batch 3
+    for grad in grads:
+        for sample in grad:  # [4, 8, 8] latent: columns 0-3 are the kept half, 4-7 the noise half
+            left, right = sample[..., :4].abs().sum(), sample[..., 4:].abs().sum()
+            if alpha and float(left) == 0.0:  # a flipped sample: the noise half is on the left
+                left, right = right, left
+            assert float(right) == 0.0 and float(left) > 0.0
+    if alpha:  # flip_aug flipped some samples: the mask went with them
+        assert any(float(s[..., :4].abs().sum()) == 0.0 for g in grads for s in g)
+
+
+def test_masked_loss_refuses_missing_masks(tmp_path: Path) -> None:
+    from lib_lora.standalone.models import load_model
+
+    _noise_half_dataset(tmp_path, False)
+    (tmp_path / "masks" / "1.png").unlink()
+    cfg = build_config(
+        {"train_data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "out"), "resolution": "64",
+         "masked_loss": True, "conditioning_data_dir": str(tmp_path / "masks")}
+    )  # fmt: skip
+    with pytest.raises(UserError, match=r"1 training images have no mask in .*: 1\.png\."):
+        train(cfg, load_model("tiny-sd15", device="cpu"))
