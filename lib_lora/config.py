@@ -164,6 +164,10 @@ class TrainConfig:
         None, "Mask folder for masked_loss: a black-and-white image named like each training image (white = learned, black = ignored), in a subfolder named like its dataset folder or directly inside.",
         group="dataset", advanced=True, label="Mask folder",
     )  # fmt: skip
+    reg_data_dir: str | None = setting(
+        None, "Regularization images: a folder of N_class subfolders (like the dataset) trained beside it, as many per epoch as training images x repeats.",
+        group="dataset", label="Regularization folder",
+    )  # fmt: skip
 
     # -- network -----------------------------------------------------------------------------------
     network_module: str = setting(
@@ -446,6 +450,9 @@ class TrainConfig:
         "Learn only the white parts of each image's mask (from the mask folder).",
         group="training",
         advanced=True,
+    )
+    prior_loss_weight: float = setting(
+        1.0, "Loss weight of the regularization images.", group="training", minimum=0, advanced=True
     )
 
     # -- saving ------------------------------------------------------------------------------------

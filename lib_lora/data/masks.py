@@ -91,13 +91,15 @@ class MaskSource:
         self._loaded: dict[int, Image.Image | None] = {}
 
     def missing(self) -> list[Path]:
-        """Training images without a mask file (mask folder only)."""
+        """Training images without a mask file (mask folder only; regularization images without one
+        are learned whole)."""
         if self.mask_dir is None:
             return []
         return [
             item.path
             for item in self.scan.items
-            if find_mask_file(self.mask_dir, self.scan.subsets[item.subset].name, item.path) is None
+            if not getattr(self.scan.subsets[item.subset], "is_reg", False)
+            and find_mask_file(self.mask_dir, self.scan.subsets[item.subset].name, item.path) is None
         ]
 
     def image(self, item_index: int) -> Image.Image | None:

@@ -29,7 +29,7 @@ from lib_lora.common.tags import split_tags
 from lib_lora.config import NETWORK_ARGS, TrainConfig, check_rules
 from lib_lora.data.buckets import BucketManager, BucketSettings, crop_offsets, crop_top_left
 from lib_lora.data.captions import CaptionOptions, is_static, process_caption
-from lib_lora.data.dataset import BucketPlan, DatasetScan, assign_buckets, scan_dataset
+from lib_lora.data.dataset import BucketPlan, DatasetScan, assign_buckets, scan_dataset, with_regularization
 from lib_lora.data.images import load_and_transform
 from lib_lora.data.latent_cache import LatentCache
 from lib_lora.data.masks import MaskSource
@@ -168,6 +168,15 @@ def prepare(
     for warning in warnings:
         events.warning(warning)
     scan = scan_dataset(cfg.train_data_dir, cfg.caption_extension, events=events, stop=stop)
+    if cfg.reg_data_dir:
+        if Path(cfg.reg_data_dir).resolve() == Path(cfg.train_data_dir).resolve():
+            raise UserError(
+                "reg_data_dir is the dataset folder itself: choose a separate folder of regularization images."
+            )
+        reg = scan_dataset(cfg.reg_data_dir, cfg.caption_extension, events=events, stop=stop)
+        scan = with_regularization(scan, reg)
+        per_epoch = sum(i.repeats for i in scan.items if scan.subsets[i.subset].is_reg)
+        events.info(f"regularization: {reg.num_images} images, {per_epoch} per epoch")
     warnings += scan.warnings
     if cfg.masked_loss and cfg.conditioning_data_dir:
         if not Path(cfg.conditioning_data_dir).is_dir():
@@ -330,6 +339,8 @@ def default_activation_text(scan: DatasetScan) -> str:
     words: list[str] = []
     firsts: dict[str, int] = {}
     for subset_index, subset in enumerate(scan.subsets):
+        if subset.is_reg:
+            continue
         items = [i for i in scan.items if i.subset == subset_index]
         tags = [[t.lower() for t in split_tags(i.caption)] for i in items]
         token = subset.class_tokens.strip().lower()
@@ -340,7 +351,7 @@ def default_activation_text(scan: DatasetScan) -> str:
                 firsts[t[0]] = firsts.get(t[0], 0) + 1
     if not words and firsts:
         tag, count = max(firsts.items(), key=lambda kv: kv[1])
-        if count * 2 >= len(scan.items):
+        if count * 2 >= sum(1 for i in scan.items if not scan.subsets[i.subset].is_reg):
             words.append(tag)
     return ", ".join(dict.fromkeys(words))
 
@@ -360,7 +371,7 @@ def _base_metadata(
     values: dict[str, Any] = {
         "ss_session_id": session_id, "ss_training_started_at": started, "ss_output_name": cfg.output_name,
         "ss_learning_rate": cfg.learning_rate, "ss_text_encoder_lr": cfg.text_encoder_lr, "ss_unet_lr": cfg.unet_lr,
-        "ss_num_train_images": scan.num_train_images, "ss_num_validation_images": 0, "ss_num_reg_images": 0,
+        "ss_num_train_images": scan.num_train_images, "ss_num_validation_images": 0, "ss_num_reg_images": scan.num_reg_images,
         "ss_num_batches_per_epoch": schedule.batches_per_epoch, "ss_num_epochs": schedule.num_epochs,
         "ss_gradient_checkpointing": cfg.gradient_checkpointing, "ss_gradient_accumulation_steps": cfg.gradient_accumulation_steps,
         "ss_max_train_steps": schedule.total_steps, "ss_lr_warmup_steps": cfg.lr_warmup_steps if cfg.lr_warmup_steps < 1 else int(cfg.lr_warmup_steps),
@@ -374,7 +385,7 @@ def _base_metadata(
         "ss_training_comment": cfg.training_comment, "ss_sd_scripts_commit_hash": f"lib_lora {__version__}",
         "ss_optimizer": optimizer_name, "ss_max_grad_norm": cfg.max_grad_norm, "ss_caption_dropout_rate": cfg.caption_dropout_rate,
         "ss_caption_dropout_every_n_epochs": cfg.caption_dropout_every_n_epochs, "ss_caption_tag_dropout_rate": cfg.caption_tag_dropout_rate,
-        "ss_face_crop_aug_range": None, "ss_prior_loss_weight": 1.0, "ss_min_snr_gamma": cfg.min_snr_gamma,
+        "ss_face_crop_aug_range": None, "ss_prior_loss_weight": cfg.prior_loss_weight, "ss_min_snr_gamma": cfg.min_snr_gamma,
         "ss_scale_weight_norms": None, "ss_ip_noise_gamma": cfg.ip_noise_gamma,
         "ss_debiased_estimation": cfg.debiased_estimation_loss, "ss_noise_offset_random_strength": cfg.noise_offset_random_strength,
         "ss_ip_noise_gamma_random_strength": cfg.ip_noise_gamma_random_strength, "ss_loss_type": cfg.loss_type,
@@ -387,7 +398,7 @@ def _base_metadata(
         "ss_shuffle_caption": cfg.shuffle_caption, "ss_enable_bucket": cfg.enable_bucket, "ss_bucket_no_upscale": cfg.bucket_no_upscale,
         "ss_min_bucket_reso": cfg.min_bucket_reso if cfg.enable_bucket else None,
         "ss_max_bucket_reso": cfg.max_bucket_reso if cfg.enable_bucket else None, "ss_keep_tokens": cfg.keep_tokens,
-        "ss_dataset_dirs": scan.dataset_dirs_info(), "ss_reg_dataset_dirs": {}, "ss_tag_frequency": scan.tag_frequency(),
+        "ss_dataset_dirs": scan.dataset_dirs_info(), "ss_reg_dataset_dirs": scan.reg_dataset_dirs_info(), "ss_tag_frequency": scan.tag_frequency(),
         "ss_bucket_info": buckets.bucket_info(), "ss_network_args": net_args or None,
         "ss_sd_model_name": bundle.model_name,
         "ss_sd_model_hash": None, "ss_new_sd_model_hash": None, "ss_vae_name": None, "ss_vae_hash": None, "ss_new_vae_hash": None,
@@ -706,7 +717,10 @@ def train(
                         for s, offset, flip in zip(samples, offsets, flips)
                     ]
                 )
-            return Batch(batch_latents, captions, text, size_cond, mask=mask)
+            weights = None
+            if any(subset.is_reg for subset in plan.scan.subsets):
+                weights = torch.tensor([cfg.prior_loss_weight if plan.scan.is_reg(s.item) else 1.0 for s in samples])
+            return Batch(batch_latents, captions, text, size_cond, mask=mask, loss_weights=weights)
 
         log_handle = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
 

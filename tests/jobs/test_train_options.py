@@ -195,3 +195,33 @@ def test_masked_loss_refuses_missing_masks(tmp_path: Path) -> None:
     )  # fmt: skip
     with pytest.raises(UserError, match=r"1 training images have no mask in .*: 1\.png\."):
         train(cfg, load_model("tiny-sd15", device="cpu"))
+
+
+def test_regularization_folder_trains_mixed_batches_with_prior_loss_weight(tmp_path: Path, monkeypatch) -> None:
+    from lib_lora.engine import loop
+    from lib_lora.standalone.models import load_model
+
+    make_dataset(tmp_path / "data", {"2_char": [(64, 64), (64, 64)]})
+    make_dataset(tmp_path / "reg", {"1_person": [(64, 64)] * 5}, seed=1)
+    seen: list = []
+    original = loop.batch_loss
+
+    def spy(bundle, batch, *args, **kwargs):
+        seen.append(batch.loss_weights.tolist())
+        return original(bundle, batch, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "batch_loss", spy)
+    cfg = build_config(
+        {"train_data_dir": str(tmp_path / "data"), "reg_data_dir": str(tmp_path / "reg"), "output_dir": str(tmp_path / "out"),
+         "output_name": "reg", "resolution": "64", "train_batch_size": 2, "max_train_epochs": 1, "seed": 2,
+         "prior_loss_weight": 0.5, "mixed_precision": "no"}
+    )  # fmt: skip
+    result = train(cfg, load_model("tiny-sd15", device="cpu"), RecordingEvents())
+    assert result.status == "done"
+    # 2 images x 2 repeats = 4 training samples + 4 reg samples (4 of the 5 reg images once) = 4 batches of 2
+    assert sorted(w for batch in seen for w in batch) == [0.5] * 4 + [1.0] * 4 and len(seen) == 4
+    _, meta = safetensors_io.load(tmp_path / "out" / "reg.safetensors")
+    assert meta["ss_num_train_images"] == "4" and meta["ss_num_reg_images"] == "5"
+    assert json.loads(meta["ss_reg_dataset_dirs"]) == {"1_person": {"n_repeats": 1, "img_count": 5}}
+    assert json.loads(meta["ss_dataset_dirs"]) == {"2_char": {"n_repeats": 2, "img_count": 2}}
+    assert meta["ss_prior_loss_weight"] == "0.5" and meta["ss_num_batches_per_epoch"] == "4"
