@@ -299,7 +299,9 @@ class TrainConfig:
 
     # -- optimizer -------------------------------------------------------------------------------
     optimizer_type: str = setting(
-        "AdamW", "AdamW, AdamW8bit, Lion, SGDNesterov, Prodigy, DAdaptAdam or Adafactor.", group="optimizer"
+        "AdamW",
+        "AdamW, AdamW8bit, Lion, SGDNesterov, Prodigy, DAdaptAdam, Adafactor, AdamWScheduleFree, RAdamScheduleFree or CAME (the last three need pip install schedulefree / came-pytorch).",
+        group="optimizer",
     )
     optimizer_args: tuple[str, ...] = setting(
         (),

@@ -729,14 +729,20 @@ def train(
             log_handle.flush()
 
         def save_state(pos: Position) -> None:
-            _write_state(state_dir, network, built, scheduler, pos, seed, cfg, session)
+            with optim.evaluation(built):  # schedule-free: the state holds the eval-mode weights
+                _write_state(state_dir, network, built, scheduler, pos, seed, cfg, session)
+
+        def save(kind: str, epoch: int, step: int, loss: float | None) -> None:
+            with optim.evaluation(built):  # schedule-free: files get the eval-mode (averaged) weights
+                saver(kind, epoch, step, loss)
 
         def after_epoch(epoch: int, step: int) -> None:
             if renderer and cfg.sample_every_n_epochs and epoch % cfg.sample_every_n_epochs == 0:
-                _render_samples(cfg, renderer, network, epoch, step, events)
+                with optim.evaluation(built):
+                    _render_samples(cfg, renderer, network, epoch, step, events)
 
         hooks = LoopHooks(
-            epoch_batches=lambda e: plan.buckets.epoch_batches(seed, e), make_batch=make_batch, save=saver,
+            epoch_batches=lambda e: plan.buckets.epoch_batches(seed, e), make_batch=make_batch, save=save,
             save_state=save_state, after_epoch=after_epoch, log_step=log_step,
         )  # fmt: skip
         step_settings = loss_settings(cfg, bundle)

@@ -225,3 +225,50 @@ def test_regularization_folder_trains_mixed_batches_with_prior_loss_weight(tmp_p
     assert json.loads(meta["ss_reg_dataset_dirs"]) == {"1_person": {"n_repeats": 1, "img_count": 5}}
     assert json.loads(meta["ss_dataset_dirs"]) == {"2_char": {"n_repeats": 2, "img_count": 2}}
     assert meta["ss_prior_loss_weight"] == "0.5" and meta["ss_num_batches_per_epoch"] == "4"
+
+
+def test_schedule_free_saves_the_eval_mode_weights(tmp_path: Path, monkeypatch) -> None:
+    from lib_lora.jobs import train as train_job
+    from lib_lora.standalone.models import load_model
+
+    make_dataset(tmp_path / "data", {"2_sf": [(64, 64), (64, 64)]})
+    built: list = []
+    original_build = train_job.build_optimizer
+
+    def build(*args, **kwargs):
+        result = original_build(*args, **kwargs)
+        built.append(result[0])
+        return result
+
+    saves: list = []
+    original_save = train_job.save_network
+
+    def save(network, path, *args, **kwargs):
+        optimizer = built[-1].optimizer
+        ups = [m.lora_up.weight.detach().clone() for m in network]
+        saves.append((Path(path).name, optimizer.param_groups[0]["train_mode"], ups))
+        return original_save(network, path, *args, **kwargs)
+
+    monkeypatch.setattr(train_job, "build_optimizer", build)
+    monkeypatch.setattr(train_job, "save_network", save)
+    cfg = build_config(
+        {"train_data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "out"), "output_name": "sf",
+         "resolution": "64", "train_batch_size": 1, "max_train_epochs": 2, "save_every_n_epochs": 1, "seed": 4,
+         "optimizer_type": "AdamWScheduleFree", "learning_rate": 1e-2, "mixed_precision": "no"}
+    )  # fmt: skip
+    result = train(cfg, load_model("tiny-sd15", device="cpu"), RecordingEvents())
+    assert result.status == "done"
+    files = [(name, mode) for name, mode, _ in saves if name.endswith(".safetensors")]
+    assert files == [("sf-000001.safetensors", False), ("sf.safetensors", False)]  # every file in eval mode
+    optimizer = built[-1].optimizer
+    assert optimizer.param_groups[0]["train_mode"]  # back in train mode after each save
+    # the saved file holds exactly the eval-mode weights: switch to eval now and compare the last save
+    tensors, meta = safetensors_io.load(tmp_path / "out" / "sf.safetensors")
+    ups = saves[-1][2]
+    assert any(u.abs().sum() > 0 for u in ups)
+    saved_ups = [t for name, t in sorted(tensors.items()) if name.endswith("lora_up.weight")]
+    assert sorted(float(t.float().abs().sum()) for t in saved_ups) == pytest.approx(
+        sorted(float(u.half().float().abs().sum()) for u in ups), rel=1e-3
+    )
+    assert meta["ss_optimizer"].startswith("schedulefree.adamw_schedulefree.AdamWScheduleFree")
+    assert meta["ss_lr_scheduler"] == "constant"
