@@ -38,14 +38,21 @@ def _toml(tmp_path: Path, family: str) -> Path:
             )
         )
         + "]",
-        'optimizer_type = "AdamW"', "learning_rate = 1e-3", "unet_lr = 1e-3", "text_encoder_lr = 5e-4",
+        "learning_rate = 1e-3", "unet_lr = 1e-3", "text_encoder_lr = 5e-4",
         "multires_noise_iterations = 6", "multires_noise_discount = 0.3", "ip_noise_gamma = 0.1",
         "ip_noise_gamma_random_strength = true", "debiased_estimation_loss = true", 'loss_type = "huber"',
         'huber_schedule = "snr"', "huber_c = 0.1", "min_snr_gamma = 5", "noise_offset = 0.05",
         "adaptive_noise_scale = 0.01", "min_timestep = 0", "max_timestep = 1000",
     ]  # fmt: skip
+    lines += [
+        f'reg_data_dir = "{(tmp_path / "reg").as_posix()}"', "prior_loss_weight = 0.5", "masked_loss = true",
+        f'conditioning_data_dir = "{(tmp_path / "masks").as_posix()}"',
+    ]  # fmt: skip
     if sdxl:
         lines += ["v_parameterization = true", "zero_terminal_snr = true", "scale_v_pred_loss_like_noise_pred = true"]
+        lines += ['optimizer_type = "AdamWScheduleFree"', 'optimizer_args = ["warmup_steps=1", "weight_decay=0.01"]']
+    else:
+        lines += ['optimizer_type = "pytorch_optimizer.CAME"', 'optimizer_args = ["weight_decay=0.01"]']
     path = tmp_path / "config.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -55,7 +62,13 @@ def _toml(tmp_path: Path, family: str) -> Path:
 def test_kohya_toml_with_the_options_trains_and_records_them(tmp_path: Path, family: str) -> None:
     from lib_lora.standalone.models import load_model
 
+    from PIL import Image
+
     make_dataset(tmp_path / "data", {"2_opt": [(64, 64), (64, 64), (64, 64)]})
+    make_dataset(tmp_path / "reg", {"1_person": [(64, 64)] * 2}, seed=2)
+    (tmp_path / "masks" / "2_opt").mkdir(parents=True)
+    for i in range(3):
+        Image.new("L", (64, 64), 255).save(tmp_path / "masks" / "2_opt" / f"img{i:02d}.png")
     cfg = build_config(load_toml(_toml(tmp_path, family)), family=family)
     bundle = load_model(cfg.pretrained_model_name_or_path, device="cpu")
     result = train(cfg, bundle, RecordingEvents())
@@ -82,6 +95,20 @@ def test_kohya_toml_with_the_options_trains_and_records_them(tmp_path: Path, fam
     assert meta["ss_zero_terminal_snr"] == str(sdxl)
     assert meta["modelspec.prediction_type"] == ("v" if sdxl else "epsilon")
     assert meta["ss_base_model_version"] == ("sdxl_base_v1-0" if sdxl else "sd_v1")
+    assert (
+        meta["ss_num_train_images"] == "6"
+        and meta["ss_num_reg_images"] == "2"
+        and meta["ss_prior_loss_weight"] == "0.5"
+    )
+    assert json.loads(meta["ss_reg_dataset_dirs"]) == {"1_person": {"n_repeats": 1, "img_count": 2}}
+    assert meta["ss_num_batches_per_epoch"] == "6"  # 6 training + 6 reg samples, batch 2
+    if sdxl:
+        assert (
+            meta["ss_optimizer"]
+            == "schedulefree.adamw_schedulefree.AdamWScheduleFree(warmup_steps=1,weight_decay=0.01)"
+        )
+    else:
+        assert meta["ss_optimizer"] == "came_pytorch.CAME.CAME(weight_decay=0.01)"
 
     # block-wise dims: the zero-lr block (down_lr_weight's 2nd entry: SD1 block 1 = down_blocks_0 first
     # layer, SDXL block 2 = input_blocks_1, after the embeddings' entry) has no LoRA, the 8-rank block has rank 8, the rest 4
