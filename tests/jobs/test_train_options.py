@@ -60,9 +60,9 @@ def _toml(tmp_path: Path, family: str) -> Path:
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_kohya_toml_with_the_options_trains_and_records_them(tmp_path: Path, family: str) -> None:
-    from lib_lora.standalone.models import load_model
-
     from PIL import Image
+
+    from lib_lora.standalone.models import load_model
 
     make_dataset(tmp_path / "data", {"2_opt": [(64, 64), (64, 64), (64, 64)]})
     make_dataset(tmp_path / "reg", {"1_person": [(64, 64)] * 2}, seed=2)
