@@ -57,6 +57,7 @@ from lib_lora.jobs.train_options import (
     timestep_range,
     unet_block_groups,
     uses_blocks,
+    vae_metadata,
 )
 
 STATE_VERSION = 1
@@ -307,12 +308,7 @@ def _base_metadata(
             values.pop(key)
     for key in ("ss_vae_name", "ss_vae_hash", "ss_new_vae_hash"):
         values.pop(key)
-    vae_path = getattr(bundle, "vae_path", None)  # a separate VAE file, when the host has one
-    if vae_path:
-        values["ss_vae_name"] = os.path.basename(vae_path)
-        if os.path.isfile(vae_path):
-            values["ss_vae_hash"] = md.legacy_model_hash(vae_path)
-            values["ss_new_vae_hash"] = md.sha256_of_file(vae_path)
+    values.update(vae_metadata(bundle))  # a separate VAE file, when the host has one
     return values
 
 

@@ -6,6 +6,7 @@ records them. Each check refuses what cannot combine with one sentence before an
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from lib_lora.engine.network import LoRANetwork
 from lib_lora.engine.noise import NUM_TRAIN_TIMESTEPS, zero_terminal_snr_alphas_cumprod
 from lib_lora.engine.step import LossSettings
 from lib_lora.events import Events, StopToken
+from lib_lora.formats import metadata as md
 from lib_lora.formats.kohya import stem_map
 
 
@@ -221,3 +223,16 @@ def loss_settings(cfg: TrainConfig, bundle: ModelBundle) -> LossSettings:
         scale_v_pred_loss_like_noise_pred=cfg.scale_v_pred_loss_like_noise_pred,
         debiased_estimation_loss=cfg.debiased_estimation_loss, alphas_cumprod=schedule,
     )  # fmt: skip
+
+
+def vae_metadata(bundle: ModelBundle) -> dict[str, Any]:
+    """``ss_vae_name`` / ``ss_vae_hash`` / ``ss_new_vae_hash`` when the host uses a separate VAE file
+    (``bundle.vae_path``), as sd-scripts writes them only with ``--vae``; empty otherwise."""
+    vae_path = getattr(bundle, "vae_path", None)
+    if not vae_path:
+        return {}
+    out: dict[str, Any] = {"ss_vae_name": os.path.basename(vae_path)}
+    if os.path.isfile(vae_path):
+        out["ss_vae_hash"] = md.legacy_model_hash(vae_path)
+        out["ss_new_vae_hash"] = md.sha256_of_file(vae_path)
+    return out

@@ -299,3 +299,29 @@ def test_schedule_free_saves_the_eval_mode_weights(tmp_path: Path, monkeypatch) 
     )
     assert meta["ss_optimizer"].startswith("schedulefree.adamw_schedulefree.AdamWScheduleFree")
     assert meta["ss_lr_scheduler"] == "constant"
+
+
+def test_vae_and_network_args_metadata_as_sd_scripts_writes_them(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lib_lora.formats.metadata import legacy_model_hash, sha256_of_file
+    from lib_lora.jobs.train_options import network_args_metadata, vae_metadata
+
+    assert vae_metadata(SimpleNamespace(vae_path=None)) == {} and vae_metadata(SimpleNamespace()) == {}
+    vae = tmp_path / "my-vae.safetensors"
+    vae.write_bytes(bytes(range(256)) * 8192)
+    assert vae_metadata(SimpleNamespace(vae_path=str(vae))) == {
+        "ss_vae_name": "my-vae.safetensors", "ss_vae_hash": legacy_model_hash(vae), "ss_new_vae_hash": sha256_of_file(vae),
+    }  # fmt: skip
+    base = {"train_data_dir": "d"}
+    # typed values kept ("2", "1e-4"), settings from fields written as typed ("2", not "2.0"), dropout added
+    typed = build_config({**base, "network_args": ["conv_dim=2", "conv_alpha=1.0", "loraplus_lr_ratio=16"]})
+    assert network_args_metadata(typed) == {
+        "conv_dim": "2",
+        "conv_alpha": "1.0",
+        "loraplus_lr_ratio": "16",
+        "dropout": None,
+    }
+    fields_only = build_config({**base, "conv_dim": 4, "conv_alpha": 2.0, "network_dropout": 0.1})
+    assert network_args_metadata(fields_only) == {"conv_dim": "4", "conv_alpha": "2", "dropout": 0.1}
+    assert network_args_metadata(build_config(base)) == {}
