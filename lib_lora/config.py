@@ -223,6 +223,18 @@ class TrainConfig:
         group="dataset",
         label="Cache text encoder outputs",
     )
+    alpha_mask: bool = setting(
+        False, "Masked loss from each image's transparency: transparent parts are not learned.",
+        group="dataset", advanced=True,
+    )  # fmt: skip
+    conditioning_data_dir: str | None = setting(
+        None, "Mask folder for masked_loss: a black-and-white image named like each training image (white = learned, black = ignored), in a subfolder named like its dataset folder or directly inside.",
+        group="dataset", advanced=True, label="Mask folder",
+    )  # fmt: skip
+    reg_data_dir: str | None = setting(
+        None, "Regularization images: a folder of N_class subfolders (like the dataset) trained beside it, as many per epoch as training images x repeats.",
+        group="dataset", label="Regularization folder",
+    )  # fmt: skip
 
     # -- network -----------------------------------------------------------------------------------
     network_module: str = setting(
@@ -366,11 +378,57 @@ class TrainConfig:
         False, "Tucker (CP) decomposition for 3x3 convolutions (LoCon lora_mid, LoHa, LoKr): smaller conv weights.",
         group="network", advanced=True, kohya=False, in_metadata=False,
     )  # fmt: skip
+    loraplus_lr_ratio: float | None = setting(
+        None,
+        "LoRA+: the up weights learn this many times faster than the down weights (16 is common).",
+        group="network", minimum=0, exclusive_minimum=True, advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    loraplus_unet_lr_ratio: float | None = setting(
+        None, "LoRA+ ratio for the UNet only (wins over loraplus_lr_ratio).",
+        group="network", minimum=0, exclusive_minimum=True, advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    loraplus_text_encoder_lr_ratio: float | None = setting(
+        None, "LoRA+ ratio for the text encoder(s) only (wins over loraplus_lr_ratio).",
+        group="network", minimum=0, exclusive_minimum=True, advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    down_lr_weight: str | None = setting(
+        None,
+        "Learning-rate factor per UNet down block, shallow to deep: 12 numbers for SD1, 9 for SDXL (missing ones = 1), or cosine / sine / linear / reverse_linear / zeros [+base].",
+        group="network", advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    mid_lr_weight: str | None = setting(
+        None, "Learning-rate factor of the UNet middle block (1 number for SD1, 3 for SDXL).",
+        group="network", advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    up_lr_weight: str | None = setting(
+        None, "Learning-rate factor per UNet up block, deep to shallow (as down_lr_weight).",
+        group="network", advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    block_lr_zero_threshold: float | None = setting(
+        None, "Block factors at or below this become 0: those blocks get no LoRA at all.",
+        group="network", minimum=0, advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    block_dims: str | None = setting(
+        None, "Rank per UNet block, comma-separated: 25 numbers for SD1, 23 for SDXL (0 = no LoRA there).",
+        group="network", advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    block_alphas: str | None = setting(
+        None, "Alpha per UNet block (as many numbers as block_dims; default network_alpha).",
+        group="network", advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    conv_block_dims: str | None = setting(
+        None, "Rank of the 3x3 convolution LoRAs per UNet block (as block_dims).",
+        group="network", advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
+    conv_block_alphas: str | None = setting(
+        None, "Alpha of the 3x3 convolution LoRAs per UNet block (default conv_alpha).",
+        group="network", advanced=True, kohya=False, in_metadata=False,
+    )  # fmt: skip
 
     # -- optimizer -------------------------------------------------------------------------------
     optimizer_type: str = setting(
         "AdamW",
-        "AdamW, AdamW8bit, Lion, SGDNesterov, Prodigy, DAdaptAdam or Adafactor.",
+        "AdamW, AdamW8bit, Lion, SGDNesterov, Prodigy, DAdaptAdam, Adafactor, AdamWScheduleFree, RAdamScheduleFree or CAME (the last three need pip install schedulefree / came-pytorch).",
         group="optimizer",
         label="Optimizer",
     )
@@ -522,13 +580,9 @@ class TrainConfig:
         label="Highest timestep",
     )
     loss_type: str = setting(
-        "l2",
-        "Loss: l2 (mean squared error) or l1.",
-        group="training",
-        choices=("l2", "l1"),
-        advanced=True,
-        label="Loss",
-    )
+        "l2", "Loss: l2 (mean squared error), l1, huber or smooth_l1 (the last two less hurt by outliers).",
+        group="training", choices=("l2", "l1", "huber", "smooth_l1"), advanced=True, label="Loss",
+    )  # fmt: skip
     sdpa: bool = setting(
         True,
         "Memory-efficient attention (PyTorch's scaled dot product attention) while training, whatever the "
@@ -554,6 +608,58 @@ class TrainConfig:
         kohya=False,
         in_metadata=False,
         label="Auto memory",
+    )
+    zero_terminal_snr: bool | None = setting(
+        None, "Rescale the noise schedule so the last step is pure noise (for v-prediction models such as NoobAI-XL v-pred). Empty = as the checkpoint says.",
+        group="training", choices=(None, True, False), advanced=True,
+    )  # fmt: skip
+    scale_v_pred_loss_like_noise_pred: bool = setting(
+        False, "v-prediction only: weight the loss by SNR/(SNR+1) so it behaves like noise prediction.",
+        group="training", advanced=True,
+    )  # fmt: skip
+    multires_noise_iterations: int | None = setting(
+        None, "Multi-resolution (pyramid) noise: add coarser noise this many times (6-10 is common).",
+        group="training", minimum=1, advanced=True,
+    )  # fmt: skip
+    multires_noise_discount: float = setting(
+        0.3, "Weight of each coarser noise level in multi-resolution noise.",
+        group="training", minimum=0, exclusive_minimum=True, maximum=1, advanced=True,
+    )  # fmt: skip
+    adaptive_noise_scale: float | None = setting(
+        None, "Add this times each latent channel's mean to the noise offset (needs noise_offset).",
+        group="training", advanced=True,
+    )  # fmt: skip
+    ip_noise_gamma: float | None = setting(
+        None, "Input perturbation: extra noise on the model's input only (0.1 is common).",
+        group="training", minimum=0, advanced=True,
+    )  # fmt: skip
+    ip_noise_gamma_random_strength: bool = setting(
+        False, "Use a random input perturbation between 0 and ip_noise_gamma.", group="training", advanced=True
+    )
+    debiased_estimation_loss: bool = setting(
+        False, "Debiased estimation: weight the loss by 1/sqrt(SNR) (1/(SNR+1) for v-prediction).",
+        group="training", advanced=True,
+    )  # fmt: skip
+    huber_schedule: str = setting(
+        "snr", "How huber_c changes over the timesteps for huber / smooth_l1 loss.",
+        group="training", choices=("constant", "exponential", "snr"), advanced=True,
+    )  # fmt: skip
+    huber_c: float = setting(
+        0.1, "Huber loss threshold (for huber / smooth_l1 loss).",
+        group="training", minimum=0, exclusive_minimum=True, maximum=1, advanced=True,
+    )  # fmt: skip
+    huber_scale: float = setting(
+        1.0, "Scale of huber_c for the constant and exponential schedules.",
+        group="training", minimum=0, exclusive_minimum=True, advanced=True,
+    )  # fmt: skip
+    masked_loss: bool = setting(
+        False,
+        "Learn only the white parts of each image's mask (from the mask folder).",
+        group="training",
+        advanced=True,
+    )
+    prior_loss_weight: float = setting(
+        1.0, "Loss weight of the regularization images.", group="training", minimum=0, advanced=True
     )
 
     # -- saving ------------------------------------------------------------------------------------
@@ -701,6 +807,14 @@ _NEUTRAL_NETWORK_ARGS: dict[str, tuple[str, str]] = {
     "disable_conv_cp": ("true", "use use_tucker=True for Tucker convolutions"),
 }  # fmt: skip
 _LYCORIS_ALGOS = {"lora": "locon", "locon": "locon", "lokr": "lokr", "loha": "loha"}
+# network_args of sd-scripts' networks.lora that are fields of the same name (LoRA+, block-wise lr and dims)
+NETWORK_ARG_FIELDS = (
+    "loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio", "down_lr_weight", "mid_lr_weight",
+    "up_lr_weight", "block_lr_zero_threshold", "block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas",
+)  # fmt: skip
+_NETWORK_ARGS.update({name: name for name in NETWORK_ARG_FIELDS})
+#: sd-scripts network_args key -> the field it sets
+NETWORK_ARGS: Mapping[str, str] = _NETWORK_ARGS
 # keys of kohya configs that only steer sd-scripts itself; accepted and ignored
 IGNORED_KOHYA_KEYS = frozenset({
     "save_model_as", "logging_dir", "log_with", "log_prefix", "xformers", "mem_eff_attn", "persistent_data_loader_workers",
@@ -928,9 +1042,36 @@ def rule_problems(cfg: TrainConfig, names: Callable[[str], str] = key_name) -> l
             f"{names('network_train_unet_only')} and {names('network_train_text_encoder_only')} cannot both be on."
         )
     problems += network_problems(cfg, names)
-    if cfg.min_timestep is not None and cfg.max_timestep is not None and cfg.min_timestep >= cfg.max_timestep:
+    if cfg.min_timestep is not None and cfg.max_timestep is not None and cfg.min_timestep > cfg.max_timestep:
+        # equal values train that one timestep (sd-scripts' get_timesteps)
         problems.append(
-            f"{names('min_timestep')} ({cfg.min_timestep}) must be below {names('max_timestep')} ({cfg.max_timestep})."
+            f"{names('min_timestep')} ({cfg.min_timestep}) must not be above {names('max_timestep')} "
+            f"({cfg.max_timestep})."
+        )
+    if cfg.v_parameterization is False and cfg.scale_v_pred_loss_like_noise_pred:
+        problems.append(
+            f"{names('scale_v_pred_loss_like_noise_pred')} works only with {names('v_parameterization')} "
+            "(a v-prediction model)."
+        )
+    if cfg.masked_loss and not cfg.conditioning_data_dir and not cfg.alpha_mask:
+        problems.append(
+            f"{names('masked_loss')} needs the masks: choose a mask folder ({names('conditioning_data_dir')}) or "
+            f"turn on {names('alpha_mask')}."
+        )
+    if cfg.conditioning_data_dir and cfg.alpha_mask:
+        problems.append(
+            f"Choose one mask source: the mask folder ({names('conditioning_data_dir')}) or {names('alpha_mask')}, "
+            "not both."
+        )
+    if cfg.conditioning_data_dir and not cfg.masked_loss:
+        problems.append(
+            f"{names('conditioning_data_dir')} (the mask folder) is used only with {names('masked_loss')}: turn "
+            f"{names('masked_loss')} on or clear it."
+        )
+    if cfg.adaptive_noise_scale is not None and cfg.noise_offset is None:
+        problems.append(
+            f"{names('adaptive_noise_scale')} needs {names('noise_offset')}: set a noise offset or clear "
+            f"{names('adaptive_noise_scale')}."
         )
     if cfg.random_crop and cfg.cache_latents:
         problems.append(
@@ -1024,6 +1165,13 @@ def network_problems(cfg: TrainConfig, names: Callable[[str], str] = key_name) -
         problems.append(
             f"{names('factor')} = 0 is not valid: use -1 (automatic) or a number that divides every layer's size, "
             "such as 4, 8 or 16."
+        )
+    plus = [
+        k for k in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio") if getattr(cfg, k)
+    ]
+    if plus and cfg.algo in ("lokr", "loha"):
+        problems.append(
+            f"{names(plus[0])} (LoRA+) speeds up LoRA's up weights; {label} has none: choose LoRA or LoCon, or clear it."
         )
     weight_form = [name for name, on in ((label, cfg.algo in ("lokr", "loha")), ("DoRA", cfg.dora_wd)) if on]
     if weight_form:

@@ -17,6 +17,11 @@ STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
 PURE = {"common", "events", "config", "engine", "formats", "data", "tagger", "captions", "importer", "cleanup"}
 
+# optional optimizer packages, imported lazily, by name, in engine/optim.py only
+OPTIONAL_OPTIMIZERS = {
+    "bitsandbytes", "prodigyopt", "dadaptation", "lion_pytorch", "transformers", "schedulefree", "came_pytorch",
+    "pytorch_optimizer",
+}  # fmt: skip
 # package -> (lib_lora packages it may import, third-party top-level modules it may import)
 RULES: dict[str, tuple[set[str], set[str]]] = {
     "common": (set(), set()),
@@ -25,7 +30,7 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "engine": (
         {"common", "events", "config"},
         # optimizers are optional and imported lazily, by name, in engine/optim.py only
-        {"torch", "bitsandbytes", "prodigyopt", "dadaptation", "lion_pytorch", "transformers"},
+        {"torch", *OPTIONAL_OPTIMIZERS},
     ),
     "formats": ({"common"}, {"torch", "safetensors"}),
     "data": ({"common", "events", "config"}, {"numpy", "PIL", "torch"}),
@@ -62,7 +67,7 @@ FORBIDDEN = {
 }
 SPECIAL_THIRD_PARTY_FILES = {
     # the one engine file that may name optional optimizer packages
-    "lib_lora/engine/optim.py": {"bitsandbytes", "prodigyopt", "dadaptation", "lion_pytorch", "transformers"},
+    "lib_lora/engine/optim.py": OPTIONAL_OPTIMIZERS,
 }
 
 
@@ -134,10 +139,7 @@ def _violations() -> list[str]:
                 continue
             else:
                 allowed = third_party
-                if (
-                    top in {"bitsandbytes", "prodigyopt", "dadaptation", "lion_pytorch", "transformers"}
-                    and pkg == "engine"
-                ):
+                if top in OPTIONAL_OPTIMIZERS and pkg == "engine":
                     allowed = SPECIAL_THIRD_PARTY_FILES.get(rel, set()) | {"torch"}
                 if top not in allowed:
                     problems.append(f"{where}: {pkg} may not import third-party {top}")

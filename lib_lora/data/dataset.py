@@ -7,6 +7,7 @@ optional caption ``image.txt`` beside each image; N is how many times each image
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -40,6 +41,7 @@ class Subset:
     repeats: int
     class_tokens: str
     image_count: int  # usable images
+    is_reg: bool = False  # a regularization folder (from reg_data_dir)
 
 
 @dataclass(frozen=True)
@@ -69,12 +71,25 @@ class DatasetScan:
 
     @property
     def num_train_images(self) -> int:
-        """Images x repeats (sd-scripts' ``num_train_images``, ``ss_num_train_images``)."""
-        return sum(item.repeats for item in self.items)
+        """Training images x repeats, regularization images not counted (sd-scripts'
+        ``num_train_images``, ``ss_num_train_images``)."""
+        return sum(item.repeats for item in self.items if not self.subsets[item.subset].is_reg)
+
+    @property
+    def num_reg_images(self) -> int:
+        """Regularization images x their folders' repeats, before balancing (``ss_num_reg_images``)."""
+        return sum(s.repeats * s.image_count for s in self.subsets if s.is_reg)
 
     def dataset_dirs_info(self) -> dict[str, dict[str, int]]:
         """``ss_dataset_dirs``: ``{folder name: {"n_repeats": N, "img_count": images}}``."""
-        return {s.name: {"n_repeats": s.repeats, "img_count": s.image_count} for s in self.subsets}
+        return {s.name: {"n_repeats": s.repeats, "img_count": s.image_count} for s in self.subsets if not s.is_reg}
+
+    def reg_dataset_dirs_info(self) -> dict[str, dict[str, int]]:
+        """``ss_reg_dataset_dirs``: as :meth:`dataset_dirs_info` for the regularization folders."""
+        return {s.name: {"n_repeats": s.repeats, "img_count": s.image_count} for s in self.subsets if s.is_reg}
+
+    def is_reg(self, item_index: int) -> bool:
+        return self.subsets[self.items[item_index].subset].is_reg
 
     def tag_frequency(self) -> dict[str, dict[str, int]]:
         """``ss_tag_frequency``: per folder name, each ``,``-separated tag of each caption, stripped
@@ -94,6 +109,48 @@ class DatasetScan:
             f"{plural(self.num_images, 'image')} in {plural(len(self.subsets), 'folder')}, "
             f"{self.num_train_images} with repeats" + (f", {len(self.skipped)} skipped" if self.skipped else "")
         )
+
+
+def balanced_reg_repeats(num_train_images: int, reg_repeats: Sequence[int]) -> list[int]:
+    """Repeats per regularization image (in folder then file order) so that reg samples per epoch
+    match the training samples, as sd-scripts' DreamBoothDataset: the first pass takes each image
+    with its folder's repeats until the count is reached (later images get 0); further passes add
+    1 to each image in turn. Surplus reg images are unused."""
+    out = [0] * len(reg_repeats)
+    if not reg_repeats:
+        return out
+    n = 0
+    first = True
+    while n < num_train_images:
+        for i, repeats in enumerate(reg_repeats):
+            if first:
+                out[i] = repeats
+                n += repeats
+            else:
+                out[i] += 1
+                n += 1
+            if n >= num_train_images:
+                break
+        first = False
+    return out
+
+
+def with_regularization(scan: DatasetScan, reg: DatasetScan) -> DatasetScan:
+    """``scan`` plus the regularization images of ``reg`` (their folders marked ``is_reg``), each
+    with its balanced repeats (:func:`balanced_reg_repeats`); images left at 0 are not used. They
+    share the buckets with the training images, so batches mix both (as sd-scripts)."""
+    offset = len(scan.subsets)
+    subsets = scan.subsets + [dataclasses.replace(s, is_reg=True) for s in reg.subsets]
+    repeats = balanced_reg_repeats(scan.num_train_images, [item.repeats for item in reg.items])
+    items = list(scan.items) + [
+        dataclasses.replace(item, subset=item.subset + offset, repeats=r)
+        for item, r in zip(reg.items, repeats)
+        if r > 0
+    ]
+    warnings = list(scan.warnings) + [f"regularization: {w}" for w in reg.warnings]
+    if sum(item.repeats for item in reg.items) > scan.num_train_images:
+        warnings.append("There are more regularization images than training images x repeats: some are not used.")
+    return DatasetScan(scan.root, scan.caption_extension, subsets, items, scan.skipped + reg.skipped, warnings)
 
 
 def _listing(paths: Sequence[Any], shown: int = _SHOWN) -> str:

@@ -131,6 +131,7 @@ class Transformed(NamedTuple):
     image: torch.Tensor  # [3, H, W] float32 in [-1, 1], H, W = the bucket
     crop_ltrb: tuple[float, float, float, float]  # sd-scripts' value; see buckets.crop_top_left
     original_size: Size  # (width, height) before resizing
+    offset: tuple[int, int] = (0, 0)  # (left, top) of the crop window in the resized image (for its mask)
 
 
 def transform(
@@ -154,7 +155,7 @@ def transform(
         resized = resized.crop((left, top, left + bucket_w, top + bucket_h))
     if flip:
         resized = resized.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return Transformed(to_tensor(resized), crop_ltrb(choice.bucket, original_size), original_size)
+    return Transformed(to_tensor(resized), crop_ltrb(choice.bucket, original_size), original_size, (left, top))
 
 
 def load_and_transform(

@@ -193,19 +193,46 @@ class LoRANetwork(nn.Module):
         return any(m.applied for m in self.loras)
 
     # -- parameters ------------------------------------------------------------------------------
-    def param_groups(self, unet_lr: float | None, text_encoder_lr: float | None, learning_rate: float) -> list[dict]:
+    def param_groups(
+        self,
+        unet_lr: float | None,
+        text_encoder_lr: float | None,
+        learning_rate: float,
+        *,
+        loraplus_unet_ratio: float | None = None,
+        loraplus_text_encoder_ratio: float | None = None,
+        unet_block: Callable[[str], tuple[str, float]] | None = None,
+    ) -> list[dict]:
         """kohya's optimizer groups: all text-encoder LoRAs at ``text_encoder_lr`` (else
-        ``learning_rate``), all UNet LoRAs at ``unet_lr`` (else ``learning_rate``); lr-0 groups dropped."""
-        te_params, unet_params = [], []
+        ``learning_rate``), all UNet LoRAs at ``unet_lr`` (else ``learning_rate``); lr-0 groups dropped.
+        With a LoRA+ ratio the ``lora_up`` weights of that part get their own group at lr × ratio
+        (sd-scripts' prepare_optimizer_params). ``unet_block`` (module key -> (block label, lr
+        factor)) splits the UNet into one group per block at ``unet_lr`` × factor (block-wise lr)."""
+        te_params: list[tuple[str, nn.Parameter]] = []
+        unet_params: list[tuple[str, nn.Parameter]] = []
         for module in self.loras:
-            (unet_params if module.key.startswith("unet/") else te_params).extend(module.parameters())
+            (unet_params if module.key.startswith("unet/") else te_params).extend(module.named_parameters())
         groups = []
         te = learning_rate if text_encoder_lr is None else text_encoder_lr
         un = learning_rate if unet_lr is None else unet_lr
-        if te_params and te:
-            groups.append({"name": "textencoder", "params": te_params, "lr": te})
-        if unet_params and un:
-            groups.append({"name": "unet", "params": unet_params, "lr": un})
+        parts = [("textencoder", te_params, te, loraplus_text_encoder_ratio)]
+        if unet_block is None:
+            parts.append(("unet", unet_params, un, loraplus_unet_ratio))
+        else:
+            blocks: dict[str, tuple[float, list[tuple[str, nn.Parameter]]]] = {}
+            for module in self.loras:
+                if module.key.startswith("unet/"):
+                    label, factor = unet_block(module.key)
+                    blocks.setdefault(label, (factor, []))[1].extend(module.named_parameters())
+            for label, (factor, params) in blocks.items():
+                parts.append((label, params, un * factor, loraplus_unet_ratio))
+        for name, params, lr, ratio in parts:
+            plain = [p for n, p in params if ratio is None or "lora_up" not in n]
+            plus = [p for n, p in params if ratio is not None and "lora_up" in n]
+            if plain and lr:
+                groups.append({"name": name, "params": plain, "lr": lr})
+            if plus and lr:
+                groups.append({"name": f"{name} plus", "params": plus, "lr": lr * ratio})
         return groups
 
     def requires_grad_(self, requires_grad: bool = True) -> LoRANetwork:  # type: ignore[override]

@@ -23,10 +23,11 @@ are imported here only, lazily, inside functions.
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import inspect
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,8 +173,17 @@ _CHOICES: tuple[_Choice, ...] = (
     _Choice("DAdaptLion", "dadapt", "DAdaptLion"),
     _Choice("DAdaptSGD", "dadapt", "DAdaptSGD"),
     _Choice("Adafactor", "adafactor"),
+    _Choice("AdamWScheduleFree", "schedulefree", "AdamWScheduleFree"),
+    _Choice("RAdamScheduleFree", "schedulefree", "RAdamScheduleFree"),
+    _Choice("SGDScheduleFree", "schedulefree", "SGDScheduleFree"),
+    _Choice("CAME", "came"),
 )
 _BY_LOWER = {c.name.lower(): c for c in _CHOICES}
+# the dotted class paths kohya_ss / sd-scripts users write for the same optimizers
+_ALIASES = {"came_pytorch.came": "came", "pytorch_optimizer.came": "came", "schedulefree.adamwschedulefree": "adamwschedulefree",
+            "schedulefree.radamschedulefree": "radamschedulefree", "schedulefree.sgdschedulefree": "sgdschedulefree"}  # fmt: skip
+# the optional packages, pinned as the project tests them
+PIP_PINS = {"schedulefree": "schedulefree==1.4.1", "came": "came-pytorch==0.1.3"}
 
 #: Every optimizer name ``build_optimizer`` accepts (matched case-insensitively, as sd-scripts).
 OPTIMIZERS: tuple[str, ...] = tuple(c.name for c in _CHOICES)
@@ -182,6 +192,7 @@ OPTIMIZERS: tuple[str, ...] = tuple(c.name for c in _CHOICES)
 def resolve_optimizer_name(name: str | None) -> str:
     """The canonical spelling of an optimizer name; empty means AdamW. Unknown -> UserError."""
     key = (name or "").strip().lower() or "adamw"
+    key = _ALIASES.get(key, key)
     choice = _BY_LOWER.get(key)
     if choice is None:
         close = difflib.get_close_matches(key, list(_BY_LOWER), n=3, cutoff=0.6)
@@ -209,6 +220,9 @@ class OptimizerInfo:
     scheduler_initial_lr: float | None = None
     group_lrs_dropped: bool = False
     adaptive: bool = False  # D-Adaptation / Prodigy: lr is a multiplier (about 1.0), d*lr is logged
+    # schedule-free (AdamWScheduleFree...): no lr schedule; optimizer.eval() before sampling and
+    # saving (the eval-mode weights are the ones to keep), optimizer.train() to go on training
+    schedule_free: bool = False
 
 
 def _missing_package(choice: _Choice, package: str, pip_name: str, extra: str = "") -> UserError:
@@ -266,6 +280,21 @@ def _optimizer_class(choice: _Choice) -> tuple[type, list[str]]:
         except ImportError:
             raise _missing_package(choice, "prodigyopt", "prodigyopt") from None
         return prodigyopt.Prodigy, notes
+    if choice.family == "schedulefree":
+        try:
+            import schedulefree
+        except ImportError:
+            raise _missing_package(choice, "schedulefree", PIP_PINS["schedulefree"]) from None
+        return getattr(schedulefree, choice.attr), notes
+    if choice.family == "came":
+        try:
+            from came_pytorch import CAME
+        except ImportError:
+            try:
+                from pytorch_optimizer import CAME
+            except ImportError:
+                raise _missing_package(choice, "came-pytorch (or pytorch-optimizer)", PIP_PINS["came"]) from None
+        return CAME, notes
     if choice.family == "adafactor":
         try:
             import transformers.optimization
@@ -414,6 +443,16 @@ def build_optimizer(
             if kwargs.get("clip_threshold", 1.0) != 1.0:
                 warnings.append("Adafactor: clip_threshold=1.0 is the recommended value.")
 
+    schedule_free = choice.family == "schedulefree"
+    if schedule_free:
+        # sd-scripts gives schedule-free optimizers a dummy scheduler: the lr stays as given
+        forced_scheduler = "constant"
+        if lr_scheduler is not None and _scheduler_name_or_none(lr_scheduler) not in ("constant", None):
+            warnings.append(
+                f"{display} needs no learning-rate schedule: lr_scheduler {lr_scheduler} is replaced by constant "
+                "(AdamWScheduleFree warms up with optimizer_args warmup_steps=N)."
+            )
+
     if cls is getattr(torch.optim, "Adafactor", object()):
         optimizer = _torch_adafactor(cls, groups, kwargs, display)
     else:
@@ -424,18 +463,35 @@ def build_optimizer(
             raise UserError(
                 f"{display} refused its settings: {exc}.", hint="Check optimizer_args and the learning rates."
             ) from None
+    if schedule_free:
+        optimizer.train()  # sd-scripts: train mode for training; eval mode only around samples and saves
     return OptimizerInfo(
         optimizer=optimizer,
         name=display,
         name_for_metadata=optimizer_metadata_name(cls, kwargs),
         kwargs=kwargs,
-        learning_rate=None if forced_scheduler else lr,
+        learning_rate=None if forced_scheduler == "adafactor" else lr,
         warnings=warnings,
         forced_scheduler=forced_scheduler,
-        scheduler_initial_lr=lr if forced_scheduler else None,
+        scheduler_initial_lr=lr if forced_scheduler == "adafactor" else None,
         group_lrs_dropped=dropped,
         adaptive=adaptive,
+        schedule_free=schedule_free,
     )
+
+
+@contextlib.contextmanager
+def evaluation(info: OptimizerInfo) -> Iterator[None]:
+    """Schedule-free optimizers in eval mode for the block (the parameters hold the averaged weights
+    that are sampled and saved), back in train mode afterwards; other optimizers untouched."""
+    if not info.schedule_free:
+        yield
+        return
+    info.optimizer.eval()
+    try:
+        yield
+    finally:
+        info.optimizer.train()
 
 
 def _scheduler_name_or_none(name: str) -> str | None:
@@ -881,3 +937,5 @@ def load_optimizer_state(info: OptimizerInfo, scheduler: Any, state: Mapping[str
             hint="Resume with the same network settings (dim, modules, trained parts) as the saved run.",
         ) from None
     scheduler.load_state_dict(state["scheduler"])
+    if info.schedule_free:
+        info.optimizer.train()  # a state saved in eval mode (as saves are) continues in train mode

@@ -43,6 +43,11 @@ SS_KEYS: tuple[str, ...] = (
 JSON_KEYS = frozenset(
     {"ss_network_args", "ss_dataset_dirs", "ss_reg_dataset_dirs", "ss_tag_frequency", "ss_bucket_info", "ss_datasets"}
 )
+# keys sd-scripts writes only when they apply: network_args when given, the model hashes when the model
+# is a file, the VAE keys when a separate VAE is given (train_network.py)
+OPTIONAL_KEYS = frozenset(
+    {"ss_network_args", "ss_sd_model_hash", "ss_new_sd_model_hash", "ss_vae_name", "ss_vae_hash", "ss_new_vae_hash"}
+)
 # sd-scripts' --no_metadata set (plus modelspec and the hashes)
 MINIMUM_KEYS = (
     "ss_v2",
@@ -53,7 +58,10 @@ MINIMUM_KEYS = (
     "ss_network_args",
 )
 
-BASE_MODEL_VERSIONS = {("sd1", False): "sd_v1", ("sd1", True): "sd_v1_v", ("sdxl", False): "sdxl_base_v1-0"}
+# sd-scripts names SDXL "sdxl_base_v1-0" whether it predicts eps or v (sdxl_model_util.MODEL_VERSION_SDXL_BASE_V1_0)
+BASE_MODEL_VERSIONS = {
+    ("sd1", False): "sd_v1", ("sd1", True): "sd_v1_v", ("sdxl", False): "sdxl_base_v1-0", ("sdxl", True): "sdxl_base_v1-0",
+}  # fmt: skip
 MODELSPEC_ARCH = {"sd1": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
 MODELSPEC_IMPL = {"sd1": "diffusers", "sdxl": "https://github.com/Stability-AI/generative-models"}
 
@@ -73,9 +81,9 @@ def ss_value(key: str, value: Any) -> str:
 
 
 def format_ss_metadata(values: Mapping[str, Any]) -> dict[str, str]:
-    """Every ``ss_*`` key sd-scripts writes (missing ones as ``"None"``) plus any extra ``ss_*``
-    keys given, all as strings."""
-    out = {key: ss_value(key, values.get(key)) for key in SS_KEYS}
+    """Every ``ss_*`` key sd-scripts writes (missing ones as ``"None"``, except :data:`OPTIONAL_KEYS`,
+    written only when given) plus any extra ``ss_*`` keys given, all as strings."""
+    out = {key: ss_value(key, values.get(key)) for key in SS_KEYS if key not in OPTIONAL_KEYS or key in values}
     for key, value in values.items():
         if key.startswith("ss_") and key not in out:
             out[key] = ss_value(key, value)
@@ -96,11 +104,15 @@ def modelspec(
     date: datetime.datetime | None = None,
     trigger_phrase: str | None = None,
     description: str | None = None,
+    implementation_version: str | None = None,
+    timestep_range: tuple[int, int] | None = None,
 ) -> dict[str, str]:
-    """The ModelSpec keys sd-scripts adds to a LoRA."""
+    """The ModelSpec 1.0.1 keys sd-scripts adds to a LoRA (``implementation_version``: the trainer
+    and its version, as sd-scripts writes ``sd-scripts/<commit>``; ``timestep_range``: the
+    trained (min, max) timesteps when they were limited)."""
     date = date or datetime.datetime.now()
     spec = {
-        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": MODELSPEC_ARCH[family],
         "modelspec.implementation": MODELSPEC_IMPL[family],
         "modelspec.title": title,
@@ -108,6 +120,10 @@ def modelspec(
         "modelspec.date": date.replace(microsecond=0, tzinfo=None).isoformat(),
         "modelspec.prediction_type": "v" if v_prediction else "epsilon",
     }
+    if implementation_version:
+        spec["modelspec.implementation_version"] = implementation_version
+    if timestep_range is not None:
+        spec["modelspec.timestep_range"] = f"{timestep_range[0]},{timestep_range[1]}"
     if clip_skip is not None:
         spec["modelspec.encoder_layer"] = str(clip_skip)
     if trigger_phrase:

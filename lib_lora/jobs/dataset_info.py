@@ -18,7 +18,7 @@ from lib_lora.common.errors import UserError
 from lib_lora.common.layout import RESERVED_DIRS, caption_path, iter_image_files, parse_subset_name
 from lib_lora.config import TrainConfig, check_rules
 from lib_lora.data.buckets import BucketManager, BucketSettings
-from lib_lora.data.dataset import DatasetScan, assign_buckets, scan_dataset
+from lib_lora.data.dataset import DatasetScan, assign_buckets, scan_dataset, with_regularization
 from lib_lora.data.demo import DemoResult, write_demo_dataset
 from lib_lora.events import Events
 
@@ -59,6 +59,7 @@ class BucketSummary:
     epochs: int
     total_steps: int
     warnings: list[str] = field(default_factory=list)
+    reg_samples: int = 0  # regularization images per epoch (balanced to the training samples)
 
 
 _SCANS: dict[tuple[str, str], tuple[tuple, DatasetScan]] = {}
@@ -172,12 +173,22 @@ def bucket_summary(scan: DatasetScan, cfg: TrainConfig, family: str | None = Non
         bucket_no_upscale=cfg.bucket_no_upscale,
     )  # fmt: skip
     warnings = settings.validate(family if family in ("sd1", "sdxl") else None)
+    reg_samples = 0
+    if cfg.reg_data_dir:
+        try:
+            scan = with_regularization(scan, cached_scan(cfg.reg_data_dir, cfg.caption_extension))
+        except UserError as exc:
+            warnings.append(f"Regularization folder: {exc}")
+        else:
+            reg_samples = sum(i.repeats for i in scan.items if scan.subsets[i.subset].is_reg)
     plan = assign_buckets(scan, BucketManager(settings), cfg.train_batch_size)
     schedule = Schedule.plan(
         plan.steps_per_epoch, cfg.gradient_accumulation_steps, cfg.max_train_epochs, cfg.max_train_steps
     )
     rows = [(f"{r.resolution[0]}x{r.resolution[1]}", r.images, r.count, r.batches) for r in plan.rows() if r.images]
-    return BucketSummary(rows, schedule.steps_per_epoch, schedule.num_epochs, schedule.total_steps, warnings)
+    return BucketSummary(
+        rows, schedule.steps_per_epoch, schedule.num_epochs, schedule.total_steps, warnings, reg_samples
+    )
 
 
 def check_config(cfg: TrainConfig) -> None:

@@ -50,7 +50,7 @@ from lib_lora.engine.loop import LoopHooks, LoopSettings, Position, Schedule, de
 from lib_lora.engine.lora_module import host_dims
 from lib_lora.engine.network import LoRANetwork
 from lib_lora.engine.savers import Offload, offload_modules
-from lib_lora.engine.step import Batch, LossSettings
+from lib_lora.engine.step import Batch
 from lib_lora.engine.targets import check_family, select_targets
 from lib_lora.events import Events, MultiEvents, SampleImage, SavedFile, StopRequested, StopToken
 from lib_lora.formats import metadata as md
@@ -64,6 +64,23 @@ from lib_lora.jobs.lora_files import (
     save_network,
 )
 from lib_lora.jobs.samples import SamplePrompt, load_sample_prompts, sample_path
+from lib_lora.jobs.train_options import (
+    add_regularization,
+    block_module_dims,
+    centre_offset,
+    check_masks,
+    check_options,
+    check_per_group_lrs,
+    loss_settings,
+    mask_source,
+    network_args_metadata,
+    resolve_v_prediction,
+    resolve_zero_terminal_snr,
+    timestep_range,
+    unet_block_groups,
+    uses_blocks,
+    vae_metadata,
+)
 
 STATE_VERSION = 2
 # The state folder lives beside the LoRA files, often inside the webui's Lora folder, which lists every
@@ -84,6 +101,8 @@ RESUME_KEYS = (
     "lr_scheduler", "lr_warmup_steps", "lr_scheduler_num_cycles", "lr_scheduler_power", "learning_rate",
     "unet_lr", "text_encoder_lr", "network_train_unet_only", "network_train_text_encoder_only", "seed",
     "algo", "dora_wd", "factor", "decompose_both", "full_matrix", "use_tucker",
+    "loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio", "down_lr_weight", "mid_lr_weight",
+    "up_lr_weight", "block_lr_zero_threshold", "block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas",
 )  # fmt: skip
 SD_VERSION = {"sd1": "SD1", "sdxl": "SDXL"}
 
@@ -174,10 +193,13 @@ def prepare(
         problem = float8_problem(bundle.device)
         if problem:
             raise UserError(problem)
+    warnings += check_options(cfg, bundle)
     for warning in warnings:
         events.warning(warning)
     scan = scan_dataset(cfg.train_data_dir, cfg.caption_extension, events=events, stop=stop)
+    scan = add_regularization(cfg, scan, events, stop)
     warnings += scan.warnings
+    check_masks(cfg, scan)
     plan = assign_buckets(scan, BucketManager(bucket_settings(cfg)), cfg.train_batch_size)
     schedule = Schedule.plan(
         plan.steps_per_epoch, cfg.gradient_accumulation_steps, cfg.max_train_epochs, cfg.max_train_steps
@@ -213,9 +235,10 @@ def build_optimizer(cfg: TrainConfig, param_groups: list[dict], total_steps: int
 def _check_optimizer(cfg: TrainConfig, schedule: Schedule) -> None:
     """Build the optimizer and schedule once on a dummy parameter: a missing package or a bad
     optimizer argument is reported before any work."""
-    build_optimizer(
+    built, _ = build_optimizer(
         cfg, [{"params": [torch.zeros(1, requires_grad=True)], "lr": cfg.learning_rate}], schedule.total_steps
     )
+    check_per_group_lrs(cfg, built)
 
 
 def _network_targets(cfg: TrainConfig, bundle: ModelBundle) -> tuple[list, dict[str, str]]:
@@ -224,20 +247,23 @@ def _network_targets(cfg: TrainConfig, bundle: ModelBundle) -> tuple[list, dict[
         bundle.family,
         unet if cfg.train_unet else None,
         encoders if cfg.train_text_encoder else {},
-        conv=cfg.effective_conv_dim is not None,
+        conv=cfg.effective_conv_dim is not None or (uses_blocks(cfg) and cfg.conv_block_dims is not None),
     )
     return targets, naming
 
 
 def build_network(cfg: TrainConfig, bundle: ModelBundle) -> LoRANetwork:
-    """The network ``cfg`` asks for (type, ranks, LoKr/Tucker/DoRA options) on the bundle's modules."""
+    """The network ``cfg`` asks for (type, ranks, LoKr/Tucker/DoRA options, block-wise dims) on the
+    bundle's modules."""
     targets, naming = _network_targets(cfg, bundle)
+    module_dims = block_module_dims(cfg, bundle.family, targets, naming) if uses_blocks(cfg) else None
     return LoRANetwork(
         targets, cfg.network_dim, cfg.network_alpha, conv_rank=cfg.effective_conv_dim,
         conv_alpha=cfg.effective_conv_alpha, dropout=cfg.network_dropout,
         rank_dropout=cfg.rank_dropout, module_dropout=cfg.module_dropout, naming=naming, family=bundle.family,
         algo=cfg.engine_algo, dora_wd=cfg.dora_wd, factor=cfg.factor, decompose_both=cfg.decompose_both,
         full_matrix=cfg.full_matrix, use_tucker=cfg.use_tucker,
+        module_dims=module_dims,
     )  # fmt: skip
 
 
@@ -259,39 +285,14 @@ def check_network(cfg: TrainConfig, bundle: ModelBundle) -> None:
         check_file_type(cfg.network_weights, summary, cfg.engine_algo, cfg.dora_wd)
 
 
-def network_args_metadata(cfg: TrainConfig) -> dict[str, str]:
-    """``ss_network_args`` as sd-scripts records them (strings): LoRA's conv/dropout args; for
-    LyCORIS (``lycoris.kohya``) also algo, factor, dora_wd with wd_on_output=False (the input axis)."""
-    args: dict[str, str] = {}
-    if cfg.lycoris:
-        args["algo"] = cfg.algo if cfg.algo != "lora" else "locon"
-    conv_dim = cfg.effective_conv_dim
-    if conv_dim is not None:
-        args["conv_dim"] = str(conv_dim)
-        if cfg.lycoris or cfg.conv_alpha is not None:
-            args["conv_alpha"] = str(cfg.effective_conv_alpha)
-    for key in ("rank_dropout", "module_dropout"):  # as given (sd-scripts records its network_args)
-        if getattr(cfg, key) is not None:
-            args[key] = str(getattr(cfg, key))
-    if cfg.engine_algo == "lokr":
-        args["factor"] = str(cfg.factor)
-        for key in ("decompose_both", "full_matrix"):
-            if getattr(cfg, key):
-                args[key] = "True"
-    if cfg.use_tucker:
-        args["use_tucker"] = "True"
-    if cfg.dora_wd:
-        args["dora_wd"] = "True"
-        args["wd_on_output"] = "False"
-    return args
-
-
 def default_activation_text(scan: DatasetScan) -> str:
     """The trigger words: each subset's class tokens where its captions use them as a tag,
     otherwise the tag most captions start with."""
     words: list[str] = []
     firsts: dict[str, int] = {}
     for subset_index, subset in enumerate(scan.subsets):
+        if subset.is_reg:
+            continue
         items = [i for i in scan.items if i.subset == subset_index]
         tags = [[t.lower() for t in split_tags(i.caption)] for i in items]
         token = subset.class_tokens.strip().lower()
@@ -302,7 +303,7 @@ def default_activation_text(scan: DatasetScan) -> str:
                 firsts[t[0]] = firsts.get(t[0], 0) + 1
     if not words and firsts:
         tag, count = max(firsts.items(), key=lambda kv: kv[1])
-        if count * 2 >= len(scan.items):
+        if count * 2 >= sum(1 for i in scan.items if not scan.subsets[i.subset].is_reg):
             words.append(tag)
     return ", ".join(dict.fromkeys(words))
 
@@ -318,34 +319,38 @@ def _base_metadata(
 ) -> dict[str, Any]:
     scan, buckets, schedule = plan.scan, plan.buckets, plan.schedule
     net_args = network_args_metadata(cfg)
+    v_pred = resolve_v_prediction(cfg, bundle)
     values: dict[str, Any] = {
         "ss_session_id": session_id, "ss_training_started_at": started, "ss_output_name": cfg.output_name,
         "ss_learning_rate": cfg.learning_rate, "ss_text_encoder_lr": cfg.text_encoder_lr, "ss_unet_lr": cfg.unet_lr,
-        "ss_num_train_images": scan.num_train_images, "ss_num_validation_images": 0, "ss_num_reg_images": 0,
+        "ss_num_train_images": scan.num_train_images, "ss_num_validation_images": 0, "ss_num_reg_images": scan.num_reg_images,
         "ss_num_batches_per_epoch": schedule.batches_per_epoch, "ss_num_epochs": schedule.num_epochs,
         "ss_gradient_checkpointing": cfg.gradient_checkpointing, "ss_gradient_accumulation_steps": cfg.gradient_accumulation_steps,
         "ss_max_train_steps": schedule.total_steps, "ss_lr_warmup_steps": cfg.lr_warmup_steps if cfg.lr_warmup_steps < 1 else int(cfg.lr_warmup_steps),
         "ss_lr_scheduler": cfg.lr_scheduler, "ss_network_module": cfg.effective_network_module, "ss_network_dim": cfg.network_dim,
         "ss_network_alpha": cfg.network_alpha, "ss_network_dropout": cfg.network_dropout, "ss_mixed_precision": plan.mixed_precision,
-        "ss_full_fp16": False, "ss_v2": False, "ss_base_model_version": md.base_model_version(bundle.family, bundle.v_prediction),
+        "ss_full_fp16": False, "ss_v2": False, "ss_base_model_version": md.base_model_version(bundle.family, v_pred),
         "ss_clip_skip": bundle.clip_skip, "ss_max_token_length": cfg.max_token_length, "ss_cache_latents": cfg.cache_latents,
-        "ss_seed": plan.seed, "ss_lowram": False, "ss_noise_offset": cfg.noise_offset, "ss_multires_noise_iterations": None,
-        "ss_multires_noise_discount": 0.3, "ss_adaptive_noise_scale": None, "ss_zero_terminal_snr": False,
+        "ss_seed": plan.seed, "ss_lowram": False, "ss_noise_offset": cfg.noise_offset, "ss_multires_noise_iterations": cfg.multires_noise_iterations,
+        "ss_multires_noise_discount": cfg.multires_noise_discount, "ss_adaptive_noise_scale": cfg.adaptive_noise_scale,
+        "ss_zero_terminal_snr": resolve_zero_terminal_snr(cfg, bundle),
         "ss_training_comment": cfg.training_comment, "ss_sd_scripts_commit_hash": f"lib_lora {__version__}",
         "ss_optimizer": optimizer_name, "ss_max_grad_norm": cfg.max_grad_norm, "ss_caption_dropout_rate": cfg.caption_dropout_rate,
         "ss_caption_dropout_every_n_epochs": cfg.caption_dropout_every_n_epochs, "ss_caption_tag_dropout_rate": cfg.caption_tag_dropout_rate,
-        "ss_face_crop_aug_range": None, "ss_prior_loss_weight": 1.0, "ss_min_snr_gamma": cfg.min_snr_gamma,
-        "ss_scale_weight_norms": None, "ss_ip_noise_gamma": None, "ss_debiased_estimation": False,
-        "ss_noise_offset_random_strength": cfg.noise_offset_random_strength, "ss_ip_noise_gamma_random_strength": False,
-        "ss_loss_type": cfg.loss_type, "ss_huber_schedule": "snr", "ss_huber_scale": 1.0, "ss_huber_c": 0.1,
+        "ss_face_crop_aug_range": None, "ss_prior_loss_weight": cfg.prior_loss_weight, "ss_min_snr_gamma": cfg.min_snr_gamma,
+        "ss_scale_weight_norms": None, "ss_ip_noise_gamma": cfg.ip_noise_gamma,
+        "ss_debiased_estimation": cfg.debiased_estimation_loss, "ss_noise_offset_random_strength": cfg.noise_offset_random_strength,
+        "ss_ip_noise_gamma_random_strength": cfg.ip_noise_gamma_random_strength, "ss_loss_type": cfg.loss_type,
+        "ss_huber_schedule": cfg.huber_schedule, "ss_huber_scale": cfg.huber_scale, "ss_huber_c": cfg.huber_c,
         "ss_fp8_base": cfg.fp8_base, "ss_fp8_base_unet": False, "ss_validation_seed": None, "ss_validation_split": 0.0,
         "ss_max_validation_steps": None, "ss_validate_every_n_epochs": None, "ss_validate_every_n_steps": None,
         "ss_resize_interpolation": None,
         "ss_batch_size_per_device": cfg.train_batch_size, "ss_total_batch_size": cfg.train_batch_size * cfg.gradient_accumulation_steps,
         "ss_resolution": cfg.resolution_wh, "ss_color_aug": False, "ss_flip_aug": cfg.flip_aug, "ss_random_crop": cfg.random_crop,
         "ss_shuffle_caption": cfg.shuffle_caption, "ss_enable_bucket": cfg.enable_bucket, "ss_bucket_no_upscale": cfg.bucket_no_upscale,
-        "ss_min_bucket_reso": cfg.min_bucket_reso, "ss_max_bucket_reso": cfg.max_bucket_reso, "ss_keep_tokens": cfg.keep_tokens,
-        "ss_dataset_dirs": scan.dataset_dirs_info(), "ss_reg_dataset_dirs": {}, "ss_tag_frequency": scan.tag_frequency(),
+        "ss_min_bucket_reso": cfg.min_bucket_reso if cfg.enable_bucket else None,
+        "ss_max_bucket_reso": cfg.max_bucket_reso if cfg.enable_bucket else None, "ss_keep_tokens": cfg.keep_tokens,
+        "ss_dataset_dirs": scan.dataset_dirs_info(), "ss_reg_dataset_dirs": scan.reg_dataset_dirs_info(), "ss_tag_frequency": scan.tag_frequency(),
         "ss_bucket_info": buckets.bucket_info(), "ss_network_args": net_args or None,
         "ss_sd_model_name": bundle.model_name,
         "ss_sd_model_hash": None, "ss_new_sd_model_hash": None, "ss_vae_name": None, "ss_vae_hash": None, "ss_new_vae_hash": None,
@@ -361,6 +366,7 @@ def _base_metadata(
             values.pop(key)
     for key in ("ss_vae_name", "ss_vae_hash", "ss_new_vae_hash"):
         values.pop(key)
+    values.update(vae_metadata(bundle))  # a separate VAE file, when the host has one
     return values
 
 
@@ -406,9 +412,11 @@ class _Saver:
                 self.bundle.family,
                 title=self.cfg.output_name,
                 resolution=self.cfg.resolution_wh,
-                v_prediction=self.bundle.v_prediction,
+                v_prediction=resolve_v_prediction(self.cfg, self.bundle),
                 clip_skip=self.bundle.clip_skip,
                 trigger_phrase=self.activation or None,
+                implementation_version=f"train-lora/{__version__}",
+                timestep_range=timestep_range(self.cfg),
             )  # fmt: skip
         )
         path = self.out / self.file_name(kind, epoch, step)
@@ -904,7 +912,11 @@ def _train_locked(
     elif cfg.network_weights:
         load_network_weights(network, cfg.network_weights)
         events.info(f"starting from {cfg.network_weights}")
-    param_groups = network.param_groups(cfg.unet_lr, cfg.text_encoder_lr, cfg.learning_rate)
+    param_groups = network.param_groups(
+        cfg.unet_lr, cfg.text_encoder_lr, cfg.learning_rate, loraplus_unet_ratio=cfg.loraplus_unet_lr_ratio or cfg.loraplus_lr_ratio,
+        loraplus_text_encoder_ratio=cfg.loraplus_text_encoder_lr_ratio or cfg.loraplus_lr_ratio,
+        unet_block=unet_block_groups(cfg, network),
+    )  # fmt: skip
     built, scheduler = build_optimizer(cfg, param_groups, plan.schedule.total_steps)
     for warning in built.warnings:
         events.warning(warning)
@@ -938,6 +950,7 @@ def _train_locked(
         latents = _prepare_latents(cfg, plan, bundle, seed, events, stop) if cfg.cache_latents else None
         text_cache = _prepare_text_cache(cfg, plan, bundle, options, events)
         offloads = _offload_after_caching(cfg, bundle, latents is not None, text_cache is not None, events)
+        masks = mask_source(cfg, plan.scan)
 
         def make_batch(epoch: int, samples: list, rng: random.Random) -> Batch:
             flips = [cfg.flip_aug and rng.random() < 0.5 for _ in samples]
@@ -945,8 +958,9 @@ def _train_locked(
             if latents is not None:
                 batch_latents = latents.get_batch(samples, flips)
                 ltrbs = [latents.entry(s.item).crop_ltrb for s in samples]
+                offsets = [centre_offset(plan.buckets.choices[s.item]) for s in samples]
             else:
-                batch_latents, ltrbs = _encode_on_the_fly(plan, bundle, samples, flips, cfg.random_crop, rng)
+                batch_latents, ltrbs, offsets = _encode_on_the_fly(plan, bundle, samples, flips, cfg.random_crop, rng)
             captions = [process_caption(item.caption, options, epoch, rng) for item in items]
             text = TextCond.cat([text_cache[c] for c in captions]) if text_cache is not None else None
             size_cond = None
@@ -958,7 +972,18 @@ def _train_locked(
                     top, left = crop_top_left(ltrb, (bw, bh), flip)
                     rows.append([oh, ow, top, left, bh, bw])
                 size_cond = torch.tensor(rows, dtype=torch.float32)
-            return Batch(batch_latents, captions, text, size_cond)
+            mask = None
+            if masks is not None:
+                mask = torch.stack(
+                    [
+                        masks.tensor(s.item, plan.buckets.choices[s.item], offset, flip)
+                        for s, offset, flip in zip(samples, offsets, flips)
+                    ]
+                )
+            weights = None
+            if any(subset.is_reg for subset in plan.scan.subsets):
+                weights = torch.tensor([cfg.prior_loss_weight if plan.scan.is_reg(s.item) else 1.0 for s in samples])
+            return Batch(batch_latents, captions, text, size_cond, mask=mask, loss_weights=weights)
 
         log_handle = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
 
@@ -970,24 +995,26 @@ def _train_locked(
                 raise write_error(log_path, exc) from None
 
         def save_state(pos: Position) -> None:
-            _write_state(state_dir, network, built, scheduler, pos, seed, cfg, session)
+            with optim.evaluation(built):  # schedule-free: the state holds the eval-mode weights
+                _write_state(state_dir, network, built, scheduler, pos, seed, cfg, session)
+
+        def save(kind: str, epoch: int, step: int, loss: float | None) -> None:
+            with optim.evaluation(built):  # schedule-free: files get the eval-mode (averaged) weights
+                saver(kind, epoch, step, loss)
 
         def after_epoch(epoch: int, step: int) -> None:
             if renderer and cfg.sample_every_n_epochs and epoch % cfg.sample_every_n_epochs == 0:
                 with contextlib.ExitStack() as back:  # the VAE / text encoders return for the samples
                     for offload in offloads:
                         back.enter_context(offload.back())
+                    back.enter_context(optim.evaluation(built))  # schedule-free: eval-mode weights
                     _render_samples(cfg, renderer, network, epoch, step, events)
 
         hooks = LoopHooks(
-            epoch_batches=lambda e: plan.buckets.epoch_batches(seed, e), make_batch=make_batch, save=saver,
+            epoch_batches=lambda e: plan.buckets.epoch_batches(seed, e), make_batch=make_batch, save=save,
             save_state=save_state, after_epoch=after_epoch, log_step=log_step,
         )  # fmt: skip
-        loss_settings = LossSettings(
-            v_prediction=bundle.v_prediction, latent_scaling=bundle.latent_scaling, noise_offset=cfg.noise_offset,
-            noise_offset_random_strength=cfg.noise_offset_random_strength, min_snr_gamma=cfg.min_snr_gamma,
-            min_timestep=cfg.min_timestep, max_timestep=cfg.max_timestep, loss_type=cfg.loss_type,
-        )  # fmt: skip
+        step_settings = loss_settings(cfg, bundle)
         settings = LoopSettings(
             seed=seed, mixed_precision=plan.mixed_precision, max_grad_norm=cfg.max_grad_norm,
             save_every_n_epochs=cfg.save_every_n_epochs, save_every_n_steps=cfg.save_every_n_steps,
@@ -999,7 +1026,7 @@ def _train_locked(
                 network,
                 built.optimizer,
                 scheduler,
-                loss_settings,
+                step_settings,
                 plan.schedule,
                 settings,
                 hooks,
@@ -1062,7 +1089,7 @@ def _prepare_latents(
 def _encode_on_the_fly(
     plan: TrainPlan, bundle: ModelBundle, samples: list, flips: list[bool], random_crop: bool, rng: random.Random
 ):
-    images, ltrbs = [], []
+    images, ltrbs, offsets = [], [], []
     for sample, flip in zip(samples, flips):
         item = plan.scan.items[sample.item]
         done = load_and_transform(
@@ -1070,6 +1097,7 @@ def _encode_on_the_fly(
         )
         images.append(done.image)
         ltrbs.append(done.crop_ltrb)
+        offsets.append(done.offset)
     generator = torch.Generator(device=bundle.device).manual_seed(rng.randrange(1 << 62))
     with torch.no_grad():
         latents = bundle.encode_images(torch.stack(images).to(bundle.device), generator=generator).float()
@@ -1077,7 +1105,7 @@ def _encode_on_the_fly(
         raise UserError(
             "The VAE produced NaN latents for this batch; train with the VAE in float32 (a fixed fp16 VAE for SDXL)."
         )
-    return latents, ltrbs
+    return latents, ltrbs, offsets
 
 
 def _prepare_text_cache(

@@ -151,4 +151,5 @@ def load_checkpoint(
         clip_skip=clip_skip, max_token_length=max_token_length,
     )  # fmt: skip
     bundle.zero_terminal_snr = info.zero_terminal_snr
+    bundle.vae_path = str(vae) if vae is not None else None  # ss_vae_* (sd-scripts' --vae)
     return bundle

@@ -3,7 +3,9 @@ training, the standalone app's epoch x prompt Test grid).
 
 A small Euler sampler of our own over ``bundle.denoise`` (the same text path and SDXL size
 conditioning as training, eps or v-prediction, classifier-free guidance), so it behaves the same on
-every diffusers version. The model is left exactly as it was: LoRAs are applied by patching and
+every diffusers version. Zero-terminal-SNR models (a ``ztsnr`` key, or ``zero_terminal_snr``) sample
+on the rescaled schedule, its last ᾱ set to a tiny value instead of 0 so the first sigma is finite
+(as the webui does). The model is left exactly as it was: LoRAs are applied by patching and
 restored afterwards, train/eval modes are put back.
 """
 
@@ -21,6 +23,7 @@ from torch import nn
 
 from lib_lora.common.errors import UserError
 from lib_lora.engine.network import LoRANetwork
+from lib_lora.engine.noise import zero_terminal_snr_alphas_cumprod
 from lib_lora.engine.targets import select_targets
 from lib_lora.events import Events, StopToken
 from lib_lora.jobs.lora_files import file_layouts, load_network_weights
@@ -40,6 +43,18 @@ def euler_schedule(alphas_cumprod: torch.Tensor, steps: int) -> tuple[torch.Tens
     frac = t - low
     sigmas = ((1 - frac) * log_sigmas[low] + frac * log_sigmas[high]).exp()
     return t.float(), torch.cat([sigmas, sigmas.new_zeros(1)]).float()
+
+
+ZTSNR_LAST_ALPHA_CUMPROD = 4.8973451890853435e-08  # the webui's stand-in for ᾱ = 0 at the last step
+
+
+def sampling_alphas_cumprod(alphas_cumprod: torch.Tensor, zero_terminal_snr: bool) -> torch.Tensor:
+    """The schedule to sample with: as trained, or rescaled to zero terminal SNR with a finite last step."""
+    if not zero_terminal_snr:
+        return alphas_cumprod
+    rescaled = zero_terminal_snr_alphas_cumprod(alphas_cumprod)
+    rescaled[-1] = ZTSNR_LAST_ALPHA_CUMPROD
+    return rescaled.to(alphas_cumprod.dtype)
 
 
 @contextlib.contextmanager
@@ -112,16 +127,21 @@ def sample_latents(
     height: int,
     on_step=None,
     stop: StopToken | None = None,
+    v_prediction: bool | None = None,
+    zero_terminal_snr: bool | None = None,
 ) -> torch.Tensor | None:
-    """Unscaled latents [1, 4, h/8, w/8] for one prompt (None when stopped)."""
+    """Unscaled latents [1, 4, h/8, w/8] for one prompt (None when stopped). ``v_prediction`` /
+    ``zero_terminal_snr``: None = as the bundle says."""
     device = bundle.device
+    v_pred = bundle.v_prediction if v_prediction is None else v_prediction
+    ztsnr = getattr(bundle, "zero_terminal_snr", False) if zero_terminal_snr is None else zero_terminal_snr
     guided = cfg != 1.0
     texts = [negative, prompt] if guided else [prompt]
     cond = bundle.encode_text(texts)
     size = None
     if bundle.family == "sdxl":
         size = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).expand(len(texts), 6)
-    timesteps, sigmas = euler_schedule(bundle.alphas_cumprod, steps)
+    timesteps, sigmas = euler_schedule(sampling_alphas_cumprod(bundle.alphas_cumprod, bool(ztsnr)), steps)
     generator = torch.Generator().manual_seed(int(seed))
     x = torch.randn((1, 4, height // 8, width // 8), generator=generator, dtype=torch.float32) * sigmas[0]
     x = x.to(device)
@@ -136,7 +156,7 @@ def sample_latents(
         if guided:
             uncond, conditioned = out.chunk(2)
             out = uncond + cfg * (conditioned - uncond)
-        if bundle.v_prediction:
+        if v_pred:
             denoised = x / (sigma**2 + 1.0) - out * (sigma * scale_in)
         else:
             denoised = x - sigma * out
@@ -160,6 +180,8 @@ def generate(
     lora: Sequence[LoraSpec] = (),
     events: Events | None = None,
     stop: StopToken | None = None,
+    v_prediction: bool | None = None,
+    zero_terminal_snr: bool | None = None,
 ) -> list[Image.Image]:
     """One image per prompt (image i uses ``seed + i``), with the LoRA files in ``lora`` applied at
     their weights. The same arguments give the same images; afterwards the model computes exactly
@@ -179,7 +201,7 @@ def generate(
         for index, prompt in enumerate(prompts):
             latents = sample_latents(
                 bundle, prompt, negative, seed=seed + index, steps=steps, cfg=cfg, width=width, height=height,
-                on_step=tick, stop=stop,
+                on_step=tick, stop=stop, v_prediction=v_prediction, zero_terminal_snr=zero_terminal_snr,
             )  # fmt: skip
             if latents is None:
                 break
@@ -197,6 +219,7 @@ def training_renderer(bundle: DiffusersBundle, cfg: Any) -> Callable[[Any, int],
         return generate(
             bundle, [prompt.prompt], negative=prompt.negative, seed=seed, steps=prompt.steps,
             cfg=prompt.cfg_scale, width=prompt.width, height=prompt.height,
+            v_prediction=getattr(cfg, "v_parameterization", None), zero_terminal_snr=getattr(cfg, "zero_terminal_snr", None),
         )[0]  # fmt: skip
 
     return render

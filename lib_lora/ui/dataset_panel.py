@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 BUCKET_FIELDS = (
     "resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale",
     "train_batch_size", "max_train_epochs", "max_train_steps", "gradient_accumulation_steps", "caption_extension",
+    "reg_data_dir",
 )  # fmt: skip
 FOLDER_HEADERS = ("folder", "repeats", "class tokens", "images", "captioned", "note")
 RATING_LABELS = {"g": "general", "s": "sensitive", "q": "questionable", "e": "explicit"}
@@ -178,6 +179,8 @@ class DatasetPanel:
             f"{summary.steps_per_epoch} steps per epoch at batch {cfg.train_batch_size}; "
             f"{summary.epochs} epochs = {summary.total_steps} steps."
         )
+        if summary.reg_samples:
+            text += f" Includes {summary.reg_samples} regularization images per epoch."
         parts = [html.table(("bucket (w x h)", "images", "with repeats", "batches"), rows), html.message(text)]
         parts += [html.message(w, "warning") for w in summary.warnings]
         return "".join(parts)

@@ -31,7 +31,7 @@ def test_unknown_key_names_the_closest_known_ones() -> None:
         ({"random_crop": True}, "random_crop cannot be used with cache_latents"),
         ({"network_train_unet_only": True, "network_train_text_encoder_only": True}, "cannot both be on"),
         ({"output_name": "a/b"}, "output_name = 'a/b' is not valid"),
-        ({"min_timestep": 500, "max_timestep": 100}, "min_timestep (500) must be below max_timestep (100)"),
+        ({"min_timestep": 500, "max_timestep": 100}, "min_timestep (500) must not be above max_timestep (100)"),
         ({"caption_dropout_rate": 1.5}, "at most 1"),
         ({"lr_scheduler": "cosine_annealing"}, "lr_scheduler = 'cosine_annealing' is not valid"),
         ({"network_args": ("conv_dims=4",)}, "network_args entry 'conv_dims=4' is not supported"),
@@ -191,3 +191,23 @@ def test_every_setting_has_a_plain_label() -> None:
     for name in FIELDS:
         label = plain_label(name)
         assert label != name and "_" not in label, (name, label)
+
+
+def test_options_from_network_args_and_their_refusals() -> None:
+    cfg = build_config(
+        {
+            **BASE, "network_args": ["loraplus_lr_ratio=16", "down_lr_weight=0,1,1", "block_dims=" + ",".join(["4"] * 25)],
+            "min_timestep": 300, "max_timestep": 300, "loss_type": "huber", "huber_schedule": "exponential",
+        }
+    )  # fmt: skip
+    assert cfg.loraplus_lr_ratio == 16.0 and cfg.down_lr_weight == "0,1,1" and cfg.block_dims.count(",") == 24
+    assert (cfg.min_timestep, cfg.max_timestep) == (300, 300)  # sd-scripts trains that one timestep
+    with pytest.raises(ConfigError, match="adaptive_noise_scale needs noise_offset"):
+        build_config({**BASE, "adaptive_noise_scale": 0.01})
+    assert build_config({**BASE, "adaptive_noise_scale": 0.01, "noise_offset": 0.0}).adaptive_noise_scale == 0.01
+    with pytest.raises(ConfigError, match="scale_v_pred_loss_like_noise_pred works only with v_parameterization"):
+        build_config({**BASE, "v_parameterization": False, "scale_v_pred_loss_like_noise_pred": True})
+    with pytest.raises(ConfigError, match="loss_type"):
+        build_config({**BASE, "loss_type": "l3"})
+    with pytest.raises(ConfigError, match="huber_c"):
+        build_config({**BASE, "huber_c": 0})

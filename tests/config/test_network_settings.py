@@ -73,3 +73,16 @@ def test_each_types_tab_defaults_are_valid_settings(algo: str) -> None:
     check_rules(cfg)
     assert cfg.engine_algo == ("lora" if algo == "locon" else algo)
     assert (cfg.effective_conv_dim is None) == (algo == "lora")
+
+
+def test_lora_plus_is_refused_for_a_type_without_up_weights() -> None:
+    with pytest.raises(ConfigError, match=r"loraplus_lr_ratio \(LoRA\+\) speeds up LoRA's up weights; LoKr has none"):
+        build_config(
+            {
+                "train_data_dir": "x",
+                "network_module": "lycoris.kohya",
+                "network_args": ["algo=lokr", "loraplus_lr_ratio=16"],
+            }
+        )
+    cfg = build_config({"train_data_dir": "x", "network_args": ["loraplus_lr_ratio=16"], "dora_wd": True})
+    assert cfg.loraplus_lr_ratio == 16

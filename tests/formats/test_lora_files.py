@@ -164,10 +164,14 @@ def test_metadata_values_are_formatted_as_sd_scripts_does() -> None:
     assert out["ss_resolution"] == "(512, 512)"
     assert json.loads(out["ss_tag_frequency"]) == {"5_x": {"a b": 2}} and out["ss_bucket_info"] == "null"
     assert json.loads(out["ss_network_args"]) == {"conv_dim": "8", "conv_alpha": "4"}
-    assert set(metadata.SS_KEYS) <= set(out) and all(isinstance(v, str) for v in out.values())
+    assert set(metadata.SS_KEYS) - metadata.OPTIONAL_KEYS <= set(out) and all(isinstance(v, str) for v in out.values())
+    # sd-scripts writes the VAE keys only with a VAE and the model hashes only for a model file
+    assert not {"ss_vae_name", "ss_vae_hash", "ss_new_vae_hash", "ss_sd_model_hash"} & set(out)
+    assert metadata.format_ss_metadata({"ss_vae_name": "v.safetensors"})["ss_vae_name"] == "v.safetensors"
     assert (
         metadata.base_model_version("sd1", True) == "sd_v1_v"
         and metadata.base_model_version("sdxl", False) == "sdxl_base_v1-0"
+        and metadata.base_model_version("sdxl", True) == "sdxl_base_v1-0"  # NoobAI-XL v-pred: same name
     )
 
 
@@ -181,6 +185,14 @@ def test_modelspec_keys() -> None:
     assert spec["modelspec.implementation"] == "https://github.com/Stability-AI/generative-models"
     assert spec["modelspec.date"] == "2024-04-07T12:34:56" and spec["modelspec.resolution"] == "1024x1024"
     assert spec["modelspec.prediction_type"] == "epsilon" and spec["modelspec.encoder_layer"] == "2"
+    assert spec["modelspec.sai_model_spec"] == "1.0.1"  # sd-scripts' sai_model_spec.py
+    assert "modelspec.implementation_version" not in spec and "modelspec.timestep_range" not in spec
+    more = metadata.modelspec(
+        "sd1", title="x", resolution=(512, 512), implementation_version="train-lora/0.1.0", timestep_range=(200, 200)
+    )
+    assert (
+        more["modelspec.implementation_version"] == "train-lora/0.1.0" and more["modelspec.timestep_range"] == "200,200"
+    )
     assert (
         metadata.modelspec("sd1", title="x", resolution=(512, 512), v_prediction=True)["modelspec.prediction_type"]
         == "v"

@@ -210,4 +210,4 @@ def test_conv_alpha_defaults_to_one_and_network_args_are_recorded_as_given(tmp_p
     tensors, meta = safetensors_io.load(tmp_path / "out" / "t.safetensors")
     conv = {k: float(v) for k, v in tensors.items() if k.endswith(".alpha") and tensors[k[:-6] + ".lora_down.weight"].dim() == 4 and tensors[k[:-6] + ".lora_down.weight"].shape[-1] == 3}  # fmt: skip
     assert conv and set(conv.values()) == {1.0}  # sd-scripts: conv_alpha 1 when only conv_dim is given
-    assert json.loads(meta["ss_network_args"]) == {"conv_dim": "4"}
+    assert json.loads(meta["ss_network_args"]) == {"conv_dim": "4", "dropout": None}  # sd-scripts adds dropout

@@ -3,6 +3,7 @@ afterwards (model outputs bit-identical), stop and bad settings handled."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,63 @@ def test_schedule_runs_from_the_largest_sigma_to_zero(sd15) -> None:
     ac = sd15.alphas_cumprod.double()
     assert sigmas[0].item() == pytest.approx(((1 - ac[-1]) / ac[-1]).sqrt().item(), rel=1e-5)
     assert sigmas[-1].item() == 0 and bool((sigmas[:-1] > sigmas[1:]).all())
+
+
+class _PerfectDenoiser:
+    """Knows the clean latent x0: predicts ε or v exactly for the sampler's input, so a correct
+    sampler ends at x0 whatever the schedule."""
+
+    family = "sd1"
+    device = torch.device("cpu")
+    latent_scaling = 1.0
+
+    def __init__(self, v_prediction: bool, zero_terminal_snr: bool = False) -> None:
+        from lib_lora.engine.noise import scaled_linear_alphas_cumprod
+
+        self.v_prediction = v_prediction
+        self.zero_terminal_snr = zero_terminal_snr
+        self.alphas_cumprod = scaled_linear_alphas_cumprod().float()
+        self.x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(11))
+
+    def encode_text(self, texts):
+        return None
+
+    def denoise(self, model_in, t, cond, size):
+        from lib_lora.standalone.sampler import sampling_alphas_cumprod
+
+        ac = sampling_alphas_cumprod(self.alphas_cumprod, self.zero_terminal_snr).double()
+        log_sigmas = ((1 - ac) / ac).sqrt().log()
+        tt = float(t[0])
+        low, high = math.floor(tt), math.ceil(tt)
+        sigma = math.exp((1 - (tt - low)) * float(log_sigmas[low]) + (tt - low) * float(log_sigmas[high]))
+        a = 1.0 / (sigma**2 + 1.0)
+        eps = (model_in - a**0.5 * self.x0) / (1 - a) ** 0.5
+        return a**0.5 * eps - (1 - a) ** 0.5 * self.x0 if self.v_prediction else eps
+
+
+@pytest.mark.parametrize(("v_prediction", "ztsnr"), [(False, False), (True, False), (True, True)])
+def test_sampler_recovers_the_clean_latent_for_eps_v_and_zero_terminal_snr(v_prediction: bool, ztsnr: bool) -> None:
+    from lib_lora.standalone.sampler import sample_latents
+
+    model = _PerfectDenoiser(v_prediction, ztsnr)
+    for steps in (1, 12):  # one step: the first prediction alone must give x0
+        out = sample_latents(model, "a", "", seed=3, steps=steps, cfg=1.0, width=64, height=64)
+        assert torch.isfinite(out).all()
+        assert torch.allclose(out, model.x0, atol=1e-3)
+
+
+def test_v_prediction_model_sampled_as_eps_does_not_recover() -> None:
+    from lib_lora.standalone.sampler import sample_latents
+
+    model = _PerfectDenoiser(True)
+    wrong = sample_latents(model, "a", "", seed=3, steps=1, cfg=1.0, width=64, height=64, v_prediction=False)
+    assert (wrong - model.x0).abs().mean() > 0.5
+
+
+def test_zero_terminal_snr_sampling_schedule_is_finite() -> None:
+    from lib_lora.engine.noise import scaled_linear_alphas_cumprod
+    from lib_lora.standalone.sampler import sampling_alphas_cumprod
+
+    ac = sampling_alphas_cumprod(scaled_linear_alphas_cumprod(), True)
+    _, sigmas = euler_schedule(ac, 10)
+    assert torch.isfinite(sigmas).all() and float(sigmas[0]) > 1000  # starts from (almost) pure noise
