@@ -343,6 +343,37 @@ class TrainConfig:
     loss_type: str = setting(
         "l2", "Loss: l2 (mean squared error) or l1.", group="training", choices=("l2", "l1"), advanced=True
     )
+    validation_split: float = setting(
+        0.0,
+        "Share of each dataset folder's images held out of training to measure a validation loss (0.1 = 10%; 0 = none). The figure uses fixed noise and timesteps, so epochs compare.",
+        group="training",
+        minimum=0,
+        maximum=1,
+        advanced=True,
+    )
+    validation_seed: int | None = setting(
+        None,
+        "Seed of the held-out split and of the validation noise (empty = the training seed).",
+        group="training",
+        advanced=True,
+    )
+    validate_every_n_epochs: int | None = setting(
+        None,
+        "Measure the validation loss every N epochs (empty = every epoch).",
+        group="training",
+        minimum=1,
+        advanced=True,
+    )
+    validate_every_n_steps: int | None = setting(
+        None, "Also measure the validation loss every N steps.", group="training", minimum=1, advanced=True
+    )
+    max_validation_steps: int | None = setting(
+        None,
+        "Use at most N held-out batches per validation (empty = all).",
+        group="training",
+        minimum=1,
+        advanced=True,
+    )
 
     # -- saving ------------------------------------------------------------------------------------
     output_dir: str = setting(
@@ -575,6 +606,8 @@ def check_rules(cfg: TrainConfig) -> None:
         raise ConfigError("network_train_unet_only and network_train_text_encoder_only cannot both be on.")
     if cfg.min_timestep is not None and cfg.max_timestep is not None and cfg.min_timestep >= cfg.max_timestep:
         raise ConfigError(f"min_timestep ({cfg.min_timestep}) must be below max_timestep ({cfg.max_timestep}).")
+    if cfg.validation_split >= 1:
+        raise ConfigError("validation_split must be below 1: some images have to stay in training.")
     if cfg.random_crop and cfg.cache_latents:
         raise ConfigError(
             "random_crop cannot be used with cache_latents (cached latents are centre-cropped); turn one off."
