@@ -28,6 +28,7 @@ VERBS: dict[str, str] = {
     "captions": "lib_lora.cli.captions",
     "buckets": "lib_lora.cli.buckets",
     "train": "lib_lora.cli.train",
+    "score": "lib_lora.cli.score",
     "modules": "lib_lora.cli.modules",
     "inspect": "lib_lora.cli.inspect_",
 }

@@ -244,6 +244,14 @@ def score_epochs(
     return ScoreReport(scores, pick, core, activation, total, time.perf_counter() - started, paths)
 
 
+def load_tag_scorer(model: str | os.PathLike | None, events: Events | None = None) -> TagScorer:
+    """The built-in WD tagger as a :data:`TagScorer`: ``model`` is a registry name or a folder holding
+    ``model.onnx`` and ``selected_tags.csv`` (None: the default model; downloaded on first use)."""
+    from lib_lora.tagger import DEFAULT_MODEL, load_tagger
+
+    return tagger_scorer(load_tagger(model or DEFAULT_MODEL, events=events))
+
+
 def tagger_scorer(tagger: Any, minimum: float = 0.05) -> TagScorer:
     """A :data:`TagScorer` from a loaded :class:`lib_lora.tagger.session.Tagger`: the general and
     character tags' confidences (those at or above ``minimum``), in caption form."""
