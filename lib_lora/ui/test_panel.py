@@ -92,6 +92,7 @@ class TestPanel:
             with gr.Row():
                 self.score_button = gr.Button("Score epochs", variant="primary", elem_id="lora_trainer_score")
                 self.score_stop = gr.Button("Stop scoring", elem_id="lora_trainer_score_stop")
+            self.score_task = gr.Textbox(visible=False, elem_id="lora_trainer_score_task")
             self.score_cost = gr.HTML(elem_id="lora_trainer_score_cost")
             self.score_result = gr.HTML(elem_id="lora_trainer_score_result")
             with gr.Row():
@@ -126,7 +127,7 @@ class TestPanel:
         )  # fmt: skip
         self._extra_outputs = len(extra)
         score_inputs = [
-            *where, self.score_seeds, self.score_flex, self.score_drift, self.score_tagger, self.weight,
+            self.score_task, *where, self.score_seeds, self.score_flex, self.score_drift, self.score_tagger, self.weight,
             self.width, self.height, self.steps, self.cfg,
         ]  # fmt: skip
         for box in (self.score_seeds, self.score_flex, self.score_drift):
@@ -301,7 +302,8 @@ class TestPanel:
 
     @guarded(3)
     def score_epochs(
-        self, name: str, choice: str, custom: str, seeds: str, flex: str, drift: str, tagger_name: str, weight: Any,
+        self,
+        task_id: str, name: str, choice: str, custom: str, seeds: str, flex: str, drift: str, tagger_name: str, weight: Any,
         width: Any = None, height: Any = None, steps: Any = None, cfg: Any = None,
     ) -> list[Any]:  # fmt: skip
         settings = self._score_settings(seeds, flex, drift, weight)
