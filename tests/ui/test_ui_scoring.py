@@ -39,3 +39,20 @@ def test_noise_only_says_so_in_words_and_marks_the_ties() -> None:
     page = score_report_html(report)
     assert "No confident pick" in page and "lt-warning" in page
     assert page.count("#eab30822") == len(report.pick.tied)
+
+
+def test_train_chart_shows_validation_loss_beside_the_training_loss() -> None:
+    from lib_lora.events import StepInfo
+    from lib_lora.jobs.manager import JobStatus, StatusEvents
+    from lib_lora.ui.html import loss_chart
+
+    status = JobStatus(id="1", kind="train", title="t")
+    events = StatusEvents(status)
+    for step in (1, 2):
+        events.step(StepInfo(1, step, 4, 0.5, 0.5, {"unet": 1e-4}, 0.1, 10.0, 0.2))
+    events.validation(1, 2, 0.31)
+    assert status.val_losses == [(2, 0.31)]
+    svg = loss_chart(status.losses, 4, validation=status.val_losses)
+    assert svg.count('class="lt-val-point"') == 1 and "validation loss 0.3100 at step 2" in svg
+    assert "validation 0.3100" in svg
+    assert "lt-val-point" not in loss_chart(status.losses, 4)
