@@ -225,7 +225,7 @@ class TrainConfig:
     )
     alpha_mask: bool = setting(
         False, "Masked loss from each image's transparency: transparent parts are not learned.",
-        group="dataset", advanced=True,
+        group="dataset", advanced=True, label="Mask from transparency",
     )  # fmt: skip
     conditioning_data_dir: str | None = setting(
         None, "Mask folder for masked_loss: a black-and-white image named like each training image (white = learned, black = ignored), in a subfolder named like its dataset folder or directly inside.",
@@ -244,7 +244,7 @@ class TrainConfig:
         group="network",
         choices=("networks.lora", "lycoris.kohya"),
         advanced=True,
-        label="Network type",
+        label="Network module",
     )
     network_dim: int = setting(
         4,
@@ -365,64 +365,65 @@ class TrainConfig:
         advanced=True,
         kohya=False,
         in_metadata=False,
+        label="LoKr factor",
     )
     decompose_both: bool = setting(
         False, "LoKr: also make the small Kronecker factor low-rank.", group="network", advanced=True, kohya=False,
-        in_metadata=False,
+        in_metadata=False, label="LoKr: decompose both factors",
     )  # fmt: skip
     full_matrix: bool = setting(
         False, "LoKr: always keep the large Kronecker factor a full matrix.", group="network", advanced=True,
-        kohya=False, in_metadata=False,
+        kohya=False, in_metadata=False, label="LoKr: full matrix",
     )  # fmt: skip
     use_tucker: bool = setting(
         False, "Tucker (CP) decomposition for 3x3 convolutions (LoCon lora_mid, LoHa, LoKr): smaller conv weights.",
-        group="network", advanced=True, kohya=False, in_metadata=False,
+        group="network", advanced=True, kohya=False, in_metadata=False, label="Tucker decomposition for convolutions",
     )  # fmt: skip
     loraplus_lr_ratio: float | None = setting(
         None,
         "LoRA+: the up weights learn this many times faster than the down weights (16 is common).",
-        group="network", minimum=0, exclusive_minimum=True, advanced=True, kohya=False, in_metadata=False,
+        group="network", minimum=0, exclusive_minimum=True, advanced=True, kohya=False, in_metadata=False, label="LoRA+ ratio",
     )  # fmt: skip
     loraplus_unet_lr_ratio: float | None = setting(
         None, "LoRA+ ratio for the UNet only (wins over loraplus_lr_ratio).",
-        group="network", minimum=0, exclusive_minimum=True, advanced=True, kohya=False, in_metadata=False,
+        group="network", minimum=0, exclusive_minimum=True, advanced=True, kohya=False, in_metadata=False, label="LoRA+ ratio (UNet)",
     )  # fmt: skip
     loraplus_text_encoder_lr_ratio: float | None = setting(
         None, "LoRA+ ratio for the text encoder(s) only (wins over loraplus_lr_ratio).",
-        group="network", minimum=0, exclusive_minimum=True, advanced=True, kohya=False, in_metadata=False,
+        group="network", minimum=0, exclusive_minimum=True, advanced=True, kohya=False, in_metadata=False, label="LoRA+ ratio (text encoder)",
     )  # fmt: skip
     down_lr_weight: str | None = setting(
         None,
         "Learning-rate factor per UNet down block, shallow to deep: 12 numbers for SD1, 9 for SDXL (missing ones = 1), or cosine / sine / linear / reverse_linear / zeros [+base].",
-        group="network", advanced=True, kohya=False, in_metadata=False,
+        group="network", advanced=True, kohya=False, in_metadata=False, label="Learning-rate factors of the down blocks",
     )  # fmt: skip
     mid_lr_weight: str | None = setting(
         None, "Learning-rate factor of the UNet middle block (1 number for SD1, 3 for SDXL).",
-        group="network", advanced=True, kohya=False, in_metadata=False,
+        group="network", advanced=True, kohya=False, in_metadata=False, label="Learning-rate factor of the middle block",
     )  # fmt: skip
     up_lr_weight: str | None = setting(
         None, "Learning-rate factor per UNet up block, deep to shallow (as down_lr_weight).",
-        group="network", advanced=True, kohya=False, in_metadata=False,
+        group="network", advanced=True, kohya=False, in_metadata=False, label="Learning-rate factors of the up blocks",
     )  # fmt: skip
     block_lr_zero_threshold: float | None = setting(
         None, "Block factors at or below this become 0: those blocks get no LoRA at all.",
-        group="network", minimum=0, advanced=True, kohya=False, in_metadata=False,
+        group="network", minimum=0, advanced=True, kohya=False, in_metadata=False, label="Block factor zero threshold",
     )  # fmt: skip
     block_dims: str | None = setting(
         None, "Rank per UNet block, comma-separated: 25 numbers for SD1, 23 for SDXL (0 = no LoRA there).",
-        group="network", advanced=True, kohya=False, in_metadata=False,
+        group="network", advanced=True, kohya=False, in_metadata=False, label="Rank per block",
     )  # fmt: skip
     block_alphas: str | None = setting(
         None, "Alpha per UNet block (as many numbers as block_dims; default network_alpha).",
-        group="network", advanced=True, kohya=False, in_metadata=False,
+        group="network", advanced=True, kohya=False, in_metadata=False, label="Alpha per block",
     )  # fmt: skip
     conv_block_dims: str | None = setting(
         None, "Rank of the 3x3 convolution LoRAs per UNet block (as block_dims).",
-        group="network", advanced=True, kohya=False, in_metadata=False,
+        group="network", advanced=True, kohya=False, in_metadata=False, label="Convolution rank per block",
     )  # fmt: skip
     conv_block_alphas: str | None = setting(
         None, "Alpha of the 3x3 convolution LoRAs per UNet block (default conv_alpha).",
-        group="network", advanced=True, kohya=False, in_metadata=False,
+        group="network", advanced=True, kohya=False, in_metadata=False, label="Convolution alpha per block",
     )  # fmt: skip
 
     # -- optimizer -------------------------------------------------------------------------------
@@ -611,55 +612,105 @@ class TrainConfig:
     )
     zero_terminal_snr: bool | None = setting(
         None, "Rescale the noise schedule so the last step is pure noise (for v-prediction models such as NoobAI-XL v-pred). Empty = as the checkpoint says.",
-        group="training", choices=(None, True, False), advanced=True,
+        group="training", choices=(None, True, False), advanced=True, label="Zero terminal SNR",
     )  # fmt: skip
     scale_v_pred_loss_like_noise_pred: bool = setting(
         False, "v-prediction only: weight the loss by SNR/(SNR+1) so it behaves like noise prediction.",
-        group="training", advanced=True,
+        group="training", advanced=True, label="Scale v-prediction loss like noise prediction",
     )  # fmt: skip
     multires_noise_iterations: int | None = setting(
         None, "Multi-resolution (pyramid) noise: add coarser noise this many times (6-10 is common).",
-        group="training", minimum=1, advanced=True,
+        group="training", minimum=1, advanced=True, label="Multi-resolution noise iterations",
     )  # fmt: skip
     multires_noise_discount: float = setting(
         0.3, "Weight of each coarser noise level in multi-resolution noise.",
-        group="training", minimum=0, exclusive_minimum=True, maximum=1, advanced=True,
+        group="training", minimum=0, exclusive_minimum=True, maximum=1, advanced=True, label="Multi-resolution noise discount",
     )  # fmt: skip
     adaptive_noise_scale: float | None = setting(
         None, "Add this times each latent channel's mean to the noise offset (needs noise_offset).",
-        group="training", advanced=True,
+        group="training", advanced=True, label="Adaptive noise scale",
     )  # fmt: skip
     ip_noise_gamma: float | None = setting(
         None, "Input perturbation: extra noise on the model's input only (0.1 is common).",
-        group="training", minimum=0, advanced=True,
+        group="training", minimum=0, advanced=True, label="Input perturbation noise",
     )  # fmt: skip
     ip_noise_gamma_random_strength: bool = setting(
-        False, "Use a random input perturbation between 0 and ip_noise_gamma.", group="training", advanced=True
+        False,
+        "Use a random input perturbation between 0 and ip_noise_gamma.",
+        group="training",
+        advanced=True,
+        label="Random input perturbation strength",
     )
     debiased_estimation_loss: bool = setting(
         False, "Debiased estimation: weight the loss by 1/sqrt(SNR) (1/(SNR+1) for v-prediction).",
-        group="training", advanced=True,
+        group="training", advanced=True, label="Debiased estimation loss",
     )  # fmt: skip
     huber_schedule: str = setting(
         "snr", "How huber_c changes over the timesteps for huber / smooth_l1 loss.",
-        group="training", choices=("constant", "exponential", "snr"), advanced=True,
+        group="training", choices=("constant", "exponential", "snr"), advanced=True, label="Huber schedule",
     )  # fmt: skip
     huber_c: float = setting(
         0.1, "Huber loss threshold (for huber / smooth_l1 loss).",
-        group="training", minimum=0, exclusive_minimum=True, maximum=1, advanced=True,
+        group="training", minimum=0, exclusive_minimum=True, maximum=1, advanced=True, label="Huber threshold",
     )  # fmt: skip
     huber_scale: float = setting(
         1.0, "Scale of huber_c for the constant and exponential schedules.",
-        group="training", minimum=0, exclusive_minimum=True, advanced=True,
+        group="training", minimum=0, exclusive_minimum=True, advanced=True, label="Huber scale",
     )  # fmt: skip
     masked_loss: bool = setting(
         False,
         "Learn only the white parts of each image's mask (from the mask folder).",
         group="training",
         advanced=True,
+        label="Masked loss",
     )
     prior_loss_weight: float = setting(
-        1.0, "Loss weight of the regularization images.", group="training", minimum=0, advanced=True
+        1.0,
+        "Loss weight of the regularization images.",
+        group="training",
+        minimum=0,
+        advanced=True,
+        label="Regularization loss weight",
+    )
+    validation_split: float = setting(
+        0.0,
+        "Share of each dataset folder's images held out of training to measure a validation loss (0.1 = 10%; 0 = none). The figure uses fixed noise and timesteps, so epochs compare.",
+        group="training",
+        minimum=0,
+        maximum=1,
+        advanced=True,
+        label="Validation share",
+    )
+    validation_seed: int | None = setting(
+        None,
+        "Seed of the held-out split and of the validation noise (empty = the training seed).",
+        group="training",
+        advanced=True,
+        label="Validation seed",
+    )
+    validate_every_n_epochs: int | None = setting(
+        None,
+        "Measure the validation loss every N epochs (empty = every epoch).",
+        group="training",
+        minimum=1,
+        advanced=True,
+        label="Validate every N epochs",
+    )
+    validate_every_n_steps: int | None = setting(
+        None,
+        "Also measure the validation loss every N steps.",
+        group="training",
+        minimum=1,
+        advanced=True,
+        label="Validate every N steps",
+    )
+    max_validation_steps: int | None = setting(
+        None,
+        "Use at most N held-out batches per validation (empty = all).",
+        group="training",
+        minimum=1,
+        advanced=True,
+        label="Most validation batches",
     )
 
     # -- saving ------------------------------------------------------------------------------------
@@ -1073,6 +1124,8 @@ def rule_problems(cfg: TrainConfig, names: Callable[[str], str] = key_name) -> l
             f"{names('adaptive_noise_scale')} needs {names('noise_offset')}: set a noise offset or clear "
             f"{names('adaptive_noise_scale')}."
         )
+    if cfg.validation_split >= 1:
+        problems.append(f"{names('validation_split')} must be below 1: some images have to stay in training.")
     if cfg.random_crop and cfg.cache_latents:
         problems.append(
             f"{names('random_crop')} cannot be used with {names('cache_latents')} (cached latents are "

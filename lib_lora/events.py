@@ -103,6 +103,9 @@ class Events:
     def sample(self, info: SampleImage) -> None:
         """A sample image was written."""
 
+    def validation(self, epoch: int, step: int, loss: float) -> None:
+        """The validation loss (held-out images, fixed noise and timesteps) after ``step``."""
+
     def info(self, text: str) -> None:
         self.message("info", text)
 
@@ -118,6 +121,7 @@ class RecordingEvents(Events):
         self.steps: list[StepInfo] = []
         self.saved_files: list[SavedFile] = []
         self.samples: list[SampleImage] = []
+        self.validations: list[tuple[int, int, float]] = []  # (epoch, step, loss)
         self.last_progress: tuple[str, int, int, str] | None = None
 
     def message(self, level: str, text: str) -> None:
@@ -134,6 +138,9 @@ class RecordingEvents(Events):
 
     def sample(self, info: SampleImage) -> None:
         self.samples.append(info)
+
+    def validation(self, epoch: int, step: int, loss: float) -> None:
+        self.validations.append((epoch, step, loss))
 
     def texts(self, level: str | None = None) -> list[str]:
         return [m.text for m in self.messages if level is None or m.level == level]
@@ -164,3 +171,7 @@ class MultiEvents(Events):
     def sample(self, info: SampleImage) -> None:
         for listener in self.listeners:
             listener.sample(info)
+
+    def validation(self, epoch: int, step: int, loss: float) -> None:
+        for listener in self.listeners:
+            listener.validation(epoch, step, loss)

@@ -29,6 +29,7 @@ VERBS: dict[str, str] = {
     "clean": "lib_lora.cli.clean",
     "buckets": "lib_lora.cli.buckets",
     "train": "lib_lora.cli.train",
+    "score": "lib_lora.cli.score",
     "modules": "lib_lora.cli.modules",
     "inspect": "lib_lora.cli.inspect_",
 }

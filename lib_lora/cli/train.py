@@ -154,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
                 epoch=info.epoch, loss=f"{info.avg_loss:.4f}", lr=f"{max(info.lrs.values(), default=0):.2e}"
             )
 
+        def validation(self, epoch: int, step: int, loss: float) -> None:
+            self.message("info", f"validation loss {loss:.4f} (epoch {epoch}, step {step})")
+
         def progress(self, stage: str, done: int, total: int, text: str = "") -> None:
             if total and (done == total or done % max(1, total // 10) == 0):
                 print(f"{stage}: {done}/{total} {text}".rstrip())

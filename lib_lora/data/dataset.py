@@ -594,3 +594,32 @@ def assign_buckets(scan: DatasetScan, manager: BucketManager, batch_size: int) -
         labels=[str(item.path) for item in scan.items],
         scan=scan,
     )
+
+
+def split_validation(scan: DatasetScan, validation_split: float, seed: int) -> tuple[DatasetScan, DatasetScan | None]:
+    """Hold ``validation_split`` of each folder's images out of training (sd-scripts' ``validation_split``).
+
+    Each folder's images are shuffled with ``random.Random(seed)``; training keeps the first
+    ``ceil(n x (1 - validation_split))`` (sd-scripts' count), the rest are held out — never trained on
+    (sd-scripts rounds the held-out count separately, which can share an image when both round up).
+    A folder of one image stays in training. Returns (training scan, held-out scan or None).
+    """
+    if not validation_split:
+        return scan, None
+    train_items: list[ImageItem] = []
+    held_items: list[ImageItem] = []
+    for index in range(len(scan.subsets)):
+        items = [item for item in scan.items if item.subset == index]
+        random.Random(seed).shuffle(items)
+        keep = max(1, math.ceil(len(items) * (1 - validation_split))) if items else 0
+        train_items += items[:keep]
+        held_items += items[keep:]
+    if not held_items:
+        return scan, None
+
+    def part(items: list[ImageItem]) -> DatasetScan:
+        counts = [sum(1 for item in items if item.subset == i) for i in range(len(scan.subsets))]
+        subsets = [dataclasses.replace(s, image_count=n) for s, n in zip(scan.subsets, counts)]
+        return dataclasses.replace(scan, subsets=subsets, items=items)
+
+    return part(train_items), part(held_items)

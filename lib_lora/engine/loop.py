@@ -78,6 +78,8 @@ class LoopHooks:
     save_state: Callable[[Position], None]
     after_epoch: Callable[[int, int], None] | None = None  # (epoch 1-based, step): samples
     log_step: Callable[[dict[str, Any]], None] | None = None
+    # (epoch 1-based, step) -> validation loss of the current weights (the LoRA in eval mode), or None
+    validate: Callable[[int, int], float | None] | None = None
 
 
 @dataclass
@@ -91,6 +93,8 @@ class LoopSettings:
     train_text_encoder: bool = True
     gradient_checkpointing: bool = False
     loss_window: int = 0  # steps in the moving-average loss; 0 = one epoch
+    validate_every_n_epochs: int | None = None  # sd-scripts: None = every epoch (when there is a held-out set)
+    validate_every_n_steps: int | None = None
 
 
 @dataclass
@@ -156,6 +160,21 @@ def run_loop(
     step_times: deque[float] = deque(maxlen=20)
     losses: list[float] = []
     last_loss: float | None = None
+
+    def validate(kind: str, epoch: int) -> None:
+        if not hooks.validate:
+            return
+        was_training = network.training
+        network.eval()
+        try:
+            value = hooks.validate(epoch, position.step)
+        finally:
+            network.train(was_training)
+        if value is None:
+            return
+        events.validation(epoch, position.step, value)
+        if hooks.log_step:
+            hooks.log_step({"epoch": epoch, "step": position.step, "val_loss": value, "validation": kind})
 
     def report(step_seconds: float, loss_value: float) -> None:
         step_times.append(step_seconds)
@@ -242,6 +261,8 @@ def run_loop(
                     and position.step < schedule.total_steps
                 ):
                     hooks.save("step", position.epoch + 1, position.step, _avg(recent))
+                if settings.validate_every_n_steps and position.step % settings.validate_every_n_steps == 0:
+                    validate("step", position.epoch + 1)
                 step_started = time.perf_counter()
             if position.batch < len(batches):  # total steps reached inside the epoch
                 break
@@ -249,6 +270,8 @@ def run_loop(
             position.epoch += 1
             position.batch = 0
             is_last = position.step >= schedule.total_steps or position.epoch >= schedule.num_epochs
+            if finished_epoch % (settings.validate_every_n_epochs or 1) == 0:  # before the save, as sd-scripts
+                validate("epoch", finished_epoch)
             if settings.save_every_n_epochs and finished_epoch % settings.save_every_n_epochs == 0 and not is_last:
                 hooks.save("epoch", finished_epoch, position.step, _avg(recent))
             if not is_last:  # a state at every epoch end: a kill loses at most the epoch in progress

@@ -42,6 +42,7 @@ class JobStatus:
     done: int = 0
     total: int = 0
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) for the chart
+    val_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss) for the chart
     files: list[dict[str, Any]] = field(default_factory=list)  # saved LoRA files
     samples: list[dict[str, Any]] = field(default_factory=list)
     messages: list[tuple[str, str]] = field(default_factory=list)  # (level, text)
@@ -95,6 +96,13 @@ class StatusEvents(Events):
                 s.losses = s.losses[::2]
         if self.inner:
             self.inner.step(info)
+
+    def validation(self, epoch: int, step: int, loss: float) -> None:
+        with self._lock:
+            self.status.val_losses.append((step, loss))
+            self.status.messages.append(("info", f"validation loss {loss:.4f} (epoch {epoch}, step {step})"))
+        if self.inner:
+            self.inner.validation(epoch, step, loss)
 
     def saved(self, info: SavedFile) -> None:
         with self._lock:

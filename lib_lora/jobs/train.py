@@ -40,18 +40,27 @@ from lib_lora.common.tags import split_tags
 from lib_lora.config import TrainConfig, check_rules
 from lib_lora.data.buckets import BucketManager, BucketSettings, crop_top_left
 from lib_lora.data.captions import CaptionOptions, is_static, process_caption
-from lib_lora.data.dataset import BucketPlan, DatasetScan, assign_buckets, scan_dataset
+from lib_lora.data.dataset import BucketPlan, DatasetScan, assign_buckets, scan_dataset, split_validation
 from lib_lora.data.images import load_and_transform
 from lib_lora.data.latent_cache import LatentCache
 from lib_lora.engine import optim
 from lib_lora.engine.bundle import ModelBundle, TextCond
 from lib_lora.engine.fp8 import Fp8Base, float8_problem
-from lib_lora.engine.loop import LoopHooks, LoopSettings, Position, Schedule, derive_seed, run_loop
+from lib_lora.engine.loop import (
+    LoopHooks,
+    LoopSettings,
+    Position,
+    Schedule,
+    autocast_context,
+    derive_seed,
+    run_loop,
+)
 from lib_lora.engine.lora_module import host_dims
 from lib_lora.engine.network import LoRANetwork
 from lib_lora.engine.savers import Offload, offload_modules
-from lib_lora.engine.step import Batch
+from lib_lora.engine.step import Batch, LossSettings
 from lib_lora.engine.targets import check_family, select_targets
+from lib_lora.engine.validation import validation_loss
 from lib_lora.events import Events, MultiEvents, SampleImage, SavedFile, StopRequested, StopToken
 from lib_lora.formats import metadata as md
 from lib_lora.formats import safetensors_io
@@ -121,6 +130,7 @@ class TrainPlan:
     seed: int
     mixed_precision: str
     warnings: list[str] = field(default_factory=list)
+    validation: BucketPlan | None = None  # the held-out images (validation_split), never trained on
 
     def summary_lines(self) -> list[str]:
         s = self.schedule
@@ -130,6 +140,8 @@ class TrainPlan:
             f"{self.buckets.num_samples} images x repeats per epoch, batch {self.cfg.train_batch_size}: "
             f"{s.batches_per_epoch} batches = {s.steps_per_epoch} steps per epoch; {s.num_epochs} epochs = {s.total_steps} steps"
         )
+        if self.validation is not None:
+            lines.append(f"{len(self.validation.sizes)} images held out for the validation loss (validation_split)")
         return lines
 
 
@@ -197,21 +209,26 @@ def prepare(
     for warning in warnings:
         events.warning(warning)
     scan = scan_dataset(cfg.train_data_dir, cfg.caption_extension, events=events, stop=stop)
+    seed = cfg.seed if cfg.seed is not None else random.randrange(1 << 31)
+    if resume:
+        seed = _read_state(Path(resume), cfg)["seed"]  # the same held-out images as the stopped run
+    scan, held_out = split_validation(  # held out of the training images only, before the reg images join
+        scan, cfg.validation_split, cfg.validation_seed if cfg.validation_seed is not None else seed
+    )
     scan = add_regularization(cfg, scan, events, stop)
     warnings += scan.warnings
     check_masks(cfg, scan)
     plan = assign_buckets(scan, BucketManager(bucket_settings(cfg)), cfg.train_batch_size)
+    validation = assign_buckets(held_out, BucketManager(bucket_settings(cfg)), 1) if held_out else None
     schedule = Schedule.plan(
         plan.steps_per_epoch, cfg.gradient_accumulation_steps, cfg.max_train_epochs, cfg.max_train_steps
     )
     _check_optimizer(cfg, schedule)
     check_network(cfg, bundle)
-    if resume:
-        _read_state(Path(resume), cfg)
-    seed = cfg.seed if cfg.seed is not None else random.randrange(1 << 31)
     return TrainPlan(
-        cfg, family, scan, plan, schedule, seed, resolve_mixed_precision(cfg.mixed_precision, bundle.device), warnings
-    )
+        cfg, family, scan, plan, schedule, seed, resolve_mixed_precision(cfg.mixed_precision, bundle.device), warnings,
+        validation,
+    )  # fmt: skip
 
 
 def build_optimizer(cfg: TrainConfig, param_groups: list[dict], total_steps: int) -> tuple[optim.OptimizerInfo, Any]:
@@ -323,7 +340,7 @@ def _base_metadata(
     values: dict[str, Any] = {
         "ss_session_id": session_id, "ss_training_started_at": started, "ss_output_name": cfg.output_name,
         "ss_learning_rate": cfg.learning_rate, "ss_text_encoder_lr": cfg.text_encoder_lr, "ss_unet_lr": cfg.unet_lr,
-        "ss_num_train_images": scan.num_train_images, "ss_num_validation_images": 0, "ss_num_reg_images": scan.num_reg_images,
+        "ss_num_train_images": scan.num_train_images, "ss_num_validation_images": len(plan.validation.sizes) if plan.validation else 0, "ss_num_reg_images": scan.num_reg_images,
         "ss_num_batches_per_epoch": schedule.batches_per_epoch, "ss_num_epochs": schedule.num_epochs,
         "ss_gradient_checkpointing": cfg.gradient_checkpointing, "ss_gradient_accumulation_steps": cfg.gradient_accumulation_steps,
         "ss_max_train_steps": schedule.total_steps, "ss_lr_warmup_steps": cfg.lr_warmup_steps if cfg.lr_warmup_steps < 1 else int(cfg.lr_warmup_steps),
@@ -342,8 +359,9 @@ def _base_metadata(
         "ss_debiased_estimation": cfg.debiased_estimation_loss, "ss_noise_offset_random_strength": cfg.noise_offset_random_strength,
         "ss_ip_noise_gamma_random_strength": cfg.ip_noise_gamma_random_strength, "ss_loss_type": cfg.loss_type,
         "ss_huber_schedule": cfg.huber_schedule, "ss_huber_scale": cfg.huber_scale, "ss_huber_c": cfg.huber_c,
-        "ss_fp8_base": cfg.fp8_base, "ss_fp8_base_unet": False, "ss_validation_seed": None, "ss_validation_split": 0.0,
-        "ss_max_validation_steps": None, "ss_validate_every_n_epochs": None, "ss_validate_every_n_steps": None,
+        "ss_fp8_base": cfg.fp8_base, "ss_fp8_base_unet": False, "ss_validation_seed": cfg.validation_seed, "ss_validation_split": cfg.validation_split,
+        "ss_max_validation_steps": cfg.max_validation_steps, "ss_validate_every_n_epochs": cfg.validate_every_n_epochs,
+        "ss_validate_every_n_steps": cfg.validate_every_n_steps,
         "ss_resize_interpolation": None,
         "ss_batch_size_per_device": cfg.train_batch_size, "ss_total_batch_size": cfg.train_batch_size * cfg.gradient_accumulation_steps,
         "ss_resolution": cfg.resolution_wh, "ss_color_aug": False, "ss_flip_aug": cfg.flip_aug, "ss_random_crop": cfg.random_crop,
@@ -389,6 +407,7 @@ class _Saver:
         self.events = events
         self.out = Path(cfg.output_dir)
         self.files: list[SavedFile] = []
+        self.validation: tuple[int, float] | None = None  # (step, loss) of the latest validation
 
     def file_name(self, kind: str, epoch: int, step: int) -> str:
         name = self.cfg.output_name
@@ -403,6 +422,9 @@ class _Saver:
         values["ss_training_finished_at"] = time.time()
         values["ss_steps"] = step
         values["ss_epoch"] = epoch
+        if self.validation is not None and self.validation[0] == step:
+            # ours: sd-scripts logs the validation loss but writes none into the file
+            values["ss_validation_loss"] = self.validation[1]
         meta = md.format_ss_metadata(values)
         for key in ("ss_network_args", "ss_sd_model_hash", "ss_new_sd_model_hash"):
             if key not in values:
@@ -1010,15 +1032,17 @@ def _train_locked(
                     back.enter_context(optim.evaluation(built))  # schedule-free: eval-mode weights
                     _render_samples(cfg, renderer, network, epoch, step, events)
 
+        step_settings = loss_settings(cfg, bundle)
+        validate = _validation_hook(cfg, plan, bundle, step_settings, seed, saver, offloads)
         hooks = LoopHooks(
             epoch_batches=lambda e: plan.buckets.epoch_batches(seed, e), make_batch=make_batch, save=save,
-            save_state=save_state, after_epoch=after_epoch, log_step=log_step,
+            save_state=save_state, after_epoch=after_epoch, log_step=log_step, validate=validate,
         )  # fmt: skip
-        step_settings = loss_settings(cfg, bundle)
         settings = LoopSettings(
             seed=seed, mixed_precision=plan.mixed_precision, max_grad_norm=cfg.max_grad_norm,
             save_every_n_epochs=cfg.save_every_n_epochs, save_every_n_steps=cfg.save_every_n_steps,
             train_unet=cfg.train_unet, train_text_encoder=cfg.train_text_encoder, gradient_checkpointing=cfg.gradient_checkpointing,
+            validate_every_n_epochs=cfg.validate_every_n_epochs, validate_every_n_steps=cfg.validate_every_n_steps,
         )  # fmt: skip
         try:
             result = run_loop(
@@ -1060,6 +1084,57 @@ def _train_locked(
         log_path,
         result.losses,
     )
+
+
+def _validation_hook(
+    cfg: TrainConfig,
+    plan: TrainPlan,
+    bundle: ModelBundle,
+    loss_settings: LossSettings,
+    seed: int,
+    saver: _Saver,
+    offloads: list[Offload],
+) -> Callable[[int, int], float | None] | None:
+    """The loop's validation hook: the held-out images are encoded once (no flip, centre crop, fixed VAE
+    noise, captions without shuffle or dropout), then scored by :func:`validation_loss` at each call;
+    a VAE or text encoder moved off the GPU by a memory saver comes back for it."""
+    held = plan.validation
+    if held is None:
+        return None
+    vseed = cfg.validation_seed if cfg.validation_seed is not None else seed
+    options = CaptionOptions(caption_prefix=cfg.caption_prefix, caption_suffix=cfg.caption_suffix)
+    batches: list[Batch] = []
+
+    def encode_all() -> None:
+        generator = torch.Generator(device=bundle.device).manual_seed(vseed)
+        assert held.scan is not None
+        for index, item in enumerate(held.scan.items):
+            choice = held.choices[index]
+            done = load_and_transform(item.path, choice, rng=random.Random(vseed))
+            with torch.no_grad():
+                latents = bundle.encode_images(done.image[None].to(bundle.device), generator=generator).float().cpu()
+            caption = process_caption(item.caption, options, 1, random.Random(vseed))
+            size_cond = None
+            if bundle.family == "sdxl":
+                (ow, oh), (bw, bh) = held.sizes[index], choice.bucket
+                top, left = crop_top_left(done.crop_ltrb, (bw, bh), False)
+                size_cond = torch.tensor([[oh, ow, top, left, bh, bw]], dtype=torch.float32)
+            batches.append(Batch(latents, [caption], None, size_cond))
+
+    def validate(epoch: int, step: int) -> float:
+        with contextlib.ExitStack() as back:
+            for offload in offloads:
+                back.enter_context(offload.back())
+            if not batches:
+                encode_all()
+            value = validation_loss(
+                bundle, batches, loss_settings, vseed, cfg.max_validation_steps,
+                lambda: autocast_context(bundle.device, plan.mixed_precision),
+            )  # fmt: skip
+        saver.validation = (step, value)
+        return value
+
+    return validate
 
 
 def _prepare_latents(

@@ -99,9 +99,12 @@ def loss_chart(
     width: int = 640,
     height: int = 220,
     max_points: int = 600,
+    validation: Sequence[tuple[int, float]] = (),
 ) -> str:
     """An inline SVG line chart of (step, loss): raw losses faint, a moving average bold, saved
-    epochs as dotted vertical lines (``epochs``: (step, epoch))."""
+    epochs as dotted vertical lines (``epochs``: (step, epoch)), validation losses as orange dots
+    joined by a line (``validation``: (step, loss))."""
+    checks = [(int(s), float(v)) for s, v in validation if v is not None and math.isfinite(float(v))]
     points = [(int(s), float(v)) for s, v in losses if v is not None and math.isfinite(float(v))]
     if not points:
         return '<div class="lt-chart lt-empty">The loss chart appears when training starts.</div>'
@@ -125,7 +128,7 @@ def loss_chart(
     x_max = max(total_steps or 0, points[-1][0], 1)
     x_min = min(points[0][0], 1)
     values = [v for _, v in points]
-    y_low, y_high = min(values), max(values)
+    y_low, y_high = min(values + [v for _, v in checks]), max(values + [v for _, v in checks])
     if y_high - y_low < 1e-9:
         y_low, y_high = y_low - 0.05, y_high + 0.05
     pad = (y_high - y_low) * 0.05
@@ -164,9 +167,18 @@ def loss_chart(
             )
     parts.append(f'<polyline points="{raw}" class="lt-loss-raw" fill="none" stroke="#93b4e8" stroke-width="1"/>')
     parts.append(f'<polyline points="{smooth}" class="lt-loss-avg" fill="none" stroke="#2563eb" stroke-width="2"/>')
+    if checks:
+        line = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in checks)
+        parts.append(f'<polyline points="{line}" class="lt-val-loss" fill="none" stroke="#ea580c" stroke-width="1.5"/>')
+        for s, v in checks:
+            parts.append(
+                f'<circle cx="{x(s):.1f}" cy="{y(v):.1f}" r="3" class="lt-val-point" fill="#ea580c">'
+                f"<title>validation loss {v:.4f} at step {s}</title></circle>"
+            )
+    val_text = f"; validation {checks[-1][1]:.4f}" if checks else ""
     parts.append(
         f'<text x="{left + 6}" y="{top + 14}" class="lt-axis" font-size="11" fill="#888">loss (last {last_loss:.4f}, '
-        f"average of the last {window} steps {average:.4f})</text>"
+        f"average of the last {window} steps {average:.4f}){val_text}</text>"
     )
     parts.append("</svg>")
     return "".join(parts)

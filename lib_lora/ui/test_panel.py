@@ -1,8 +1,10 @@
-"""The Test sub-tab: an epoch x prompt grid of the LoRA's saved files, and "send to txt2img"."""
+"""The Test sub-tab: an epoch x prompt grid of the LoRA's saved files, "send to txt2img", and the
+automatic pick (score every epoch, chart the scores and validation loss, "Keep this one")."""
 
 from __future__ import annotations
 
 import dataclasses
+import html as html_text
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +12,7 @@ import gradio as gr
 
 from lib_lora.common.errors import UserError
 from lib_lora.jobs import epochs as epoch_files
+from lib_lora.jobs import scoring
 from lib_lora.ui import html
 from lib_lora.ui.common import guarded, hook, host_events, long_js, number, resolve_output_dir
 from lib_lora.ui.compat import js_kwargs
@@ -55,6 +58,47 @@ class TestPanel:
             self.send_epoch = gr.Dropdown([], label="Epoch for txt2img", elem_id="lora_trainer_send_epoch")
             self.send = gr.Button("Send to txt2img", elem_id="lora_trainer_send")
         self.send_prompt = gr.Textbox(label="Prompt for txt2img", elem_id="lora_trainer_send_prompt")
+        self.build_scoring()
+
+    def build_scoring(self) -> None:
+        """The automatic pick: settings, cost, Score / Stop, the chart with the pick, Keep this one."""
+        self.report: scoring.ScoreReport | None = None
+        with gr.Accordion("Pick the best epoch automatically", open=True):
+            gr.Markdown(
+                "Renders every epoch file at fixed seeds and lets the WD tagger read the images: "
+                "**fidelity** (the character's core tags appear), **flexibility** (new outfits, places and poses "
+                "are followed), **drift** (without the activation tag the LoRA changes little). "
+                "See the README for what the scores mean and their limits."
+            )
+            with gr.Row():
+                self.score_seeds = gr.Textbox(
+                    value=", ".join(str(s) for s in scoring.DEFAULT_SEEDS), label="Scoring seeds",
+                    elem_id="lora_trainer_score_seeds",
+                )  # fmt: skip
+                self.score_tagger = gr.Textbox(
+                    value=self.host.settings().tagger_model, label="Tagger (a model name or a folder with model.onnx)",
+                    elem_id="lora_trainer_score_tagger",
+                )  # fmt: skip
+            with gr.Row():
+                self.score_flex = gr.Textbox(
+                    value="\n".join(scoring.DEFAULT_FLEXIBILITY_PROMPTS), lines=3,
+                    label="Flexibility prompts (one per line; added after the activation text)",
+                    elem_id="lora_trainer_score_flex",
+                )  # fmt: skip
+                self.score_drift = gr.Textbox(
+                    value="\n".join(scoring.DEFAULT_DRIFT_PROMPTS), lines=3,
+                    label="Drift prompts (one per line; without the activation text)", elem_id="lora_trainer_score_drift",
+                )  # fmt: skip
+            with gr.Row():
+                self.score_button = gr.Button("Score epochs", variant="primary", elem_id="lora_trainer_score")
+                self.score_stop = gr.Button("Stop scoring", elem_id="lora_trainer_score_stop")
+            self.score_task = gr.Textbox(visible=False, elem_id="lora_trainer_score_task")
+            self.score_cost = gr.HTML(elem_id="lora_trainer_score_cost")
+            self.score_result = gr.HTML(elem_id="lora_trainer_score_result")
+            with gr.Row():
+                self.keep_choice = gr.Dropdown([], label="Epoch to keep", elem_id="lora_trainer_keep_choice")
+                self.keep_button = gr.Button("Keep this one", elem_id="lora_trainer_keep")
+            self.keep_result = gr.HTML(elem_id="lora_trainer_keep_result")
 
     def wire(self) -> None:
         train = self.tab.train
@@ -82,6 +126,23 @@ class TestPanel:
             [self.send_prompt, self.result, *extra], **js_kwargs(send_js),
         )  # fmt: skip
         self._extra_outputs = len(extra)
+        score_inputs = [
+            self.score_task, *where, self.score_seeds, self.score_flex, self.score_drift, self.score_tagger, self.weight,
+            self.width, self.height, self.steps, self.cfg,
+        ]  # fmt: skip
+        for box in (self.score_seeds, self.score_flex, self.score_drift):
+            box.change(
+                self.scoring_cost, [*where, self.score_seeds, self.score_flex, self.score_drift], [self.score_cost]
+            )
+        self.refresh.click(
+            self.scoring_cost, [*where, self.score_seeds, self.score_flex, self.score_drift], [self.score_cost]
+        )
+        self.score_button.click(
+            self.host.wrap_long_handler(self.score_epochs, 3), score_inputs,
+            [self.score_result, self.keep_choice, self.score_cost], **js_kwargs(long_js(self.host, "score")),
+        )  # fmt: skip
+        self.score_stop.click(self.stop_scoring, [], [self.score_cost])
+        self.keep_button.click(self.keep_epoch, [*where, self.keep_choice], [self.keep_result, self.keep_choice])
 
     # ------------------------------------------------------------------ handlers
     def _list(self, name: str, choice: str, custom: str) -> list[epoch_files.LoraFile]:
@@ -189,3 +250,206 @@ class TestPanel:
             return [prompt, html.message(text, "ok"), *list(updates)[:extra], *[gr.update()] * (extra - len(updates))]
         except UserError as exc:
             return [gr.update(), html.error(str(exc)), *[gr.update()] * extra]
+
+    # ------------------------------------------------------------------ automatic pick
+    def _score_settings(self, seeds: str, flex: str, drift: str, weight: Any = 1.0) -> scoring.ScoreSettings:
+        try:
+            values = tuple(int(v) for v in (seeds or "").replace(",", " ").split())
+        except ValueError:
+            raise UserError(f"Scoring seeds {seeds!r}: give whole numbers separated by commas.") from None
+        if not values:
+            raise UserError("Give at least one scoring seed (three or more to measure the noise).")
+        value = number(weight, "The LoRA weight")
+        return scoring.ScoreSettings(
+            seeds=values,
+            flexibility_prompts=tuple(line.strip() for line in (flex or "").splitlines() if line.strip()),
+            drift_prompts=tuple(line.strip() for line in (drift or "").splitlines() if line.strip()),
+            weight=1.0 if value is None else float(value),
+        )
+
+    def scoring_cost(self, name: str, choice: str, custom: str, seeds: str, flex: str, drift: str) -> str:
+        """How many images a scoring run renders, before it starts."""
+        try:
+            settings = self._score_settings(seeds, flex, drift)
+            found = (
+                scoring.lora_family(resolve_output_dir(self.host, choice, custom), name) if (name or "").strip() else []
+            )
+        except UserError as exc:
+            return html.message(str(exc))
+        per = settings.images_per_epoch()
+        total = per * len(found) + settings.base_images()
+        return html.message(
+            f"Scoring renders {per} images per epoch file ({len(settings.seeds)} seeds x "
+            f"{1 + len(settings.flexibility_prompts) + len(settings.drift_prompts)} prompts)"
+            + (f": {total} images for {len(found)} files" if found else "")
+            + " — about as long as a Test grid of that many images. It can be stopped at any time."
+        )
+
+    def _renderer(self, width: Any, height: Any, steps: Any, cfg: Any) -> scoring.Renderer:
+        """The host's Test-grid renderer, one LoRA file at a time, with the Test image settings."""
+        sizes = {
+            "width": number(width, "The width", 64, integer=True), "height": number(height, "The height", 64, integer=True),
+            "steps": number(steps, "The sampling steps", 1, integer=True), "cfg_scale": number(cfg, "The CFG scale", 0),
+        }  # fmt: skip
+
+        def render(paths, prompts, weight, seed, events, stop) -> list[Any]:
+            request = GridRequest(
+                lora_files=list(paths), prompts=list(prompts), weight=float(weight), seed=int(seed), **sizes
+            )
+            return list(self.host.render_grid(request, events, stop).images)
+
+        return render
+
+    @guarded(3)
+    def score_epochs(
+        self,
+        task_id: str, name: str, choice: str, custom: str, seeds: str, flex: str, drift: str, tagger_name: str, weight: Any,
+        width: Any = None, height: Any = None, steps: Any = None, cfg: Any = None,
+    ) -> list[Any]:  # fmt: skip
+        settings = self._score_settings(seeds, flex, drift, weight)
+        render = self._renderer(width, height, steps, cfg)
+        folder = resolve_output_dir(self.host, choice, custom)
+        files = scoring.lora_family(folder, name)
+
+        def job(events, stop):
+            model = (tagger_name or "").strip() or self.host.settings().tagger_model
+            tagger = scoring.load_tag_scorer(model, events)
+            return scoring.score_epochs(files, render, tagger, settings, events, stop)
+
+        status = self.host.jobs.run(
+            "score", f"Scoring {len(files)} files of {name.strip()}", job, inner=host_events(self.host)
+        )
+        if status.state == "failed":
+            raise UserError(status.error or "Scoring failed.")
+        if status.state == "stopped" or status.result is None:
+            return [html.message("Scoring stopped; nothing was changed.", "warning"), gr.update(), gr.update()]
+        report: scoring.ScoreReport = status.result
+        self.report = report
+        labels = [s.label for s in report.scores]
+        self.files.update({s.label: p for s, p in zip(report.scores, report.files)})
+        best = report.best.label if report.best else None
+        cost = html.message(f"{report.images} images rendered and tagged in {report.seconds:.0f} s.", "ok")
+        return [score_report_html(report), gr.update(choices=labels, value=best), cost]
+
+    def stop_scoring(self) -> str:
+        job = self.host.jobs.current("score")
+        if job is None or job.state not in ("running", "queued"):
+            return html.message("No scoring is running.")
+        self.host.jobs.stop(job.id)
+        return html.message("Stopping after the current image; nothing is changed.", "warning")
+
+    @guarded(2, status=0)
+    def keep_epoch(self, name: str, choice: str, custom: str, label: str) -> list[Any]:
+        if not label:
+            raise UserError("Score the epochs first (or pick the epoch to keep).")
+        folder = resolve_output_dir(self.host, choice, custom)
+        path = self.files.get(label)
+        if path is None:
+            raise UserError(f"{label} is no longer listed; score or refresh again.")
+        result = scoring.keep_epoch(path, folder, name.strip())
+        refresh = hook(self.host, "refresh_loras")
+        if refresh:
+            refresh()
+        text = (
+            f"Kept {result.source.stem} as {result.kept.name}. The {len(result.archived)} files of the run are in "
+            f"{Path(folder) / scoring.ARCHIVE_DIR} (moved, not deleted)."
+        )
+        return [html.message(text, "ok"), gr.update(choices=[], value=None)]
+
+
+def score_chart(report: scoring.ScoreReport, width: int = 640, height: int = 240) -> str:
+    """Per-epoch lines of the scores (0..1) and the validation loss (its own scale, dashed), the
+    recommended epoch marked by a band and its label."""
+    scores = report.scores
+    n = len(scores)
+    left, right, top, bottom = 40, 50, 16, 30
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def x(i: int) -> float:
+        return left + (plot_w * (i + 0.5) / n)
+
+    def y(v: float) -> float:
+        return top + (1 - max(0.0, min(1.0, v))) * plot_h
+
+    series = [
+        ("score", "#2563eb", [s.score for s in scores], 2.5),
+        ("fidelity", "#16a34a", [s.fidelity for s in scores], 1.5),
+        ("flexibility", "#9333ea", [s.flexibility for s in scores], 1.5),
+        ("drift", "#dc2626", [s.drift for s in scores], 1.5),
+    ]
+    parts = [
+        f'<svg class="lt-score-chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" '
+        'role="img" aria-label="Scores by epoch">',
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#8884"/>',
+    ]
+    for tick in (0.0, 0.5, 1.0):
+        parts.append(
+            f'<text x="{left - 4}" y="{y(tick) + 4:.1f}" text-anchor="end" font-size="11" fill="#888">{tick:g}</text>'
+        )
+    pick = report.pick
+    for i in pick.tied if not pick.confident else []:
+        parts.append(
+            f'<rect x="{x(i) - plot_w / n / 2:.1f}" y="{top}" width="{plot_w / n:.1f}" height="{plot_h}" fill="#eab30822"/>'
+        )
+    if pick.best is not None:
+        colour = "#16a34a33" if pick.confident else "#eab30855"
+        parts.append(
+            f'<rect class="lt-score-pick" x="{x(pick.best) - plot_w / n / 2:.1f}" y="{top}" width="{plot_w / n:.1f}" '
+            f'height="{plot_h}" fill="{colour}"><title>recommended: {html_text.escape(scores[pick.best].label)}</title></rect>'
+        )
+    for i, s in enumerate(scores):
+        label = s.label.rsplit("-", 1)[-1].lstrip("0") if "-" in s.label else "final"
+        parts.append(
+            f'<text x="{x(i):.1f}" y="{height - 10}" text-anchor="middle" font-size="11" fill="#888">{html_text.escape(label or s.label)}</text>'
+        )
+    for name, colour, values, stroke in series:
+        points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
+        parts.append(
+            f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="{stroke}"><title>{name}</title></polyline>'
+        )
+        for i, v in enumerate(values):
+            parts.append(
+                f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="2.5" fill="{colour}"><title>{name} {v:.3f}</title></circle>'
+            )
+    losses = [(i, s.validation_loss) for i, s in enumerate(scores) if s.validation_loss is not None]
+    if losses:
+        low, high = min(v for _, v in losses), max(v for _, v in losses)
+        span = (high - low) or 1.0
+
+        def yl(v: float) -> float:
+            return top + (1 - (v - low) / span * 0.8 - 0.1) * plot_h
+
+        points = " ".join(f"{x(i):.1f},{yl(v):.1f}" for i, v in losses)
+        parts.append(
+            f'<polyline class="lt-score-val" points="{points}" fill="none" stroke="#ea580c" stroke-dasharray="5,3" stroke-width="1.5"/>'
+        )
+        for i, v in losses:
+            parts.append(
+                f'<circle cx="{x(i):.1f}" cy="{yl(v):.1f}" r="2.5" fill="#ea580c"><title>validation loss {v:.4f}</title></circle>'
+            )
+        parts.append(
+            f'<text x="{width - right + 4}" y="{yl(high) + 4:.1f}" font-size="10" fill="#ea580c">{high:.4g}</text>'
+        )
+        parts.append(
+            f'<text x="{width - right + 4}" y="{yl(low) + 4:.1f}" font-size="10" fill="#ea580c">{low:.4g}</text>'
+        )
+    legend = [(n, c) for n, c, _, _ in series] + ([("validation loss", "#ea580c")] if losses else [])
+    for k, (name, colour) in enumerate(legend):
+        parts.append(f'<text x="{left + 6 + k * 95}" y="{top + 12}" font-size="11" fill="{colour}">{name}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def score_report_html(report: scoring.ScoreReport) -> str:
+    """The chart, the pick in words and the table."""
+    kind = "ok" if report.pick.confident else "warning"
+    head = "".join(f"<th>{h}</th>" for h in scoring.TABLE_HEADERS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html_text.escape(cell)}</td>" for cell in row) + "</tr>" for row in report.table_rows()
+    )
+    core = ", ".join(report.core_tags) or "(none: fidelity not measured)"
+    return (
+        f'<div class="lt-score">{score_chart(report)}{html.message(report.pick.reason, kind)}'
+        f'<table class="lt-score-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        f"<p>Core tags: {html_text.escape(core)}. * = recommended, ~ = within the seed noise of it.</p></div>"
+    )

@@ -391,7 +391,7 @@ class TrainPanel:
         if status is None:
             return [html.message("No training yet."), html.loss_chart([]), gr.update(), gr.update(), shown_samples]
         epochs = [(f["step"], f["epoch"]) for f in status.files if f.get("kind") == "epoch"]
-        chart = html.loss_chart(status.losses, status.total_steps or None, epochs)
+        chart = html.loss_chart(status.losses, status.total_steps or None, epochs, validation=status.val_losses)
         rows = [
             (
                 f["path"].replace("\\", "/").rsplit("/", 1)[-1],
