@@ -15,6 +15,9 @@ Examples:
   python -m lib_lora train my.toml --resume output/mylora-state
 
 Ctrl-C stops after the current step, saves the LoRA so far and a state to resume from.
+
+Several GPUs (one process per GPU, the batches of each epoch shared among them):
+  torchrun --nproc_per_node 2 -m lib_lora train my.toml
 """
 
 ACCEPTS_EXTRA = True  # --KEY VALUE settings are parsed by this verb
@@ -89,16 +92,17 @@ def run(args: argparse.Namespace) -> int:
     if args.list_settings:
         _list_settings()
         return 0
-    import signal
+    from pathlib import Path
 
     import torch
     from tqdm import tqdm
 
+    from lib_lora.common.errors import UserError
     from lib_lora.config import build_config, load_toml, native_resolution
+    from lib_lora.engine.distributed import DataParallel, device_for, ignore_sigterm, is_peer_failure, stop_on_sigterm
+    from lib_lora.engine.distributed import from_env as launch_env
     from lib_lora.events import Events, StopToken
-    from lib_lora.jobs.train import prepare, train
-    from lib_lora.standalone.models import is_builtin, load_model, training_dtype
-    from lib_lora.standalone.sampler import training_renderer
+    from lib_lora.standalone.models import is_builtin
 
     config_file = args._extra[0] if args._extra and not args._extra[0].startswith("--") else None
     values = load_toml(config_file) if config_file else {}
@@ -107,7 +111,11 @@ def run(args: argparse.Namespace) -> int:
     family = _peek_family(draft.pretrained_model_name_or_path, draft.model_family)
     native = native_resolution(family, demo=is_builtin(draft.pretrained_model_name_or_path))
     cfg = build_config(values, preset=args.preset, family=family, native=native)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    launch = launch_env()
+    if launch:
+        device = device_for(launch, args.device)
+    else:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     class CliEvents(Events):
         bar: tqdm | None = None
@@ -128,7 +136,10 @@ def run(args: argparse.Namespace) -> int:
             if total and (done == total or done % max(1, total // 10) == 0):
                 print(f"{stage}: {done}/{total} {text}".rstrip())
 
-    events = CliEvents()
+    class QuietEvents(Events):
+        """Processes other than rank 0 of a torchrun run: rank 0 speaks for the run."""
+
+    events = CliEvents() if launch is None or launch.rank == 0 else QuietEvents()
     stop = StopToken()
 
     def on_sigint(signum, frame) -> None:
@@ -137,20 +148,50 @@ def run(args: argparse.Namespace) -> int:
         stop.request("Ctrl-C")
         events.message("info", "Stopping after this step (Ctrl-C again to abort without saving)...")
 
+    parallel = DataParallel.start(launch, device) if launch else None
+    if parallel:
+        stop_on_sigterm()
+    try:
+        return _train(args, cfg, device, events, stop, on_sigint, parallel)
+    except Exception as exc:
+        if parallel is None or not is_peer_failure(exc):
+            raise
+        ignore_sigterm()
+        if parallel.rank != 0:
+            return 1  # rank 0 says it, once
+        raise UserError(
+            "Another process of this run stopped unexpectedly (killed, out of memory, or its own error above), so "
+            "every process stopped; resume from the last saved state with the same command and --resume "
+            f"{Path(cfg.output_dir) / (cfg.output_name + '-state')} (saved with each epoch file)."
+        ) from None
+    finally:
+        if parallel:
+            parallel.close()
+
+
+def _train(args, cfg, device, events, stop, on_sigint, parallel) -> int:
+    import signal
+
+    from lib_lora.jobs.train import prepare, train
+    from lib_lora.standalone.models import load_model, training_dtype
+    from lib_lora.standalone.sampler import training_renderer
+
     bundle = load_model(
         cfg.pretrained_model_name_or_path, device=device, dtype=training_dtype(cfg.mixed_precision, device),
         family=cfg.model_family, v_prediction=cfg.v_parameterization, clip_skip=cfg.clip_skip,
         max_token_length=cfg.max_token_length or 75,
     )  # fmt: skip
-    plan = prepare(cfg, bundle, events, stop, args.resume)
+    plan = prepare(cfg, bundle, events, stop, args.resume, parallel.world_size if parallel else 1)
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         renderer = training_renderer(bundle, cfg)
-        result = train(cfg, bundle, events, stop, resume=args.resume, renderer=renderer, plan=plan)
+        result = train(cfg, bundle, events, stop, resume=args.resume, renderer=renderer, plan=plan, parallel=parallel)
     finally:
         signal.signal(signal.SIGINT, previous)
-        if events.bar:
+        if getattr(events, "bar", None):
             events.bar.close()
+    if parallel and parallel.rank != 0:
+        return 0
     for saved in result.files:
         print(f"{saved.kind:>7}: {saved.path}")
     if result.status == "stopped":

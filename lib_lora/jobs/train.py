@@ -31,9 +31,10 @@ from lib_lora.data.buckets import BucketManager, BucketSettings, crop_top_left
 from lib_lora.data.captions import CaptionOptions, is_static, process_caption
 from lib_lora.data.dataset import BucketPlan, DatasetScan, assign_buckets, scan_dataset
 from lib_lora.data.images import load_and_transform
-from lib_lora.data.latent_cache import LatentCache
+from lib_lora.data.latent_cache import LatentCache, LatentEntry
 from lib_lora.engine import optim
 from lib_lora.engine.bundle import ModelBundle, TextCond
+from lib_lora.engine.distributed import DataParallel, SteppedScheduler
 from lib_lora.engine.loop import LoopHooks, LoopSettings, Position, Schedule, derive_seed, run_loop
 from lib_lora.engine.network import LoRANetwork
 from lib_lora.engine.step import Batch, LossSettings
@@ -73,6 +74,11 @@ class TrainPlan:
     seed: int
     mixed_precision: str
     warnings: list[str] = field(default_factory=list)
+    num_processes: int = 1  # data-parallel processes (torchrun); batches per epoch count one process's share
+
+    @property
+    def effective_batch(self) -> int:
+        return self.cfg.train_batch_size * self.num_processes * self.cfg.gradient_accumulation_steps
 
     def summary_lines(self) -> list[str]:
         s = self.schedule
@@ -82,6 +88,8 @@ class TrainPlan:
             f"{self.buckets.num_samples} images x repeats per epoch, batch {self.cfg.train_batch_size}: "
             f"{s.batches_per_epoch} batches = {s.steps_per_epoch} steps per epoch; {s.num_epochs} epochs = {s.total_steps} steps"
         )
+        if self.num_processes > 1:
+            lines.append(_parallel_line(self))
         return lines
 
 
@@ -131,8 +139,10 @@ def prepare(
     events: Events | None = None,
     stop: StopToken | None = None,
     resume: str | None = None,
+    num_processes: int = 1,
 ) -> TrainPlan:
-    """Check everything and plan the run; nothing is written."""
+    """Check everything and plan the run; nothing is written. With ``num_processes`` > 1 (torchrun)
+    each process runs ``ceil(batches / num_processes)`` batches per epoch, as under accelerate."""
     events = events or Events()
     check_rules(cfg)
     family = bundle.family
@@ -147,17 +157,28 @@ def prepare(
     warnings += scan.warnings
     plan = assign_buckets(scan, BucketManager(bucket_settings(cfg)), cfg.train_batch_size)
     schedule = Schedule.plan(
-        plan.steps_per_epoch, cfg.gradient_accumulation_steps, cfg.max_train_epochs, cfg.max_train_steps
+        math.ceil(plan.steps_per_epoch / num_processes),
+        cfg.gradient_accumulation_steps,
+        cfg.max_train_epochs,
+        cfg.max_train_steps,
     )
     _check_optimizer(cfg, schedule)
     if cfg.network_weights:
         _, _, summary = read_lora_file(cfg.network_weights)
         check_file_family(cfg.network_weights, summary.family, family)
     if resume:
-        _read_state(Path(resume), cfg)
+        _check_state_processes(_read_state(Path(resume), cfg), num_processes)
     seed = cfg.seed if cfg.seed is not None else random.randrange(1 << 31)
     return TrainPlan(
-        cfg, family, scan, plan, schedule, seed, resolve_mixed_precision(cfg.mixed_precision, bundle.device), warnings
+        cfg,
+        family,
+        scan,
+        plan,
+        schedule,
+        seed,
+        resolve_mixed_precision(cfg.mixed_precision, bundle.device),
+        warnings,
+        num_processes,
     )
 
 
@@ -262,7 +283,7 @@ def _base_metadata(
         "ss_fp8_base": False, "ss_fp8_base_unet": False, "ss_validation_seed": None, "ss_validation_split": 0.0,
         "ss_max_validation_steps": None, "ss_validate_every_n_epochs": None, "ss_validate_every_n_steps": None,
         "ss_resize_interpolation": None,
-        "ss_batch_size_per_device": cfg.train_batch_size, "ss_total_batch_size": cfg.train_batch_size * cfg.gradient_accumulation_steps,
+        "ss_batch_size_per_device": cfg.train_batch_size, "ss_total_batch_size": plan.effective_batch,
         "ss_resolution": cfg.resolution_wh, "ss_color_aug": False, "ss_flip_aug": cfg.flip_aug, "ss_random_crop": cfg.random_crop,
         "ss_shuffle_caption": cfg.shuffle_caption, "ss_enable_bucket": cfg.enable_bucket, "ss_bucket_no_upscale": cfg.bucket_no_upscale,
         "ss_min_bucket_reso": cfg.min_bucket_reso, "ss_max_bucket_reso": cfg.max_bucket_reso, "ss_keep_tokens": cfg.keep_tokens,
@@ -376,6 +397,7 @@ def _write_state(
     seed: int,
     cfg: TrainConfig,
     session: dict[str, Any],
+    num_processes: int = 1,
 ) -> None:
     """Network, optimizer, scheduler and position, written to a temp folder then swapped in."""
     tmp = state_dir.with_name(state_dir.name + ".tmp")
@@ -387,6 +409,8 @@ def _write_state(
         "version": STATE_VERSION, "position": position.as_dict(), "seed": seed, "session": session,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.as_dict().items()},
     }  # fmt: skip
+    if num_processes > 1:
+        state["num_processes"] = num_processes
     atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))
     old = state_dir.with_name(state_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -438,17 +462,26 @@ def train(
     resume: str | os.PathLike | None = None,
     renderer: Renderer | None = None,
     plan: TrainPlan | None = None,
+    parallel: DataParallel | None = None,
 ) -> TrainResult:
-    """Train a LoRA on ``bundle`` as ``cfg`` says; see the module docstring."""
+    """Train a LoRA on ``bundle`` as ``cfg`` says; see the module docstring. ``parallel``: this
+    process's part in a data-parallel run (engine/distributed.py); only its rank 0 writes files."""
     events = events or Events()
     stop = stop or StopToken()
-    plan = plan or prepare(cfg, bundle, events, stop, str(resume) if resume else None)
+    processes = parallel.world_size if parallel else 1
+    plan = plan or prepare(cfg, bundle, events, stop, str(resume) if resume else None, processes)
     state = _read_state(Path(resume), cfg) if resume else None
+    if state:
+        _check_state_processes(state, processes)
     seed = state["seed"] if state else plan.seed
     for line in plan.summary_lines():
         events.info(line)
     out, state_dir, log_path = output_paths(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    writes = parallel is None or parallel.is_main
+    if writes:
+        out.mkdir(parents=True, exist_ok=True)
+    if not writes:
+        renderer = None
 
     with torch.random.fork_rng():  # the LoRA's initial weights follow the seed; the global RNG is left as it was
         torch.manual_seed(derive_seed(seed, 0x10A))
@@ -462,8 +495,12 @@ def train(
     elif cfg.network_weights:
         load_network_weights(network, cfg.network_weights)
         events.info(f"starting from {cfg.network_weights}")
+    if parallel:
+        parallel.broadcast_parameters([p for p in network.parameters() if p.requires_grad])
     param_groups = network.param_groups(cfg.unet_lr, cfg.text_encoder_lr, cfg.learning_rate)
-    built, scheduler = build_optimizer(cfg, param_groups, plan.schedule.total_steps)
+    built, scheduler = build_optimizer(cfg, param_groups, plan.schedule.total_steps * processes)
+    if parallel:  # accelerate steps the scheduler once per process (so sd-scripts builds it for steps x N)
+        scheduler = SteppedScheduler(scheduler, processes)
     for warning in built.warnings:
         events.warning(warning)
     position = Position()
@@ -485,7 +522,10 @@ def train(
 
     try:
         network.apply_to()
-        latents = _prepare_latents(cfg, plan, bundle, seed, events, stop) if cfg.cache_latents else None
+        if parallel and cfg.cache_latents:
+            latents = _prepare_latents_parallel(cfg, plan, bundle, seed, events, stop, parallel)
+        else:
+            latents = _prepare_latents(cfg, plan, bundle, seed, events, stop) if cfg.cache_latents else None
         text_cache = _prepare_text_cache(cfg, plan, bundle, options, events)
 
         def make_batch(epoch: int, samples: list, rng: random.Random) -> Batch:
@@ -509,14 +549,15 @@ def train(
                 size_cond = torch.tensor(rows, dtype=torch.float32)
             return Batch(batch_latents, captions, text, size_cond)
 
-        log_handle = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
+        log_handle = open(log_path if writes else os.devnull, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
 
         def log_step(row: dict[str, Any]) -> None:
             log_handle.write(json.dumps(row) + "\n")
             log_handle.flush()
 
         def save_state(pos: Position) -> None:
-            _write_state(state_dir, network, built, scheduler, pos, seed, cfg, session)
+            if writes:
+                _write_state(state_dir, network, built, scheduler, pos, seed, cfg, session, processes)
 
         def after_epoch(epoch: int, step: int) -> None:
             if renderer and cfg.sample_every_n_epochs and epoch % cfg.sample_every_n_epochs == 0:
@@ -526,6 +567,8 @@ def train(
             epoch_batches=lambda e: plan.buckets.epoch_batches(seed, e), make_batch=make_batch, save=saver,
             save_state=save_state, after_epoch=after_epoch, log_step=log_step,
         )  # fmt: skip
+        if parallel:
+            _parallel_hooks(hooks, parallel)
         loss_settings = LossSettings(
             v_prediction=bundle.v_prediction, latent_scaling=bundle.latent_scaling, noise_offset=cfg.noise_offset,
             noise_offset_random_strength=cfg.noise_offset_random_strength, min_snr_gamma=cfg.min_snr_gamma,
@@ -547,7 +590,7 @@ def train(
                 settings,
                 hooks,
                 events,
-                stop,
+                parallel.watch(stop) if parallel else stop,
                 position,
             )
         finally:
@@ -561,7 +604,7 @@ def train(
         torch.set_rng_state(rng_state)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
-    if result.status == "done":
+    if result.status == "done" and writes:
         shutil.rmtree(state_dir, ignore_errors=True)
     return TrainResult(
         result.status,
@@ -663,3 +706,83 @@ def math_steps_note(total_steps: int, batch_size: int) -> str:
     hint = "a character LoRA at batch 2 is usually good after 1,000-2,000 steps"
     equivalent = total_steps * batch_size / 2
     return f"{total_steps} steps (~{math.floor(equivalent)} at batch 2); {hint}."
+
+
+# -- data-parallel runs (torchrun; engine/distributed.py) ----------------------------------------------
+
+
+def _parallel_line(plan: TrainPlan) -> str:
+    cfg = plan.cfg
+    return (
+        f"{plan.num_processes} processes: effective batch {plan.effective_batch} = batch {cfg.train_batch_size} per "
+        f"process x {plan.num_processes} processes x gradient accumulation {cfg.gradient_accumulation_steps}; "
+        f"each process runs {plan.schedule.batches_per_epoch} batches per epoch"
+    )
+
+
+def _check_state_processes(state: dict[str, Any], processes: int) -> None:
+    saved = int(state.get("num_processes", 1))
+    if saved != processes:
+        raise UserError(
+            f"Cannot resume: the stopped run used {saved} process{'es' if saved != 1 else ''} and this one "
+            f"{processes}; resume with the same number (torchrun --nproc_per_node {saved}), since each process's "
+            "share of the epoch, the steps and the learning-rate schedule depend on it."
+        )
+
+
+def _parallel_hooks(hooks: LoopHooks, parallel: DataParallel) -> None:
+    """Each process trains its own share of every epoch; gradients are averaged before each step; only
+    rank 0 saves, logs and renders samples."""
+    whole_epoch = hooks.epoch_batches
+    hooks.epoch_batches = lambda epoch: parallel.epoch_shard(whole_epoch(epoch))
+    hooks.batch_index = parallel.batch_index
+    hooks.sync_step = parallel.sync_step
+    if not parallel.is_main:
+        hooks.save = lambda kind, epoch, step, loss: None
+        hooks.after_epoch = None
+        hooks.log_step = None
+
+
+def _prepare_latents_parallel(
+    cfg: TrainConfig,
+    plan: TrainPlan,
+    bundle: ModelBundle,
+    seed: int,
+    events: Events,
+    stop: StopToken,
+    parallel: DataParallel,
+) -> LatentCache:
+    """Each image is encoded once: rank 0 caches every latent (to disk where asked) while the others
+    wait; then they read its files and receive its in-memory latents."""
+    if parallel.is_main:
+        cache = _prepare_latents(cfg, plan, bundle, seed, events, stop)
+        entries = [cache.entry(i) for i in range(len(plan.buckets.choices))]
+        table = torch.tensor(
+            [[float(e.npz is not None), *e.original_size, *e.crop_ltrb] for e in entries], dtype=torch.float64
+        )
+        tensors = [table]
+        for e in entries:
+            if e.npz is None:
+                tensors += [e.latents] + ([e.latents_flipped] if cfg.flip_aug else [])
+        parallel.broadcast_tensors(tensors)
+        return cache
+    received = parallel.broadcast_tensors(None)
+    table, tensors = received[0], iter(received[1:])
+    cache = LatentCache(
+        lambda images: images,  # never called: this process only reads what rank 0 made
+        vae_id=bundle.vae_identity(),
+        to_disk=cfg.cache_latents_to_disk,
+        family_suffix="_sdxl" if bundle.family == "sdxl" else "_sd",
+    )
+    entries = {}
+    for i, row in enumerate(table.tolist()):
+        on_disk, width, height, *ltrb = row
+        entry = LatentEntry((int(width), int(height)), tuple(ltrb), plan.buckets.choices[i].bucket)
+        if on_disk:
+            entry.npz = cache.npz_path(plan.scan.items[i].path, plan.buckets.sizes[i])
+        else:
+            entry.latents = next(tensors)
+            entry.latents_flipped = next(tensors) if cfg.flip_aug else None
+        entries[i] = entry
+    cache.adopt(entries, flip_aug=cfg.flip_aug)
+    return cache
