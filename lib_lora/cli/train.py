@@ -92,6 +92,22 @@ def run(args: argparse.Namespace) -> int:
     if args.list_settings:
         _list_settings()
         return 0
+    from lib_lora.common.errors import UserError
+    from lib_lora.engine.distributed import from_env
+
+    launch = from_env()
+    if launch is None or launch.rank == 0:
+        return _run(args)
+    training: list[bool] = []
+    try:
+        return _run(args, training)
+    except UserError:
+        if training:  # this process's own failure: say it
+            raise
+        return 2  # settings, data or resume errors are the same on every process: rank 0 says them
+
+
+def _run(args: argparse.Namespace, training: list[bool] | None = None) -> int:
     from pathlib import Path
 
     import torch
@@ -152,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     if parallel:
         stop_on_sigterm()
     try:
-        return _train(args, cfg, device, events, stop, on_sigint, parallel)
+        return _train(args, cfg, device, events, stop, on_sigint, parallel, training)
     except Exception as exc:
         if parallel is None or not is_peer_failure(exc):
             raise
@@ -169,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
             parallel.close()
 
 
-def _train(args, cfg, device, events, stop, on_sigint, parallel) -> int:
+def _train(args, cfg, device, events, stop, on_sigint, parallel, training) -> int:
     import signal
 
     from lib_lora.jobs.train import prepare, train
@@ -183,6 +199,8 @@ def _train(args, cfg, device, events, stop, on_sigint, parallel) -> int:
     )  # fmt: skip
     plan = prepare(cfg, bundle, events, stop, args.resume, parallel.world_size if parallel else 1)
     previous = signal.signal(signal.SIGINT, on_sigint)
+    if training is not None:
+        training.append(True)
     try:
         renderer = training_renderer(bundle, cfg)
         result = train(cfg, bundle, events, stop, resume=args.resume, renderer=renderer, plan=plan, parallel=parallel)
