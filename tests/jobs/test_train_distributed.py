@@ -168,4 +168,3 @@ def test_a_killed_process_stops_the_run_with_one_message_and_the_run_resumes(tmp
     assert not state.exists()
     steps = [json.loads(line)["step"] for line in (tmp_path / "out" / "t-log.jsonl").read_text().splitlines()]
     assert steps[-1] == 60 and sorted(set(steps)) == list(range(1, 61))
-
