@@ -44,9 +44,9 @@ def _overrides(extra: list[str]) -> dict[str, str]:
         token = extra[i]
         if not token.startswith("--"):
             raise UserError(f"Unexpected argument {token!r}: settings are given as --KEY VALUE.")
-        key = normalize_key(token[2:])
-        if "=" in key:
-            key, value = key.split("=", 1)
+        key = normalize_key(token[2:].split("=", 1)[0])
+        if "=" in token:  # --KEY=VALUE: the value as given (tiny-sd15 keeps its hyphen)
+            value = token.split("=", 1)[1]
             i += 1
         elif (
             key in FIELDS

@@ -170,3 +170,10 @@ def test_character_preset_on_the_demo_model_trains_and_every_file_checks_out(tmp
     assert len(losses) == 550  # 18 images with repeats, batch 2 -> 11 steps x 50 epochs
     first, last = sum(losses[:110]) / 110, sum(losses[-110:]) / 110
     assert last < first, (first, last)
+
+
+def test_key_equals_value_keeps_the_value_as_typed() -> None:
+    from lib_lora.cli.train import _overrides
+
+    values = _overrides(["--pretrained-model-name-or-path=tiny-sd15", "--output_name=my-lora", "--seed", "3"])
+    assert values == {"pretrained_model_name_or_path": "tiny-sd15", "output_name": "my-lora", "seed": "3"}
