@@ -480,8 +480,8 @@ def train(
     writes = parallel is None or parallel.is_main
     if writes:
         out.mkdir(parents=True, exist_ok=True)
-    if not writes:
-        renderer = None
+    else:
+        renderer = None  # samples too are rank 0's
 
     with torch.random.fork_rng():  # the LoRA's initial weights follow the seed; the global RNG is left as it was
         torch.manual_seed(derive_seed(seed, 0x10A))
