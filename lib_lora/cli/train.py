@@ -19,6 +19,9 @@ A run whose name already has files in the output folder is refused unless --resu
 --overwrite replaces it (its files move to <output_dir>/.trash/, nothing is deleted). Two trainings
 cannot write the same name in the same folder at once.
 Ctrl-C stops after the current step, saves the LoRA so far and a state to resume from.
+
+Several GPUs (one process per GPU, the batches of each epoch shared among them):
+  torchrun --nproc_per_node 2 -m lib_lora train my.toml
 """
 
 ACCEPTS_EXTRA = True  # --KEY VALUE settings are parsed by this verb
@@ -54,9 +57,9 @@ def _overrides(extra: list[str]) -> dict[str, str | list[str]]:
         token = extra[i]
         if not token.startswith("--"):
             raise UserError(f"Unexpected argument {token!r}: settings are given as --KEY VALUE.")
-        key = normalize_key(token[2:])
-        if "=" in key:
-            key, value = key.split("=", 1)
+        key = normalize_key(token[2:].split("=", 1)[0])
+        if "=" in token:  # --KEY=VALUE: the value as given (tiny-sd15 keeps its hyphen)
+            value = token.split("=", 1)[1]
             i += 1
         elif (
             key in FIELDS
@@ -116,16 +119,34 @@ def run(args: argparse.Namespace) -> int:
     if args.list_settings:
         _list_settings()
         return 0
-    import signal
+    from lib_lora.common.errors import UserError
+    from lib_lora.engine.distributed import from_env
+
+    launch = from_env()
+    if launch is None or launch.rank == 0:
+        return _run(args)
+    training: list[bool] = []
+    try:
+        return _run(args, training)
+    except UserError:
+        if training:  # this process's own failure: say it
+            raise
+        return 2  # settings, data or resume errors are the same on every process: rank 0 says them
+
+
+def _run(args: argparse.Namespace, training: list[bool] | None = None) -> int:
+    from pathlib import Path
 
     import torch
     from tqdm import tqdm
 
+    from lib_lora.common.errors import UserError
     from lib_lora.config import build_config, load_toml, native_resolution
+    from lib_lora.engine.distributed import DataParallel, device_for, ignore_sigterm, is_peer_failure, stop_on_sigterm
+    from lib_lora.engine.distributed import from_env as launch_env
     from lib_lora.events import Events, StopToken
-    from lib_lora.jobs.train import check_output, prepare, train
-    from lib_lora.standalone.models import is_builtin, load_model, training_dtype
-    from lib_lora.standalone.sampler import training_renderer
+    from lib_lora.jobs.train import check_output
+    from lib_lora.standalone.models import is_builtin
 
     config_file = args._extra[0] if args._extra and not args._extra[0].startswith("--") else None
     values = load_toml(config_file) if config_file else {}
@@ -134,9 +155,13 @@ def run(args: argparse.Namespace) -> int:
     family = _peek_family(draft.pretrained_model_name_or_path, draft.model_family)
     native = native_resolution(family, demo=is_builtin(draft.pretrained_model_name_or_path))
     cfg = build_config(values, preset=args.preset, family=family, native=native)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    launch = launch_env()
+    if launch:
+        device = device_for(launch, args.device)
+    else:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     existing = check_output(cfg, args.resume, args.overwrite, hint=_existing_hint(cfg, args))
-    if existing is not None:
+    if existing is not None and (launch is None or launch.rank == 0):
         print(f"--overwrite: the earlier {cfg.output_name} run will be moved to {cfg.output_dir}/.trash/")
 
     class CliEvents(Events):
@@ -161,7 +186,10 @@ def run(args: argparse.Namespace) -> int:
             if total and (done == total or done % max(1, total // 10) == 0):
                 print(f"{stage}: {done}/{total} {text}".rstrip())
 
-    events = CliEvents()
+    class QuietEvents(Events):
+        """Processes other than rank 0 of a torchrun run: rank 0 speaks for the run."""
+
+    events = CliEvents() if launch is None or launch.rank == 0 else QuietEvents()
     stop = StopToken()
 
     def on_sigint(signum, frame) -> None:
@@ -170,22 +198,62 @@ def run(args: argparse.Namespace) -> int:
         stop.request("Ctrl-C")
         events.message("info", "Stopping after this step (Ctrl-C again to abort without saving)...")
 
+    parallel = DataParallel.start(launch, device) if launch else None
+    if parallel:
+        stop_on_sigterm()
+    try:
+        return _train(args, cfg, device, events, stop, on_sigint, parallel, training)
+    except Exception as exc:
+        if parallel is None or not is_peer_failure(exc):
+            raise
+        ignore_sigterm()
+        if parallel.rank != 0:
+            return 1  # rank 0 says it, once
+        raise UserError(
+            "Another process of this run stopped unexpectedly (killed, out of memory, or its own error above), so "
+            "every process stopped; resume from the last saved state with the same command and --resume "
+            f"{Path(cfg.output_dir) / (cfg.output_name + '-state')} (saved with each epoch file)."
+        ) from None
+    finally:
+        if parallel:
+            parallel.close()
+
+
+def _train(args, cfg, device, events, stop, on_sigint, parallel, training) -> int:
+    import signal
+
+    from lib_lora.jobs.train import prepare, train
+    from lib_lora.standalone.models import load_model, training_dtype
+    from lib_lora.standalone.sampler import training_renderer
+
     bundle = load_model(
         cfg.pretrained_model_name_or_path, device=device, dtype=training_dtype(cfg.mixed_precision, device),
         family=cfg.model_family, v_prediction=cfg.v_parameterization, clip_skip=cfg.clip_skip,
         max_token_length=cfg.max_token_length or 75,
     )  # fmt: skip
-    plan = prepare(cfg, bundle, events, stop, args.resume)
+    plan = prepare(cfg, bundle, events, stop, args.resume, parallel.world_size if parallel else 1)
     previous = signal.signal(signal.SIGINT, on_sigint)
+    if training is not None:
+        training.append(True)
     try:
         renderer = training_renderer(bundle, cfg)
         result = train(
-            cfg, bundle, events, stop, resume=args.resume, overwrite=args.overwrite, renderer=renderer, plan=plan
+            cfg,
+            bundle,
+            events,
+            stop,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            renderer=renderer,
+            plan=plan,
+            parallel=parallel,
         )
     finally:
         signal.signal(signal.SIGINT, previous)
-        if events.bar:
+        if getattr(events, "bar", None):
             events.bar.close()
+    if parallel and parallel.rank != 0:
+        return 0
     for saved in result.files:
         print(f"{saved.kind:>7}: {saved.path}")
     if result.status == "stopped":

@@ -317,6 +317,12 @@ class LatentCache:
     def entry(self, item: int) -> LatentEntry:
         return self._entries[item]
 
+    def adopt(self, entries: dict[int, LatentEntry], flip_aug: bool = False) -> None:
+        """Take entries another process prepared (data-parallel training: one process encodes, the
+        others read its files and tensors instead of encoding every image again)."""
+        self.flip_aug = flip_aug
+        self._entries = dict(entries)
+
     def get(self, sample: Sample | int, flip: bool = False) -> torch.Tensor:
         """Unscaled latents [C, h, w] float32 of a sample's image (mirrored with ``flip``).
 

@@ -80,6 +80,10 @@ class LoopHooks:
     log_step: Callable[[dict[str, Any]], None] | None = None
     # (epoch 1-based, step) -> validation loss of the current weights (the LoRA in eval mode), or None
     validate: Callable[[int, int], float | None] | None = None
+    # data-parallel runs (engine/distributed.py): the batch's place in the single-process order (seeds
+    # its random draws), and the all-reduce of the gradients and the loss before each optimizer step
+    batch_index: Callable[[int], int] | None = None
+    sync_step: Callable[[list[torch.Tensor], float], float] | None = None
 
 
 @dataclass
@@ -214,7 +218,8 @@ def run_loop(
             while position.batch < len(batches) and position.step < schedule.total_steps:
                 if stop.requested:
                     return _stopped(position, hooks, last_loss, losses, events, stop)
-                batch_seed = derive_seed(settings.seed, position.epoch, position.batch)
+                index = hooks.batch_index(position.batch) if hooks.batch_index else position.batch
+                batch_seed = derive_seed(settings.seed, position.epoch, index)
                 rng = random.Random(batch_seed)
                 torch.manual_seed(batch_seed)  # LoRA dropouts draw from the global generator
                 generator = torch.Generator(device=device).manual_seed(batch_seed)
@@ -234,6 +239,8 @@ def run_loop(
                     continue
                 if micro < schedule.accumulation:  # a short last group at the end of the epoch
                     accumulated *= schedule.accumulation / micro
+                if hooks.sync_step:
+                    accumulated = hooks.sync_step(params, accumulated)
                 if scaler:
                     scaler.unscale_(optimizer)
                 if settings.max_grad_norm:

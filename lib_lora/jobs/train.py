@@ -42,9 +42,10 @@ from lib_lora.data.buckets import BucketManager, BucketSettings, crop_top_left
 from lib_lora.data.captions import CaptionOptions, is_static, process_caption
 from lib_lora.data.dataset import BucketPlan, DatasetScan, assign_buckets, scan_dataset, split_validation
 from lib_lora.data.images import load_and_transform
-from lib_lora.data.latent_cache import LatentCache
+from lib_lora.data.latent_cache import LatentCache, LatentEntry
 from lib_lora.engine import optim
 from lib_lora.engine.bundle import ModelBundle, TextCond
+from lib_lora.engine.distributed import DataParallel, SteppedScheduler
 from lib_lora.engine.fp8 import Fp8Base, float8_problem
 from lib_lora.engine.loop import (
     LoopHooks,
@@ -131,6 +132,11 @@ class TrainPlan:
     mixed_precision: str
     warnings: list[str] = field(default_factory=list)
     validation: BucketPlan | None = None  # the held-out images (validation_split), never trained on
+    num_processes: int = 1  # data-parallel processes (torchrun); batches per epoch count one process's share
+
+    @property
+    def effective_batch(self) -> int:
+        return self.cfg.train_batch_size * self.num_processes * self.cfg.gradient_accumulation_steps
 
     def summary_lines(self) -> list[str]:
         s = self.schedule
@@ -142,6 +148,8 @@ class TrainPlan:
         )
         if self.validation is not None:
             lines.append(f"{len(self.validation.sizes)} images held out for the validation loss (validation_split)")
+        if self.num_processes > 1:
+            lines.append(_parallel_line(self))
         return lines
 
 
@@ -191,8 +199,10 @@ def prepare(
     events: Events | None = None,
     stop: StopToken | None = None,
     resume: str | None = None,
+    num_processes: int = 1,
 ) -> TrainPlan:
-    """Check everything and plan the run; nothing is written."""
+    """Check everything and plan the run; nothing is written. With ``num_processes`` > 1 (torchrun)
+    each process runs ``ceil(batches / num_processes)`` batches per epoch, as under accelerate."""
     events = events or Events()
     check_rules(cfg)
     family = bundle.family
@@ -221,13 +231,18 @@ def prepare(
     plan = assign_buckets(scan, BucketManager(bucket_settings(cfg)), cfg.train_batch_size)
     validation = assign_buckets(held_out, BucketManager(bucket_settings(cfg)), 1) if held_out else None
     schedule = Schedule.plan(
-        plan.steps_per_epoch, cfg.gradient_accumulation_steps, cfg.max_train_epochs, cfg.max_train_steps
+        math.ceil(plan.steps_per_epoch / num_processes),
+        cfg.gradient_accumulation_steps,
+        cfg.max_train_epochs,
+        cfg.max_train_steps,
     )
     _check_optimizer(cfg, schedule)
     check_network(cfg, bundle)
+    if resume:
+        _check_state_processes(_read_state(Path(resume), cfg), num_processes)
     return TrainPlan(
         cfg, family, scan, plan, schedule, seed, resolve_mixed_precision(cfg.mixed_precision, bundle.device), warnings,
-        validation,
+        validation, num_processes,
     )  # fmt: skip
 
 
@@ -363,7 +378,7 @@ def _base_metadata(
         "ss_max_validation_steps": cfg.max_validation_steps, "ss_validate_every_n_epochs": cfg.validate_every_n_epochs,
         "ss_validate_every_n_steps": cfg.validate_every_n_steps,
         "ss_resize_interpolation": None,
-        "ss_batch_size_per_device": cfg.train_batch_size, "ss_total_batch_size": cfg.train_batch_size * cfg.gradient_accumulation_steps,
+        "ss_batch_size_per_device": cfg.train_batch_size, "ss_total_batch_size": plan.effective_batch,
         "ss_resolution": cfg.resolution_wh, "ss_color_aug": False, "ss_flip_aug": cfg.flip_aug, "ss_random_crop": cfg.random_crop,
         "ss_shuffle_caption": cfg.shuffle_caption, "ss_enable_bucket": cfg.enable_bucket, "ss_bucket_no_upscale": cfg.bucket_no_upscale,
         "ss_min_bucket_reso": cfg.min_bucket_reso if cfg.enable_bucket else None,
@@ -576,6 +591,7 @@ def _write_state(
     seed: int,
     cfg: TrainConfig,
     session: dict[str, Any],
+    num_processes: int = 1,
 ) -> None:
     """Network, optimizer, scheduler and position, written complete beside the current state, then
     swapped in (see the swap above). No pickle: tensors go to safetensors files, the rest to JSON."""
@@ -593,6 +609,8 @@ def _write_state(
         "session": session, "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.as_dict().items()},
         "optimizer": structure, "files": {n: (new / n).stat().st_size for n in (STATE_NETWORK, STATE_OPTIMIZER)},
     }  # fmt: skip
+    if num_processes > 1:
+        state["num_processes"] = num_processes
     atomic_write_text(new / "state.json", json.dumps(state, indent=1))
     try:
         if state_dir.exists():
@@ -881,16 +899,25 @@ def train(
     overwrite: bool = False,
     renderer: Renderer | None = None,
     plan: TrainPlan | None = None,
+    parallel: DataParallel | None = None,
 ) -> TrainResult:
     """Train a LoRA on ``bundle`` as ``cfg`` says; see the module docstring.
 
     The run holds a lock on (output folder, name) throughout; an existing run of that name is refused
-    unless ``resume`` (its state folder) or ``overwrite`` (its files move to ``.trash/``) is given."""
+    unless ``resume`` (its state folder) or ``overwrite`` (its files move to ``.trash/``) is given.
+    ``parallel``: this process's part in a data-parallel run (engine/distributed.py); only its rank 0
+    writes files (and holds the lock)."""
     events = events or Events()
-    plan = plan or prepare(cfg, bundle, events, stop, str(resume) if resume else None)
-    with run_guard(cfg, resume, overwrite, events) as state_folder:
+    processes = parallel.world_size if parallel else 1
+    plan = plan or prepare(cfg, bundle, events, stop, str(resume) if resume else None, processes)
+    guard = run_guard(cfg, resume, overwrite, events) if parallel is None or parallel.is_main else None
+    with guard or contextlib.nullcontext(Path(resume) if resume else None) as state_folder:
+        if parallel:  # the other processes read the state only once rank 0 has the lock (and any repair done)
+            parallel.barrier()
         try:
-            return _train_locked(cfg, bundle, events, stop, resume=state_folder, renderer=renderer, plan=plan)
+            return _train_locked(
+                cfg, bundle, events, stop, resume=state_folder, renderer=renderer, plan=plan, parallel=parallel
+            )
         except WriteError as exc:
             raise WriteError(
                 exc.message,
@@ -908,18 +935,26 @@ def _train_locked(
     resume: Path | None = None,
     renderer: Renderer | None = None,
     plan: TrainPlan | None = None,
+    parallel: DataParallel | None = None,
 ) -> TrainResult:
     stop = stop or StopToken()
     cfg = vram.apply_auto_memory(cfg, bundle, events)  # CUDA only: the savers the card needs
     if bundle.device.type == "cuda":  # the spill guard: steps suddenly 5x slower
         events = MultiEvents(events, vram.SpillEvents(events.warning))
-    plan = plan or prepare(cfg, bundle, events, stop, str(resume) if resume else None)
+    processes = parallel.world_size if parallel else 1
+    plan = plan or prepare(cfg, bundle, events, stop, str(resume) if resume else None, processes)
     state = _read_state(Path(resume), cfg) if resume else None
+    if state:
+        _check_state_processes(state, processes)
     seed = state["seed"] if state else plan.seed
     for line in plan.summary_lines():
         events.info(line)
     out, state_dir, log_path = output_paths(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    writes = parallel is None or parallel.is_main
+    if writes:
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        renderer = None  # samples too are rank 0's
 
     with torch.random.fork_rng():  # the LoRA's initial weights follow the seed; the global RNG is left as it was
         torch.manual_seed(derive_seed(seed, 0x10A))
@@ -934,12 +969,16 @@ def _train_locked(
     elif cfg.network_weights:
         load_network_weights(network, cfg.network_weights)
         events.info(f"starting from {cfg.network_weights}")
+    if parallel:
+        parallel.broadcast_parameters([p for p in network.parameters() if p.requires_grad])
     param_groups = network.param_groups(
         cfg.unet_lr, cfg.text_encoder_lr, cfg.learning_rate, loraplus_unet_ratio=cfg.loraplus_unet_lr_ratio or cfg.loraplus_lr_ratio,
         loraplus_text_encoder_ratio=cfg.loraplus_text_encoder_lr_ratio or cfg.loraplus_lr_ratio,
         unet_block=unet_block_groups(cfg, network),
     )  # fmt: skip
-    built, scheduler = build_optimizer(cfg, param_groups, plan.schedule.total_steps)
+    built, scheduler = build_optimizer(cfg, param_groups, plan.schedule.total_steps * processes)
+    if parallel:  # accelerate steps the scheduler once per process (so sd-scripts builds it for steps x N)
+        scheduler = SteppedScheduler(scheduler, processes)
     for warning in built.warnings:
         events.warning(warning)
     position = Position()
@@ -969,7 +1008,10 @@ def _train_locked(
                 f"fp8_base: {len(fp8.converted)} UNet layers stored in float8 ({fp8.bytes_saved / 2**30:.2f} GiB less)"
             )
         network.apply_to()
-        latents = _prepare_latents(cfg, plan, bundle, seed, events, stop) if cfg.cache_latents else None
+        if parallel and cfg.cache_latents:
+            latents = _prepare_latents_parallel(cfg, plan, bundle, seed, events, stop, parallel)
+        else:
+            latents = _prepare_latents(cfg, plan, bundle, seed, events, stop) if cfg.cache_latents else None
         text_cache = _prepare_text_cache(cfg, plan, bundle, options, events)
         offloads = _offload_after_caching(cfg, bundle, latents is not None, text_cache is not None, events)
         masks = mask_source(cfg, plan.scan)
@@ -1007,7 +1049,7 @@ def _train_locked(
                 weights = torch.tensor([cfg.prior_loss_weight if plan.scan.is_reg(s.item) else 1.0 for s in samples])
             return Batch(batch_latents, captions, text, size_cond, mask=mask, loss_weights=weights)
 
-        log_handle = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
+        log_handle = open(log_path if writes else os.devnull, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
 
         def log_step(row: dict[str, Any]) -> None:
             try:
@@ -1017,8 +1059,9 @@ def _train_locked(
                 raise write_error(log_path, exc) from None
 
         def save_state(pos: Position) -> None:
-            with optim.evaluation(built):  # schedule-free: the state holds the eval-mode weights
-                _write_state(state_dir, network, built, scheduler, pos, seed, cfg, session)
+            if writes:
+                with optim.evaluation(built):  # schedule-free: the state holds the eval-mode weights
+                    _write_state(state_dir, network, built, scheduler, pos, seed, cfg, session, processes)
 
         def save(kind: str, epoch: int, step: int, loss: float | None) -> None:
             with optim.evaluation(built):  # schedule-free: files get the eval-mode (averaged) weights
@@ -1038,6 +1081,8 @@ def _train_locked(
             epoch_batches=lambda e: plan.buckets.epoch_batches(seed, e), make_batch=make_batch, save=save,
             save_state=save_state, after_epoch=after_epoch, log_step=log_step, validate=validate,
         )  # fmt: skip
+        if parallel:
+            _parallel_hooks(hooks, parallel)
         settings = LoopSettings(
             seed=seed, mixed_precision=plan.mixed_precision, max_grad_norm=cfg.max_grad_norm,
             save_every_n_epochs=cfg.save_every_n_epochs, save_every_n_steps=cfg.save_every_n_steps,
@@ -1055,7 +1100,7 @@ def _train_locked(
                 settings,
                 hooks,
                 events,
-                stop,
+                parallel.watch(stop) if parallel else stop,
                 position,
             )
         finally:
@@ -1073,7 +1118,7 @@ def _train_locked(
         torch.set_rng_state(rng_state)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
-    if result.status == "done":
+    if result.status == "done" and writes:
         remove_states(state_dir)
     return TrainResult(
         result.status,
@@ -1256,3 +1301,83 @@ def math_steps_note(total_steps: int, batch_size: int) -> str:
     hint = "a character LoRA at batch 2 is usually good after 1,000-2,000 steps"
     equivalent = total_steps * batch_size / 2
     return f"{total_steps} steps (~{math.floor(equivalent)} at batch 2); {hint}."
+
+
+# -- data-parallel runs (torchrun; engine/distributed.py) ----------------------------------------------
+
+
+def _parallel_line(plan: TrainPlan) -> str:
+    cfg = plan.cfg
+    return (
+        f"{plan.num_processes} processes: effective batch {plan.effective_batch} = batch {cfg.train_batch_size} per "
+        f"process x {plan.num_processes} processes x gradient accumulation {cfg.gradient_accumulation_steps}; "
+        f"each process runs {plan.schedule.batches_per_epoch} batches per epoch"
+    )
+
+
+def _check_state_processes(state: dict[str, Any], processes: int) -> None:
+    saved = int(state.get("num_processes", 1))
+    if saved != processes:
+        raise UserError(
+            f"Cannot resume: the stopped run used {saved} process{'es' if saved != 1 else ''} and this one "
+            f"{processes}; resume with the same number (torchrun --nproc_per_node {saved}), since each process's "
+            "share of the epoch, the steps and the learning-rate schedule depend on it."
+        )
+
+
+def _parallel_hooks(hooks: LoopHooks, parallel: DataParallel) -> None:
+    """Each process trains its own share of every epoch; gradients are averaged before each step; only
+    rank 0 saves, logs and renders samples."""
+    whole_epoch = hooks.epoch_batches
+    hooks.epoch_batches = lambda epoch: parallel.epoch_shard(whole_epoch(epoch))
+    hooks.batch_index = parallel.batch_index
+    hooks.sync_step = parallel.sync_step
+    if not parallel.is_main:
+        hooks.save = lambda kind, epoch, step, loss: None
+        hooks.after_epoch = None
+        hooks.log_step = None
+
+
+def _prepare_latents_parallel(
+    cfg: TrainConfig,
+    plan: TrainPlan,
+    bundle: ModelBundle,
+    seed: int,
+    events: Events,
+    stop: StopToken,
+    parallel: DataParallel,
+) -> LatentCache:
+    """Each image is encoded once: rank 0 caches every latent (to disk where asked) while the others
+    wait; then they read its files and receive its in-memory latents."""
+    if parallel.is_main:
+        cache = _prepare_latents(cfg, plan, bundle, seed, events, stop)
+        entries = [cache.entry(i) for i in range(len(plan.buckets.choices))]
+        table = torch.tensor(
+            [[float(e.npz is not None), *e.original_size, *e.crop_ltrb] for e in entries], dtype=torch.float64
+        )
+        tensors = [table]
+        for e in entries:
+            if e.npz is None:
+                tensors += [e.latents] + ([e.latents_flipped] if cfg.flip_aug else [])
+        parallel.broadcast_tensors(tensors)
+        return cache
+    received = parallel.broadcast_tensors(None)
+    table, tensors = received[0], iter(received[1:])
+    cache = LatentCache(
+        lambda images: images,  # never called: this process only reads what rank 0 made
+        vae_id=bundle.vae_identity(),
+        to_disk=cfg.cache_latents_to_disk,
+        family_suffix="_sdxl" if bundle.family == "sdxl" else "_sd",
+    )
+    entries = {}
+    for i, row in enumerate(table.tolist()):
+        on_disk, width, height, *ltrb = row
+        entry = LatentEntry((int(width), int(height)), tuple(ltrb), plan.buckets.choices[i].bucket)
+        if on_disk:
+            entry.npz = cache.npz_path(plan.scan.items[i].path, plan.buckets.sizes[i])
+        else:
+            entry.latents = next(tensors)
+            entry.latents_flipped = next(tensors) if cfg.flip_aug else None
+        entries[i] = entry
+    cache.adopt(entries, flip_aug=cfg.flip_aug)
+    return cache

@@ -197,3 +197,10 @@ def test_an_existing_run_is_refused_before_the_model_loads_unless_overwrite(
     assert sorted(p.name for p in trash.iterdir()) == ["cli-step00000004.safetensors.old", "cli.safetensors.old"]
     assert (trash / "cli.safetensors.old").read_bytes() == b"the earlier run"
     assert sorted(p.name for p in out.iterdir()) == [".trash", "cli-log.jsonl", "cli.json", "cli.safetensors"]
+
+
+def test_key_equals_value_keeps_the_value_as_typed() -> None:
+    from lib_lora.cli.train import _overrides
+
+    values = _overrides(["--pretrained-model-name-or-path=tiny-sd15", "--output_name=my-lora", "--seed", "3"])
+    assert values == {"pretrained_model_name_or_path": "tiny-sd15", "output_name": "my-lora", "seed": "3"}
