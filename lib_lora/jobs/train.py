@@ -379,6 +379,7 @@ def _base_metadata(
         "ss_validate_every_n_steps": cfg.validate_every_n_steps,
         "ss_resize_interpolation": None,
         "ss_batch_size_per_device": cfg.train_batch_size, "ss_total_batch_size": plan.effective_batch,
+        "ss_num_processes": plan.num_processes,  # ours: the data-parallel world size (sd-scripts derives it)
         "ss_resolution": cfg.resolution_wh, "ss_color_aug": False, "ss_flip_aug": cfg.flip_aug, "ss_random_crop": cfg.random_crop,
         "ss_shuffle_caption": cfg.shuffle_caption, "ss_enable_bucket": cfg.enable_bucket, "ss_bucket_no_upscale": cfg.bucket_no_upscale,
         "ss_min_bucket_reso": cfg.min_bucket_reso if cfg.enable_bucket else None,

@@ -104,6 +104,7 @@ def test_two_processes_batch_1_train_what_one_process_trains_and_only_rank_0_wri
 
     # sd-scripts' counts under accelerate: per-process batches, steps, the effective batch
     assert two_meta["ss_batch_size_per_device"] == "1" and two_meta["ss_total_batch_size"] == "2"
+    assert two_meta["ss_num_processes"] == "2" and one_meta["ss_num_processes"] == "1"  # the world size
     assert two_meta["ss_gradient_accumulation_steps"] == "1" and one_meta["ss_total_batch_size"] == "2"
     assert two_meta["ss_num_batches_per_epoch"] == "4" and one_meta["ss_num_batches_per_epoch"] == "8"
     assert two_meta["ss_max_train_steps"] == one_meta["ss_max_train_steps"] == two_meta["ss_steps"] == "8"
