@@ -23,7 +23,7 @@ import torch
 from lib_lora.common.errors import UserError
 from lib_lora.engine.bundle import ModelBundle
 from lib_lora.engine.network import LoRANetwork
-from lib_lora.engine.step import Batch, LossSettings, batch_loss
+from lib_lora.engine.step import Batch, LossSettings, NonFiniteTextError, batch_loss
 from lib_lora.events import Events, StepInfo, StopToken
 
 
@@ -141,6 +141,15 @@ def _divergence_message(step: int, mixed_precision: str, bundle: ModelBundle) ->
     return f"Training stopped at step {step}: the loss became NaN or infinite. Likely cause: {'; or '.join(causes)}. The last saved epoch is intact."
 
 
+def _text_divergence_message(step: int, captions: list[str]) -> str:
+    shown = "; ".join(repr(c[:80]) for c in captions[:2])
+    return (
+        f"Training stopped at step {step}: the text encoder's output for the caption {shown} is NaN or infinite, "
+        "so the loss would be too. This comes from the model's text encoder, not from the learning rate: "
+        "the checkpoint's text encoder may be broken. The last saved epoch is intact."
+    )
+
+
 def run_loop(
     bundle: ModelBundle,
     network: LoRANetwork,
@@ -224,9 +233,16 @@ def run_loop(
                 torch.manual_seed(batch_seed)  # LoRA dropouts draw from the global generator
                 generator = torch.Generator(device=device).manual_seed(batch_seed)
                 batch = hooks.make_batch(position.epoch + 1, batches[position.batch], rng)
-                loss = batch_loss(
-                    bundle, batch, loss_settings, generator, autocast_context(device, settings.mixed_precision)
-                )
+                try:
+                    loss = batch_loss(
+                        bundle, batch, loss_settings, generator, autocast_context(device, settings.mixed_precision)
+                    )
+                except NonFiniteTextError as exc:
+                    if all(bool(torch.isfinite(p).all()) for p in params):  # the LoRA is sane: the model's doing
+                        raise TrainingDiverged(_text_divergence_message(position.step + 1, exc.captions)) from None
+                    raise TrainingDiverged(
+                        _divergence_message(position.step + 1, settings.mixed_precision, bundle)
+                    ) from None
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(_divergence_message(position.step + 1, settings.mixed_precision, bundle))
                 scaled = loss / schedule.accumulation

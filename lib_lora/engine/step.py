@@ -28,6 +28,14 @@ from lib_lora.engine.noise import (
 )
 
 
+class NonFiniteTextError(ArithmeticError):
+    """The text conditioning of a batch holds NaN or infinite values (a model property, not the lr)."""
+
+    def __init__(self, captions: list[str]) -> None:
+        super().__init__(captions)
+        self.captions = captions
+
+
 @dataclass
 class Batch:
     """What one step trains on."""
@@ -95,6 +103,8 @@ def batch_loss(
     with autocast:
         # 3. text conditioning (through the text-encoder LoRA when it trains)
         text = batch.text.to(device) if batch.text is not None else bundle.encode_text(batch.captions)
+        if not all(bool(torch.isfinite(t).all()) for t in (text.context, text.pooled) if t is not None):
+            raise NonFiniteTextError(batch.captions)
         size_cond = None if batch.size_cond is None else batch.size_cond.to(device)
         # 4. the model's prediction
         prediction = bundle.denoise(noisy.to(bundle.dtype), timesteps, text, size_cond)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lib_lora.common.errors import UserError
+from lib_lora.common.memory import release_freed_host_memory
 from lib_lora.config import TrainConfig
 from lib_lora.events import Events, MultiEvents, SampleImage, SavedFile, StopToken
 from lib_lora.jobs.samples import default_sample_prompt
@@ -232,6 +233,7 @@ class WebuiHost:
                 from modules import devices
 
                 devices.torch_gc()
+            release_freed_host_memory()  # else the run's freed CPU memory stays resident (glibc)
         if error is not None:
             raise error
         self.refresh_loras()

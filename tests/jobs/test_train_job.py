@@ -211,3 +211,31 @@ def test_conv_alpha_defaults_to_one_and_network_args_are_recorded_as_given(tmp_p
     conv = {k: float(v) for k, v in tensors.items() if k.endswith(".alpha") and tensors[k[:-6] + ".lora_down.weight"].dim() == 4 and tensors[k[:-6] + ".lora_down.weight"].shape[-1] == 3}  # fmt: skip
     assert conv and set(conv.values()) == {1.0}  # sd-scripts: conv_alpha 1 when only conv_dim is given
     assert json.loads(meta["ss_network_args"]) == {"conv_dim": "4", "dropout": None}  # sd-scripts adds dropout
+
+
+def test_nan_text_conditioning_is_named_as_the_cause_not_the_learning_rate(tmp_path: Path, bundle, monkeypatch) -> None:
+    # e.g. a checkpoint whose CLIP final LayerNorm bias is 0: the webui's "Original" emphasis divides by
+    # z.mean() == 0.0 for some captions and returns NaN conditioning while the LoRA is perfectly finite
+    from lib_lora.engine.bundle import TextCond
+    from lib_lora.engine.loop import TrainingDiverged
+
+    small_dataset(tmp_path / "data")
+    cfg = _cfg(tmp_path, max_train_epochs=3)
+    calls = {"n": 0}
+    original = bundle.encode_text
+
+    def sometimes_nan(captions):
+        calls["n"] += 1
+        text = original(captions)
+        if calls["n"] > 6:
+            return TextCond(text.context * float("nan"), text.pooled)
+        return text
+
+    monkeypatch.setattr(bundle, "encode_text", sometimes_nan)
+    with pytest.raises(TrainingDiverged) as caught:
+        train(cfg, bundle, RecordingEvents())
+    monkeypatch.undo()
+    message = str(caught.value)
+    assert "text encoder's output for the caption" in message and "not from the learning rate" in message
+    assert "tag" in message  # the caption is named
+    assert (tmp_path / "out" / "t-000001.safetensors").is_file()
