@@ -332,28 +332,6 @@ def _secured_create_app(policy: AccessPolicy) -> Iterator[None]:
         App.create_app = original
 
 
-@contextlib.contextmanager
-def _secured_create_app(policy: AccessPolicy) -> Iterator[None]:
-    """While Gradio builds its FastAPI app, put :class:`LocalOnly` in place of its CORS middleware
-    (``Blocks.launch`` makes the app and starts serving in one call; gradio 3.41 and 4.x both build
-    it with ``App.create_app``)."""
-    from gradio.routes import App
-
-    original = App.__dict__["create_app"]
-    make = original.__func__ if isinstance(original, staticmethod) else original
-
-    def create_app(*args: Any, **kwargs: Any) -> Any:
-        app = make(*args, **kwargs)
-        secure_app(app, policy)
-        return app
-
-    App.create_app = staticmethod(create_app)
-    try:
-        yield
-    finally:
-        App.create_app = original
-
-
 def _no_queue_eta(app: gr.Blocks) -> None:
     """Gradio's progress text shows "elapsed/ETA", the ETA being the average duration of every event
     the queue ran — mostly the live views' one-second refreshes — so a training showed "57.7/0.1s".
