@@ -141,6 +141,8 @@ def test_quick_start_offline_and_no_stale_screens(tmp_path: Path) -> None:
             check(page, "lora_trainer_cfg_enable_bucket", False)
             fill(page, "lora_trainer_cfg_train_batch_size", "8")
             fill(page, "lora_trainer_cfg_network_dim", "2")
+            # long enough (240 steps) to be still running after the progress check, the reload and Stop
+            fill(page, "lora_trainer_cfg_max_train_epochs", "60")
             el(page, "lora_trainer_start").click()
             live = el(page, "lora_trainer_live")
             expect(live).to_contain_text("Training reloaded: running", timeout=60_000)
@@ -175,6 +177,23 @@ def test_quick_start_offline_and_no_stale_screens(tmp_path: Path) -> None:
             assert page.evaluate(VISIBLE_GENERATING_JS) == []
             shot(page, "8-stopped-no-stale-lines")
             assert html.unescape(el(page, "lora_trainer_estimate").inner_text()).count("Error") == 0
+
+            # the newcomer goes on in the same page: Resume the stopped run from the list, then Test it
+            el(page, "lora_trainer_resume_refresh").click()
+            expect(page.locator("#lora_trainer_resume_list input").first).to_have_value(
+                re.compile(r"^reloaded \(stopped at step \d+, ")
+            )
+            el(page, "lora_trainer_resume").click()
+            expect(result).to_contain_text("Training finished", timeout=600_000)
+            open_tab(page, "Test")
+            page.get_by_text("Image settings (empty = the host's current txt2img values)").click()
+            fill(page, "lora_trainer_test_width", "64")
+            fill(page, "lora_trainer_test_height", "64")
+            fill(page, "lora_trainer_test_steps", "2")
+            el(page, "lora_trainer_test_render").click()
+            expect(el(page, "lora_trainer_test_result")).to_contain_text("files x", timeout=180_000)
+            expect(page.locator("#lora_trainer_grid img")).to_be_visible()
+            shot(page, "9-resumed-then-tested")
         finally:
             browser.close()
     assert errors == [], errors
