@@ -21,7 +21,6 @@ any instance ``forward`` that was there before.
 
 from __future__ import annotations
 
-import types
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lib_lora.engine.patching import ModulePatch, replace_forward, restore_forward
+
 ATTENTION_CLASSES = ("CrossAttention", "MemoryEfficientCrossAttention")
-_MISSING = object()
 
 
 def is_ldm_attention(module: nn.Module) -> bool:
@@ -75,7 +75,7 @@ def sdpa_forward(self: nn.Module, x: torch.Tensor, context: torch.Tensor | None 
     return self.to_out(merge_heads(out))
 
 
-class SdpaAttention:
+class SdpaAttention(ModulePatch):
     """Install :func:`sdpa_forward` on every ldm/sgm attention module under ``roots`` (per
     instance) for the lifetime of a ``with`` block; everything is put back on exit."""
 
@@ -90,25 +90,9 @@ class SdpaAttention:
                 if id(module) in seen or not is_ldm_attention(module):
                     continue
                 seen.add(id(module))
-                self.patched.append((module, module.__dict__.get("forward", _MISSING)))
-                module.forward = types.MethodType(sdpa_forward, module)
+                self.patched.append((module, replace_forward(module, sdpa_forward)))
         return len(self.patched)
 
     def remove(self) -> None:
         while self.patched:
-            module, saved = self.patched.pop()
-            if saved is _MISSING:
-                module.__dict__.pop("forward", None)
-            else:
-                module.__dict__["forward"] = saved
-
-    def __enter__(self) -> SdpaAttention:
-        try:
-            self.install()
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.remove()
+            restore_forward(*self.patched.pop())

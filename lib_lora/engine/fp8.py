@@ -15,7 +15,6 @@ in float8 (the webui's own FP8 weight option) are left as they are.
 
 from __future__ import annotations
 
-import types
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lib_lora.engine.patching import ModulePatch, replace_forward, restore_forward
+
 FP8 = getattr(torch, "float8_e4m3fn", None)
-_MISSING = object()
 
 
 def float8_problem(device: torch.device) -> str | None:
@@ -112,7 +112,7 @@ def convertible(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.padding_mode == "zeros" and isinstance(module.padding, tuple)
 
 
-class Fp8Base:
+class Fp8Base(ModulePatch):
     """Store the Linear / Conv2d weights under ``roots`` in float8 for a ``with`` block (see the
     module docstring). ``keep_originals`` False converts for good (what the webui's own FP8
     option does; the bench uses it to measure that configuration)."""
@@ -148,9 +148,7 @@ class Fp8Base:
                         if self.keep_originals and tensor.device.type != "cpu":
                             tensor.data = tensor.data.to("cpu")  # the original waits in RAM
                         self.bytes_saved += tensor.numel() * (tensor.element_size() - 1)
-                    saved = module.__dict__.get("forward", _MISSING)
-                    forward = fp8_linear if isinstance(module, nn.Linear) else fp8_conv2d
-                    module.forward = types.MethodType(forward, module)
+                    saved = replace_forward(module, fp8_linear if isinstance(module, nn.Linear) else fp8_conv2d)
                     self.converted.append((module, originals if self.keep_originals else {}, weight.dtype, saved))
                     if not self.keep_originals:
                         originals.clear()
@@ -171,18 +169,4 @@ class Fp8Base:
                     if original.device != current.device:
                         original.data = original.data.to(current.device)
                     module._parameters[name] = original
-                if saved is _MISSING:
-                    module.__dict__.pop("forward", None)
-                else:
-                    module.__dict__["forward"] = saved
-
-    def __enter__(self) -> Fp8Base:
-        try:
-            self.install()
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.remove()
+                restore_forward(module, saved)
