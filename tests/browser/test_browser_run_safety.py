@@ -76,25 +76,28 @@ def test_same_name_is_refused_then_stop_resume_and_overwrite_in_the_browser(tmp_
             expect(page.locator("#lora_trainer_name textarea, #lora_trainer_name input").first).to_have_value(
                 "mylora-2"
             )
-            fill(page, "lora_trainer_cfg_max_train_epochs", "10")
+            # long enough (800 steps) to be still running when Stop is pressed on a fast machine
+            fill(page, "lora_trainer_cfg_max_train_epochs", "400")
+            fill(page, "lora_trainer_cfg_save_every_n_epochs", "100")
             el(page, "lora_trainer_start").click()
-            expect(el(page, "lora_trainer_live")).to_contain_text(re.compile(r"step [1-9]\d*/20"), timeout=120_000)
+            expect(el(page, "lora_trainer_live")).to_contain_text(re.compile(r"step [1-9]\d*/800"), timeout=120_000)
             el(page, "lora_trainer_stop").click()
             expect(result).to_contain_text("Stopped at step", timeout=60_000)
             stopped_at = int(re.search(r"Stopped at step (\d+)", result.inner_text()).group(1))
-            assert 0 < stopped_at < 20 and (lora / "mylora-2-state" / "state.json").is_file()
+            assert 0 < stopped_at < 800 and (lora / "mylora-2-state" / "state.json").is_file()
             choice = page.locator("#lora_trainer_resume_list input").first
             expect(choice).to_have_value(re.compile(rf"^mylora-2 \(stopped at step {stopped_at}, "))
             shot(page, "run-safety-2-stopped-resume-listed")
             el(page, "lora_trainer_resume").click()
-            expect(result).to_contain_text("Training finished: 20 steps", timeout=240_000)
-            assert _steps(lora / "mylora-2.safetensors") == 20
+            expect(result).to_contain_text("Training finished: 800 steps", timeout=400_000)
+            assert _steps(lora / "mylora-2.safetensors") == 800
             assert not (lora / "mylora-2-state").exists()
             shot(page, "run-safety-3-resumed-to-the-end")
 
             # 3. Overwrite, pressed on purpose after the refusal: the old run moves to the trash
             fill(page, "lora_trainer_name", "mylora")
             fill(page, "lora_trainer_cfg_max_train_epochs", "1")
+            fill(page, "lora_trainer_cfg_save_every_n_epochs", "1")
             el(page, "lora_trainer_start").click()
             expect(result).to_contain_text("A run named mylora already exists", timeout=60_000)
             el(page, "lora_trainer_overwrite").click()
