@@ -44,6 +44,8 @@ def model_html(info: ModelInfo) -> str:
         return html.error(info.problem or "No model is loaded: load an SD1.x or SDXL checkpoint first.")
     family = FAMILY_NAMES.get(info.family or "", info.family or "unknown family")
     details = [family, "v-prediction" if info.v_prediction else "epsilon"]
+    if getattr(info, "zero_terminal_snr", False):
+        details.append("zero terminal SNR")
     if info.clip_skip is not None:
         details.append(f"CLIP skip {info.clip_skip}")
     parts = [html.message(f"Model: {info.name} ({', '.join(details)})", "ok" if not info.problem else "info")]
@@ -55,6 +57,7 @@ def model_html(info: ModelInfo) -> str:
                 "warning",
             )
         )
+    parts += [html.message(note, "warning") for note in getattr(info, "notes", ())]
     if info.problem:
         parts.append(html.error(info.problem))
     return "".join(parts)
