@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from playwright import sync_api as playwright
 
+from lib_lora.data.demo import write_demo_dataset
 from support.browser_app import ARTIFACTS, CHROMIUM_ARGS, chromium_path, el, field, fill, open_tab, serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -83,6 +84,43 @@ def test_block_table_edits_the_kohya_strings_and_follows_them(tmp_path: Path) ->
             expect(_cell(page, 6, 2)).to_have_text("1")
             _shot_between(page, "lora_trainer_block_intro", "lora_trainer_block_strings", "17-block-table")
             expect(el(page, "lora_trainer_estimate")).not_to_contain_text("not valid")
+        finally:
+            browser.close()
+    assert errors == [], errors
+
+
+def test_editor_gallery_marks_the_images_with_masks(tmp_path: Path) -> None:
+    from PIL import Image
+
+    data = write_demo_dataset(tmp_path / "data", captions="simple").root
+    masks = tmp_path / "masks"
+    (masks / "3_redfox").mkdir(parents=True)
+    Image.new("L", (8, 8), 255).save(masks / "3_redfox" / "redfox_02.png")
+    Image.new("L", (8, 8), 255).save(masks / "bluebird_01.png")
+    errors: list[str] = []
+    with serve(tmp_path, "--lora-dir", "lora") as (url, _log), playwright.sync_playwright() as pw:
+        browser, page = _page(pw, url, errors)
+        try:
+            fill(page, "lora_trainer_dataset_folder", str(data))
+            open_tab(page, "Train")  # the mask folder is a training setting (masked_loss + conditioning_data_dir)
+            el(page, "lora_trainer_advanced").locator("text=Advanced settings").first.click()
+            fill(page, "lora_trainer_cfg_conditioning_data_dir", str(masks))
+            open_tab(page, "Tag & edit")
+            el(page, "lora_trainer_editor_load").click()
+            expect(el(page, "lora_trainer_editor_status")).to_contain_text("Loaded 12 images")
+            info = el(page, "lora_trainer_page_info")
+            expect(info).to_contain_text("2 of the 12 images on this page have one (marked mask)")
+            gallery = el(page, "lora_trainer_gallery")
+            expect(gallery).to_contain_text("mask · 3_redfox/redfox_02.png")
+            expect(gallery).to_contain_text("mask · 2_bluebird/bluebird_01.png")
+            assert gallery.inner_text().count("mask · ") == 2
+            _shot_between(page, "lora_trainer_gallery", "lora_trainer_page_info", "17-editor-mask-marks")
+            # the mask source changed on the Train tab: the marks follow without a reload
+            open_tab(page, "Train")
+            fill(page, "lora_trainer_cfg_conditioning_data_dir", "")
+            open_tab(page, "Tag & edit")
+            expect(info).not_to_contain_text("Masks")
+            assert "mask · " not in gallery.inner_text()
         finally:
             browser.close()
     assert errors == [], errors
