@@ -461,7 +461,7 @@ class TrainPanel:
         }
         for component in self.block_inputs():
             component.change(**view, **hidden_progress())
-        self.model_refresh.click(**view)
+        self.model_refresh.click(**view, **hidden_progress())
         dims = [self.form.components[k] for k in ("network_dim", "network_alpha", "conv_dim", "conv_alpha")]
         self.block_table.input(
             self.edit_block_table, [self.block_table, *self.block_inputs(), *dims],
