@@ -50,13 +50,22 @@ def load_mask_image(path: str | Path) -> Image.Image:
     return _upright(red, orientation)
 
 
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
+
+
+def has_alpha(path: str | Path) -> bool:
+    """Whether the image has an alpha channel (its header only): what ``alpha_mask`` masks with."""
+    with Image.open(path) as image:
+        return _has_alpha(image)
+
+
 def load_alpha_mask(path: str | Path) -> Image.Image | None:
     """The training image's alpha channel as an upright ``L`` image; None when it has no alpha."""
     with Image.open(path) as image:
         orientation = _orientation(image)
         image.load()
-        has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
-        if not has_alpha:
+        if not _has_alpha(image):
             return None
         alpha = image.convert("RGBA").getchannel("A")
     return _upright(alpha, orientation)

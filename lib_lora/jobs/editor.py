@@ -8,6 +8,7 @@ the system's temp folder, which Gradio serves).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -30,6 +31,7 @@ from lib_lora.captions import (
 )
 from lib_lora.common.errors import UserError
 from lib_lora.data.dataset import probe_images
+from lib_lora.data.masks import find_mask_file, has_alpha
 from lib_lora.events import Events, StopToken
 
 __all__ = [
@@ -121,3 +123,37 @@ def thumbnail(image: str | os.PathLike, size: int = THUMB_SIZE) -> Path:
     except Exception:  # a corrupt image gets the placeholder, never breaks the gallery
         return _placeholder(size)
     return path
+
+
+MASK_FILE = "mask"
+ALPHA_MASK = "alpha mask"
+
+
+def mask_marks(images: Sequence[tuple[str, str | os.PathLike]], mask_dir: str | None, alpha: bool) -> dict[str, str]:
+    """Which of ``images`` (path relative to the dataset folder, file) have a loss mask, found as
+    training finds it (:mod:`lib_lora.data.masks`): with a mask folder (``conditioning_data_dir``)
+    its same-named file in ``<folder>/<N_name folder>/`` or ``<folder>/`` -> :data:`MASK_FILE`;
+    else with ``alpha_mask`` the image's transparency -> :data:`ALPHA_MASK`. Images without one are left out."""
+    marks: dict[str, str] = {}
+    if mask_dir:
+        for rel, image in images:
+            subset = rel.replace("\\", "/").rpartition("/")[0].split("/")[0]
+            if find_mask_file(mask_dir, subset, image) is not None:
+                marks[rel] = MASK_FILE
+    elif alpha:
+        for rel, image in images:
+            try:
+                stat = os.stat(image)
+            except OSError:
+                continue
+            if _has_alpha_cached(str(image), stat.st_mtime_ns, stat.st_size):
+                marks[rel] = ALPHA_MASK
+    return marks
+
+
+@functools.lru_cache(maxsize=4096)
+def _has_alpha_cached(path: str, mtime_ns: int, size: int) -> bool:
+    try:
+        return has_alpha(path)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False  # an unreadable image has no usable mask (the scan names it)

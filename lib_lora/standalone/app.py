@@ -119,6 +119,7 @@ class StandaloneHost:
         self._lock = threading.Lock()
         self._family: str | None = "sd1" if self.demo else None
         self._v_prediction = False
+        self._zero_terminal_snr = False  # the checkpoint's ztsnr key (the sampler and training use it)
         if self.checkpoint:
             self._inspect()
 
@@ -130,6 +131,7 @@ class StandaloneHost:
         check_model_path(self.checkpoint)
         info = inspect_checkpoint(self.checkpoint)
         self._family, self._v_prediction = info.family, info.v_prediction
+        self._zero_terminal_snr = info.zero_terminal_snr
 
     @property
     def model_name(self) -> str:
@@ -149,6 +151,7 @@ class StandaloneHost:
             name=self.model_name,
             family=self._family,
             v_prediction=self._v_prediction,
+            zero_terminal_snr=self._zero_terminal_snr,
             clip_skip=None,
             problem=problem,
             demo=self.demo,

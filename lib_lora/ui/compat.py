@@ -46,6 +46,12 @@ def hidden_progress() -> dict[str, Any]:
     return {"show_progress": "hidden"}
 
 
+def table_kwargs() -> dict[str, Any]:
+    """Options of an editable ``gr.Dataframe``: Gradio 3 pages after 20 rows unless ``max_rows`` is
+    None (Gradio 4 has no such option and shows every row)."""
+    return {"max_rows": None} if GRADIO_MAJOR < 4 else {}
+
+
 def is_update(value: Any) -> bool:
     """True for what :func:`update` returns (a dict whose ``__type__`` names an update)."""
     return isinstance(value, dict) and value.get("__type__") in ("update", "generic_update")

@@ -18,7 +18,7 @@ from lib_lora.common.errors import UserError
 from lib_lora.common.text import plural
 from lib_lora.jobs import dataset_info, editor, tagging
 from lib_lora.ui import html
-from lib_lora.ui.common import guarded, host_events, job_html, long_js, number
+from lib_lora.ui.common import guarded, host_events, job_html, long_js, number, user_path
 from lib_lora.ui.compat import hidden_progress, js_kwargs, unchanged
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 # info, caption box and the caption the box was filled with (every change of the session refreshes the box)
 N_EDITOR_OUTPUTS = 11
 STATUS = 7  # the status output's position
-N_VIEW = 14  # inputs every editor handler gets first: see View
+N_VIEW = 16  # inputs every editor handler gets first: see View
 TAG_LIST_LIMIT = 300
 CAPTION_PREVIEW_CHARS = 140
 
@@ -209,9 +209,11 @@ class EditorPanel:
     def view_inputs(self) -> list[Any]:
         form = self.tab.train.form.components
         keep = [form[name] if name in form else gr.State(None) for name in ("keep_tokens", "keep_tokens_separator")]
+        # the Train tab's mask source, so the gallery marks the images that have a loss mask
+        masks = [form[name] if name in form else gr.State(None) for name in ("conditioning_data_dir", "alpha_mask")]
         return [
             self.state, self.include, self.include_mode, self.exclude, self.exclude_mode, self.search, self.search_mode,
-            self.page, self.per_page, self.selected, self.shown_caption, self.activation_tag, *keep,
+            self.page, self.per_page, self.selected, self.shown_caption, self.activation_tag, *keep, *masks,
         ]  # fmt: skip
 
     def wire(self) -> None:
@@ -244,6 +246,10 @@ class EditorPanel:
         self.prev_page.click(self.turn_page, [self.page, gr.State(-1)], [self.page]).then(self.show, view, out)
         self.next_page.click(self.turn_page, [self.page, gr.State(1)], [self.page]).then(self.show, view, out)
         self.page.submit(self.show, view, out)
+        form = self.tab.train.form.components
+        for name in ("conditioning_data_dir", "alpha_mask"):  # a mask source chosen on the Train tab: new marks
+            if name in form:
+                form[name].change(self.refresh_marks, view, out, **hidden_progress())
         per_page_event = getattr(self.per_page, "release", None) or self.per_page.change
         per_page_event(self.show, view, out)
 
@@ -360,6 +366,7 @@ class EditorPanel:
         current = min(max(1, int(number(page, "The page", 1, integer=True) or 1)), pages)
         shown = visible[(current - 1) * size : current * size]
         gallery = []
+        marks = editor.mask_marks([(session.items[i].rel, session.items[i].image) for i in shown], *view.masks)
         for index in shown:
             item = session.items[index]
             text = (
@@ -368,11 +375,14 @@ class EditorPanel:
                 else item.caption[: CAPTION_PREVIEW_CHARS - 3] + "..."
             )
             mark = "* " if item.dirty else ""
-            gallery.append((str(editor.thumbnail(item.image)), f"{mark}{item.rel}: {text or '(no caption)'}"))
+            mask = f"{marks[item.rel]} · " if item.rel in marks else ""  # as the Clean tab marks cleaned images
+            gallery.append((str(editor.thumbnail(item.image)), f"{mark}{mask}{item.rel}: {text or '(no caption)'}"))
         dirty = session.dirty_count
         info = html.message(
             f"Page {current} of {pages}: {len(visible)} of {plural(len(session.items), 'image')} shown"
-            f"; {plural(dirty, 'unsaved caption change')}." + (" (* = changed)" if dirty else "")
+            f"; {plural(dirty, 'unsaved caption change')}."
+            + (" (* = changed)" if dirty else "")
+            + self._masks_note(view, len(marks), len(shown))
         )
         counts = session.tag_counts(visible_only=True)
         tag_rows = [(c.tag, c.count, f"{c.fraction:.0%}") for c in counts[:TAG_LIST_LIMIT]]
@@ -403,6 +413,22 @@ class EditorPanel:
             "".join(status_parts),
             *self._selected_outputs(session, view.selected),
         ]
+
+    @staticmethod
+    def _masks_note(view: View, marked: int, shown: int) -> str:
+        """What the mask marks mean, when the Train tab has a mask source."""
+        mask_dir, alpha = view.masks
+        if mask_dir:
+            return (
+                f" Masks (the Train tab's mask folder {mask_dir}): {marked} of the {shown} images on this page have "
+                f"one (marked {editor.MASK_FILE}); masked loss needs one for every training image."
+            )
+        if alpha:
+            return (
+                f" Masks from transparency: {marked} of the {shown} images on this page have an alpha channel "
+                f"(marked {editor.ALPHA_MASK}); the others are learned whole."
+            )
+        return ""
 
     @staticmethod
     def _preview_html(session: editor.CaptionSession) -> str:
@@ -479,6 +505,13 @@ class EditorPanel:
         session = self._session(view.state)
         self._apply_filter(session, *view.filters)
         return self._render(session, view.page, view.per_page, "", view)
+
+    @guarded(N_EDITOR_OUTPUTS, status=STATUS)
+    def refresh_marks(self, *args):
+        """The gallery again after the mask source changed (nothing while no captions are loaded)."""
+        if View.of(args).state is None:
+            return unchanged(N_EDITOR_OUTPUTS)
+        return self.show(*args)
 
     def first_page(self) -> int:
         return 1
@@ -628,6 +661,7 @@ class View:
     activation: Any = ""  # the tagger's activation tag box
     keep_tokens: int = 1  # the Train tab's keep_tokens (at least the first tag is kept)
     keep_separator: str = ""  # the Train tab's keep_tokens_separator
+    masks: tuple = (None, False)  # the Train tab's mask folder (absolute) and alpha_mask: the gallery's marks
 
     @classmethod
     def of(cls, args: Sequence[Any]) -> View:
@@ -646,4 +680,5 @@ class View:
             activation=str(values[11] or ""),
             keep_tokens=max(1, keep),
             keep_separator=str(values[13] or ""),
+            masks=(user_path(values[14]) if str(values[14] or "").strip() else None, bool(values[15])),
         )

@@ -10,7 +10,7 @@ parameters.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -116,6 +116,11 @@ def _component(name: str, initial: dict[str, Any]) -> Any:
     )
 
 
+def build_field(name: str, initial: dict[str, Any]) -> Any:
+    """One setting's component, as the form makes it (for a :class:`Section` that lays out its own)."""
+    return _component(name, initial)
+
+
 @dataclass
 class SettingsForm:
     components: dict[str, Any] = field(default_factory=dict)  # field name -> component
@@ -150,18 +155,36 @@ class SettingsForm:
         return out
 
 
-def build_settings_form(hidden: Iterable[str] = (), initial: dict[str, Any] | None = None) -> SettingsForm:
+@dataclass(frozen=True)
+class Section:
+    """Advanced fields of one group that a panel lays out itself (e.g. behind a table): ``build``
+    runs inside the Advanced accordion after the group's other rows and puts a component for each
+    of ``names`` in ``form.components`` (made with :func:`build_field`)."""
+
+    group: str
+    names: tuple[str, ...]
+    build: Callable[[SettingsForm, dict[str, Any]], None]
+
+
+def build_settings_form(
+    hidden: Iterable[str] = (), initial: dict[str, Any] | None = None, sections: Sequence[Section] = ()
+) -> SettingsForm:
     """Create the components (inside the current Blocks context), grouped, advanced ones folded;
-    ``initial`` values (a preset's) replace the defaults."""
+    ``initial`` values (a preset's) replace the defaults; ``sections`` lay out some fields their way."""
     initial = dict(initial or {})
     skip = set(NOT_IN_FORM) | set(hidden)
     names = [f.name for f in fields(TrainConfig) if f.name not in skip]
+    apart = {n for section in sections for n in section.names}
     basic = {
         g: [n for n in names if TrainConfig.__dataclass_fields__[n].metadata["group"] == g and not _advanced(n)]
         for g in GROUPS
     }
     advanced = {
-        g: [n for n in names if TrainConfig.__dataclass_fields__[n].metadata["group"] == g and _advanced(n)]
+        g: [
+            n
+            for n in names
+            if TrainConfig.__dataclass_fields__[n].metadata["group"] == g and _advanced(n) and n not in apart
+        ]
         for g in GROUPS
     }
     form = SettingsForm()
@@ -172,10 +195,13 @@ def build_settings_form(hidden: Iterable[str] = (), initial: dict[str, Any] | No
         _rows(form, basic[group], initial)
     with gr.Accordion("Advanced settings", open=False, elem_id="lora_trainer_advanced"):
         for group in GROUPS:
-            if not advanced[group]:
+            if not advanced[group] and not any(section.group == group for section in sections):
                 continue
             gr.Markdown(f"**{GROUP_TITLES[group]} (advanced)**", elem_classes=["lt-group-title"])
             _rows(form, advanced[group], initial)
+            for section in sections:
+                if section.group == group:
+                    section.build(form, initial)
     # keep the declaration order of TrainConfig in the dict (stable for presets and tests)
     form.components = {n: form.components[n] for n in names if n in form.components}
     return form

@@ -22,6 +22,8 @@ class ModelInfo:
     clip_skip: int | None = None
     problem: str | None = None  # why training is refused (SD2, --lowvram, no model ...), None when OK
     demo: bool = False  # a built-in tiny demo model
+    zero_terminal_snr: bool = False  # the model was trained with a zero-terminal-SNR schedule
+    notes: tuple[str, ...] = ()  # things about the model the user should know (shown under its line)
 
 
 @dataclass(frozen=True)

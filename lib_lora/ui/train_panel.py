@@ -21,11 +21,11 @@ from lib_lora.config import (
     native_resolution,
     preset_values,
 )
-from lib_lora.jobs import dataset_info, editor, vram
+from lib_lora.jobs import block_table, dataset_info, editor, vram
 from lib_lora.ui import html
 from lib_lora.ui.common import guarded, hook, host_events, job_html, long_js, resolve_output_dir, user_path
-from lib_lora.ui.compat import hidden_progress, js_kwargs
-from lib_lora.ui.forms import SettingsForm, build_settings_form, to_component_value
+from lib_lora.ui.compat import hidden_progress, js_kwargs, table_kwargs
+from lib_lora.ui.forms import Section, SettingsForm, build_field, build_settings_form, to_component_value
 
 if TYPE_CHECKING:
     from lib_lora.ui.host import ModelInfo
@@ -44,6 +44,8 @@ def model_html(info: ModelInfo) -> str:
         return html.error(info.problem or "No model is loaded: load an SD1.x or SDXL checkpoint first.")
     family = FAMILY_NAMES.get(info.family or "", info.family or "unknown family")
     details = [family, "v-prediction" if info.v_prediction else "epsilon"]
+    if getattr(info, "zero_terminal_snr", False):
+        details.append("zero terminal SNR")
     if info.clip_skip is not None:
         details.append(f"CLIP skip {info.clip_skip}")
     parts = [html.message(f"Model: {info.name} ({', '.join(details)})", "ok" if not info.problem else "info")]
@@ -55,6 +57,7 @@ def model_html(info: ModelInfo) -> str:
                 "warning",
             )
         )
+    parts += [html.message(note, "warning") for note in getattr(info, "notes", ())]
     if info.problem:
         parts.append(html.error(info.problem))
     return "".join(parts)
@@ -103,7 +106,8 @@ class TrainPanel:
         if settings.sample_every_n_epochs:
             initial["sample_every_n_epochs"] = settings.sample_every_n_epochs
         initial.update(getattr(settings, "form_defaults", None) or {})
-        self.form = build_settings_form(hidden, initial)
+        blockwise = Section("network", (*block_table.KEYS, "block_lr_zero_threshold"), self.build_block_table)
+        self.form = build_settings_form(hidden, initial, sections=[blockwise])
         self.estimate = gr.HTML(
             html.message("The settings are checked as you change them; choose a dataset folder first (Dataset tab)."),
             elem_id="lora_trainer_estimate",
@@ -152,6 +156,7 @@ class TrainPanel:
                 self.apply_network_type, [self.form.components["algo"]], self.form.inputs()
             ).then(**live_check)
         self.check_button.click(self.check, self.run_inputs(), [self.estimate])
+        self.wire_block_table(live_check)
 
         live = [self.live, self.chart, self.epochs, self.samples, self.sample_count]
         self.start.click(lambda: "", None, [self.result], queue=False, **hidden_progress())  # the last run's line
@@ -411,6 +416,93 @@ class TrainPanel:
             gallery = gr.update()
         # the error is in the status line under Start (start_training / follow), not twice
         return [job_html(status, "No training yet.", show_error=False), chart, table, gallery, len(samples)]
+
+    # ------------------------------------------------------------------ block-wise lr and dims: the per-block table
+    def build_block_table(self, form: SettingsForm, initial: dict[str, Any]) -> None:
+        """sd-scripts' block-wise strings as one table row per UNet block of the loaded model's
+        family (jobs.block_table); the strings themselves stay below it, folded, for pasting."""
+        gr.Markdown(
+            "**Block-wise learning rates and ranks** — one row per UNet block in sd-scripts' numbering for the "
+            "loaded model. An empty cell is the default (learning-rate factor 1, the network's dim and alpha, the "
+            "convolution dim and alpha); a factor or dim set here trains the UNet block by block.",
+            elem_classes=["lt-group-title"], elem_id="lora_trainer_block_intro",
+        )  # fmt: skip
+        rows, problems = block_table.table_rows(initial, self.family == "sdxl")
+        self.block_table = gr.Dataframe(
+            value=rows, headers=list(block_table.HEADERS), datatype="str", type="array",
+            row_count=(len(rows), "fixed"), col_count=(len(block_table.HEADERS), "fixed"), interactive=True,
+            label="Per-block learning-rate factor, dim and alpha", elem_id="lora_trainer_block_table",
+            **table_kwargs(),
+        )  # fmt: skip
+        self.block_status = gr.HTML(
+            self.block_status_html(problems, self.family == "sdxl"), elem_id="lora_trainer_block_status"
+        )
+        with gr.Row():
+            form.components["block_lr_zero_threshold"] = build_field("block_lr_zero_threshold", initial)
+        with gr.Accordion(
+            "The same as sd-scripts' comma-separated settings", open=False, elem_id="lora_trainer_block_strings"
+        ):
+            keys = block_table.KEYS
+            for start in range(0, len(keys), 3):
+                with gr.Row():
+                    for key in keys[start : start + 3]:
+                        form.components[key] = build_field(key, initial)
+
+    def block_inputs(self) -> list[Any]:
+        return [self.form.components[k] for k in block_table.KEYS]
+
+    def wire_block_table(self, live_check: dict[str, Any]) -> None:
+        """A string changed (typed, a preset, a restored run) or the model refreshed: the table
+        follows; the table edited: the strings follow (then the usual live check)."""
+        view = {
+            "fn": self.show_block_table,
+            "inputs": self.block_inputs(),
+            "outputs": [self.block_table, self.block_status],
+        }
+        for component in self.block_inputs():
+            component.change(**view, **hidden_progress())
+        self.model_refresh.click(**view, **hidden_progress())
+        dims = [self.form.components[k] for k in ("network_dim", "network_alpha", "conv_dim", "conv_alpha")]
+        self.block_table.input(
+            self.edit_block_table, [self.block_table, *self.block_inputs(), *dims],
+            [*self.block_inputs(), self.block_status], **hidden_progress(),
+        ).then(**live_check)  # fmt: skip
+
+    def _block_family_sdxl(self) -> bool:
+        """The loaded model's numbering (the table may be older than the model: the webui can switch)."""
+        info = self.host.model_info()
+        return (info.family if info.family in ("sd1", "sdxl") else self.family) == "sdxl"
+
+    @staticmethod
+    def block_status_html(problems: Sequence[str], sdxl: bool) -> str:
+        numbering = html.message(
+            f"Numbering for {'SDXL' if sdxl else 'SD1.x'}: {len(block_table.block_parts(sdxl))} blocks "
+            "(the learning-rate factors are down_lr_weight, mid_lr_weight and up_lr_weight in this order)."
+        )
+        return numbering + "".join(html.message(p, "warning") for p in problems)
+
+    @guarded(2, status=1)
+    def show_block_table(self, *values: Any) -> list[Any]:
+        sdxl = self._block_family_sdxl()
+        strings = self.form.values_subset(list(block_table.KEYS), values)
+        rows, problems = block_table.table_rows(strings, sdxl)
+        return [gr.update(value=rows), self.block_status_html(problems, sdxl)]
+
+    @guarded(len(block_table.KEYS) + 1)
+    def edit_block_table(self, table: Any, *values: Any) -> list[Any]:
+        """The edited table as the seven strings (only edited columns rewritten); a bad cell is
+        refused in one sentence naming its block and nothing changes."""
+        n = len(block_table.KEYS)
+        strings = self.form.values_subset(list(block_table.KEYS), values[:n])
+        network_dim, network_alpha, conv_dim, conv_alpha = values[n:]
+        rows = table.values.tolist() if hasattr(table, "values") else list(table or [])
+        sdxl = self._block_family_sdxl()
+        new = block_table.settings_from_table(rows, strings, sdxl, network_dim, network_alpha, conv_dim, conv_alpha)
+        updates = [
+            gr.update(value=to_component_value(k, new[k])) if new[k] != strings[k] else gr.update()
+            for k in block_table.KEYS
+        ]
+        return [*updates, self.block_status_html([], sdxl)]
 
     # ------------------------------------------------------------------ an existing run: resume, new name, overwrite
     def build_run_choices(self) -> None:

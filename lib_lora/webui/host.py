@@ -131,7 +131,7 @@ class WebuiHost:
     def model_info(self) -> ModelInfo:
         from modules import shared
 
-        from lib_lora.webui.model_bundle import detect_family, model_problem
+        from lib_lora.webui.model_bundle import detect_family, detect_prediction, model_problem
 
         sd_model = loaded_model()
         if sd_model is None:
@@ -142,13 +142,16 @@ class WebuiHost:
         name = getattr(info, "name_for_extra", None) or getattr(info, "model_name", None) or type(sd_model).__name__
         family = detect_family(sd_model)
         clip_skip = int(shared.opts.CLIP_stop_at_last_layers) if family == "sd1" else None
+        prediction = detect_prediction(sd_model)  # the webui's config and noise schedule, or the v_pred/ztsnr keys
         return ModelInfo(
             loaded=True,
             name=str(name),
             family=family,
-            v_prediction=getattr(sd_model, "parameterization", "eps") == "v",
+            v_prediction=prediction.v_prediction,
+            zero_terminal_snr=prediction.zero_terminal_snr,
             clip_skip=clip_skip,
             problem=model_problem(sd_model),
+            notes=prediction.notes,
         )
 
     def settings(self) -> HostSettings:

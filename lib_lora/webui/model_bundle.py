@@ -34,10 +34,12 @@ an interrupt, an out-of-memory error or any exception — then frees VRAM.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -84,6 +86,87 @@ def detect_family(sd_model: Any) -> str | None:
     if hasattr(wrapped, "transformer"):
         return "sd1"
     return None
+
+
+# -- prediction type and noise schedule ----------------------------------------------------------------
+# What AUTOMATIC1111 1.10.1 itself honours, and nothing it does not claim:
+# - v-prediction is ``sd_model.parameterization == "v"``: ldm's LatentDiffusion takes it from the model's
+#   config (a ``.yaml`` named like the checkpoint beside it: sd_models_config.find_checkpoint_config_near_filename;
+#   SD2-v found by probing the UNet: is_using_v_parameterization_for_sd2), sgm's SDXL from its denoiser's
+#   ``VScaling`` (sd_models_xl.extend_sdxl); the samplers choose their V denoiser from that attribute
+#   (sd_samplers_kdiffusion / sd_samplers_timesteps).
+# - zero terminal SNR is the setting ``opts.sd_noise_schedule == "Zero Terminal SNR"`` (Settings > Sampler
+#   parameters > Noise schedule for sampling), which sd_models.apply_alpha_schedule_override applies by
+#   rescaling ``alphas_cumprod`` for sampling.
+# 1.10.1 does not read the ``v_pred`` / ``ztsnr`` keys that NoobAI-XL-style checkpoints carry (the webui's
+# later dev branch, Forge and ComfyUI do): we read them from the checkpoint's safetensors header, train as
+# they say (the loss target must be what the model predicts), and say in the model line that this webui
+# samples the model otherwise until its config or setting says so.
+ZTSNR_SCHEDULE = "Zero Terminal SNR"
+CHECKPOINT_FLAGS = ("v_pred", "ztsnr")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """How the loaded model predicts and which schedule it was trained with, and why."""
+
+    v_prediction: bool
+    zero_terminal_snr: bool
+    notes: tuple[str, ...] = ()  # where the checkpoint and the webui disagree (plain sentences)
+
+    def describe(self) -> str:
+        """The model line's words: "v-prediction, zero terminal SNR" / "epsilon"."""
+        words = ["v-prediction" if self.v_prediction else "epsilon"]
+        if self.zero_terminal_snr:
+            words.append("zero terminal SNR")
+        return ", ".join(words)
+
+
+@functools.lru_cache(maxsize=8)
+def _flag_keys(path: str, mtime_ns: int, size: int) -> frozenset[str]:
+    from lib_lora.formats.safetensors_io import read_header
+
+    try:
+        return frozenset(k for k in read_header(path).tensors if k in CHECKPOINT_FLAGS)
+    except (UserError, OSError, ValueError):
+        return frozenset()  # unreadable: the file claims nothing
+
+
+def checkpoint_flags(sd_model: Any) -> frozenset[str]:
+    """Which of ``v_pred`` / ``ztsnr`` the loaded checkpoint's file carries (a .safetensors header
+    read, cached per file version; other formats and missing files claim nothing)."""
+    info = getattr(sd_model, "sd_checkpoint_info", None)
+    filename = getattr(info, "filename", None)
+    if not filename or not str(filename).lower().endswith(".safetensors"):
+        return frozenset()
+    try:
+        stat = os.stat(filename)
+    except OSError:
+        return frozenset()
+    return _flag_keys(str(filename), stat.st_mtime_ns, stat.st_size)
+
+
+def detect_prediction(sd_model: Any) -> Prediction:
+    """v-prediction and zero terminal SNR of the loaded model: the webui's own view (its model config,
+    its noise-schedule setting), or the checkpoint's ``v_pred`` / ``ztsnr`` key (see above)."""
+    from modules import shared
+
+    webui_v = getattr(sd_model, "parameterization", "eps") == "v"
+    webui_ztsnr = getattr(shared.opts, "sd_noise_schedule", "Default") == ZTSNR_SCHEDULE
+    flags = checkpoint_flags(sd_model)
+    notes = []
+    if "v_pred" in flags and not webui_v:
+        notes.append(
+            "The checkpoint has a v_pred key, so training uses v-prediction; this webui does not read that key and "
+            "samples the model as epsilon (noisy txt2img images and samples) unless a v-prediction .yaml config "
+            "named like the checkpoint sits beside it."
+        )
+    if "ztsnr" in flags and not webui_ztsnr:
+        notes.append(
+            "The checkpoint has a ztsnr key, so training uses the zero-terminal-SNR schedule; for txt2img set "
+            f"Settings > Sampler parameters > Noise schedule for sampling to {ZTSNR_SCHEDULE}."
+        )
+    return Prediction(webui_v or "v_pred" in flags, webui_ztsnr or "ztsnr" in flags, tuple(notes))
 
 
 def _text_embedders(sd_model: Any) -> list[Any]:
@@ -189,7 +272,9 @@ class WebuiBundle:
         check_model(sd_model)
         self.sd_model = sd_model
         self.family = detect_family(sd_model) or "sd1"
-        self.v_prediction = getattr(sd_model, "parameterization", "eps") == "v"
+        prediction = detect_prediction(sd_model)
+        self.v_prediction = prediction.v_prediction  # v_parameterization / zero_terminal_snr when the config
+        self.zero_terminal_snr = prediction.zero_terminal_snr  # leaves them empty (jobs.train_options.resolve_*)
         info = getattr(sd_model, "sd_checkpoint_info", None)
         filename = getattr(info, "filename", None) or getattr(sd_model, "sd_model_checkpoint", None)
         self.model_name = os.path.basename(filename) if filename else str(getattr(info, "model_name", "model"))

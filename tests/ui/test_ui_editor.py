@@ -13,7 +13,7 @@ from lib_lora.data.demo import write_demo_dataset
 from lib_lora.ui.tab import build_tab
 from support.data_images import corrupt_zlib_png
 from support.ui_host import FakeHost
-from support.ui_tab import Select, value
+from support.ui_tab import Select, unchanged, value
 
 pytestmark = pytest.mark.ui
 
@@ -35,7 +35,7 @@ def _text(html: str) -> str:
 
 
 def _view(state, **kw):
-    values = {"include": "", "include_mode": "and", "exclude": "", "exclude_mode": "or", "search": "", "search_mode": "contains", "page": 1, "per_page": 48, "selected": None, "shown_caption": None, "activation": "", "keep_tokens": 0, "keep_tokens_separator": ""}  # fmt: skip
+    values = {"include": "", "include_mode": "and", "exclude": "", "exclude_mode": "or", "search": "", "search_mode": "contains", "page": 1, "per_page": 48, "selected": None, "shown_caption": None, "activation": "", "keep_tokens": 0, "keep_tokens_separator": "", "conditioning_data_dir": None, "alpha_mask": False}  # fmt: skip
     values.update(kw)
     return [state, *values.values()]
 
@@ -104,3 +104,78 @@ def test_editor_leaves_out_and_reports_an_image_the_trainer_skips(tab, dataset: 
     status = _text(out[STATUS])
     assert "3_redfox/broken.png cannot be read and is left out (training skips it too)" in status
     assert skipped[bad] in status  # the same reason as the trainer's
+
+
+# -- loss masks marked in the gallery (issue 17: masked_loss / alpha_mask) -----------------------------
+
+
+def _marked(out) -> dict[str, str]:
+    """gallery caption -> rel for each thumbnail: ``{rel: mark}`` ("" when unmarked)."""
+    marks = {}
+    for _thumb, caption in out[1]:
+        head = caption.split(": ", 1)[0].removeprefix("* ")
+        mark, _, rel = head.rpartition(" · ")
+        marks[rel] = mark
+    return marks
+
+
+def test_gallery_marks_the_images_with_a_mask_file_as_training_finds_them(tab, dataset: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from lib_lora.data.masks import MaskSource
+
+    masks = tmp_path / "masks"
+    (masks / "3_redfox").mkdir(parents=True)
+    Image.new("L", (8, 8), 255).save(masks / "3_redfox" / "redfox_02.png")  # in the subset's own folder
+    Image.new("L", (8, 8), 255).save(masks / "bluebird_01.webp")  # or directly in the mask folder
+    Image.new("L", (8, 8), 255).save(masks / "2_greenleaf.png")  # named like no image: no mask
+    ed = tab.editor
+    session = ed.load(*_view(None), str(dataset), ".txt")[0]
+    out = ed.show(*_view(session, conditioning_data_dir=str(masks)))
+    marks = _marked(out)
+    assert {rel for rel, m in marks.items() if m} == {"3_redfox/redfox_02.png", "2_bluebird/bluebird_01.png"}
+    assert set(marks.values()) == {"mask", ""}
+    # the same images the training's mask lookup (data.masks) finds; the rest are the ones it reports missing
+    scan = scan_dataset(dataset)
+    missing = {p.relative_to(dataset).as_posix() for p in MaskSource(scan, mask_dir=masks).missing()}
+    assert missing == {rel for rel, m in marks.items() if not m}
+    info = _text(out[2])
+    assert f"mask folder {masks}" in info and f"2 of the {len(marks)} images on this page have one" in info
+    # no mask source on the Train tab: no marks, no note
+    out = ed.show(*_view(session))
+    assert set(_marked(out).values()) == {""} and "Masks" not in _text(out[2])
+
+
+def test_gallery_marks_transparent_images_with_alpha_mask(tab, dataset: Path) -> None:
+    from PIL import Image
+
+    from lib_lora.data.masks import load_alpha_mask
+
+    path = dataset / "2_greenleaf" / "greenleaf_02.png"
+    with Image.open(path) as image:
+        rgba = image.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(path)
+    ed = tab.editor
+    session = ed.load(*_view(None), str(dataset), ".txt")[0]
+    marks = _marked(ed.show(*_view(session, alpha_mask=True)))
+    assert {rel for rel, m in marks.items() if m} == {"2_greenleaf/greenleaf_02.png"}
+    assert marks["2_greenleaf/greenleaf_02.png"] == "alpha mask"
+    assert all((load_alpha_mask(dataset / rel) is not None) == bool(m) for rel, m in marks.items())
+    assert set(_marked(ed.show(*_view(session, alpha_mask=False))).values()) == {""}
+
+
+def test_choosing_a_mask_source_on_the_train_tab_refreshes_the_gallery(tab, dataset: Path, tmp_path: Path) -> None:
+    ed = tab.editor
+    form = tab.train.form.components
+    wired = [
+        d for fn, d in zip(tab.blocks.fns, tab.blocks.dependencies) if getattr(fn.fn, "__name__", "") == "refresh_marks"
+    ]
+    triggers = {t[0] if isinstance(t, (list, tuple)) else t for d in wired for t in d["targets"]}
+    assert {form["conditioning_data_dir"]._id, form["alpha_mask"]._id} <= triggers
+    assert all(ed.gallery._id in d["outputs"] for d in wired)
+    # nothing loaded yet: the editor's screen is left as it is (no "load the captions" over its status)
+    assert all(unchanged(u) for u in ed.refresh_marks(*_view(None, alpha_mask=True)))
+    session = ed.load(*_view(None), str(dataset), ".txt")[0]
+    out = ed.refresh_marks(*_view(session, conditioning_data_dir=str(tmp_path / "none")))
+    assert "0 of the" in _text(out[2])

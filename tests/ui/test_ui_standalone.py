@@ -85,6 +85,24 @@ def test_a_model_that_fails_to_load_is_shown_in_the_tab_and_refused(tmp_path: Pa
     assert not list((tmp_path / "lora").glob("*.safetensors"))
 
 
+def test_the_model_line_says_what_the_checkpoints_v_pred_and_ztsnr_keys_say(tmp_path: Path) -> None:
+    from lib_lora.ui.train_panel import model_html
+
+    checkpoint = _header_only_sd1(tmp_path / "model.safetensors")
+    assert "(SD1.x, epsilon)" in model_html(StandaloneHost(checkpoint, tmp_path / "lora").model_info())
+    flagged = tmp_path / "vpred.safetensors"
+    save_file({**dict(_tensors_of(checkpoint)), "v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, str(flagged))
+    info = StandaloneHost(flagged, tmp_path / "lora").model_info()
+    assert (info.v_prediction, info.zero_terminal_snr) == (True, True)
+    assert "(SD1.x, v-prediction, zero terminal SNR)" in model_html(info)
+
+
+def _tensors_of(path: Path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path)).items()
+
+
 def test_a_checkpoint_that_disappears_is_reported(tmp_path: Path) -> None:
     checkpoint = _header_only_sd1(tmp_path / "model.safetensors")
     host = StandaloneHost(checkpoint, tmp_path / "lora")

@@ -140,7 +140,7 @@ def test_create_training_folder(tab, tmp_path: Path) -> None:
 
 
 def _view(tab, state, **kw):
-    values = {"include": "", "include_mode": "and", "exclude": "", "exclude_mode": "or", "search": "", "search_mode": "contains", "page": 1, "per_page": 48, "selected": None, "shown_caption": None, "activation": "", "keep_tokens": 1, "keep_tokens_separator": ""}  # fmt: skip
+    values = {"include": "", "include_mode": "and", "exclude": "", "exclude_mode": "or", "search": "", "search_mode": "contains", "page": 1, "per_page": 48, "selected": None, "shown_caption": None, "activation": "", "keep_tokens": 1, "keep_tokens_separator": "", "conditioning_data_dir": None, "alpha_mask": False}  # fmt: skip
     values.update(kw)
     return [state, *values.values()]
 

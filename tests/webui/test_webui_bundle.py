@@ -98,6 +98,67 @@ def test_model_info_reports_the_loaded_model(webui) -> None:
     assert WebuiHost().model_info().family == "sdxl" and WebuiHost().model_info().clip_skip is None
 
 
+def _checkpoint_with(folder, name: str, keys: tuple[str, ...]) -> None:
+    """The loaded model's checkpoint file, carrying NoobAI-style flag keys (empty tensors)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {"model.diffusion_model.out.2.bias": torch.zeros(4), **{k: torch.tensor([]) for k in keys}}
+    save_file(tensors, str(folder / f"{name}.safetensors"))
+
+
+def test_v_prediction_and_ztsnr_follow_the_webuis_config_and_noise_schedule(webui) -> None:
+    # webui 1.10.1: parameterization from the model's config; ZTSNR from Settings > Noise schedule for sampling
+    from lib_lora.config import TrainConfig
+    from lib_lora.jobs.train_options import loss_settings
+    from lib_lora.ui.train_panel import model_html
+    from lib_lora.webui.host import WebuiHost
+
+    bundle = bundle_of(webui, wm.tiny_sdxl())
+    info = WebuiHost().model_info()
+    assert (info.v_prediction, info.zero_terminal_snr, bundle.v_prediction, bundle.zero_terminal_snr) == (False,) * 4
+    assert "epsilon" in model_html(info) and "zero terminal SNR" not in model_html(info)
+
+    webui.shared.opts.sd_noise_schedule = "Zero Terminal SNR"
+    bundle = bundle_of(webui, wm.tiny_sdxl(parameterization="v"))
+    info = WebuiHost().model_info()
+    assert (info.v_prediction, info.zero_terminal_snr, info.notes) == (True, True, ())
+    assert "SDXL, v-prediction, zero terminal SNR" in model_html(info)
+    settings = loss_settings(TrainConfig(), bundle)  # empty v_parameterization / zero_terminal_snr: the model's
+    assert settings.v_prediction and settings.alphas_cumprod is not None and float(settings.alphas_cumprod[-1]) < 1e-6
+    assert loss_settings(TrainConfig(zero_terminal_snr=False), bundle).alphas_cumprod is None  # the config wins
+
+
+def test_checkpoint_v_pred_and_ztsnr_keys_are_honoured_and_the_webuis_view_is_named(webui, tmp_path) -> None:
+    # a NoobAI-XL v-pred file: 1.10.1 does not read its keys (no .yaml beside it: eps, Default schedule)
+    from lib_lora.config import TrainConfig
+    from lib_lora.jobs.train_options import loss_settings
+    from lib_lora.ui.train_panel import model_html
+    from lib_lora.webui.host import WebuiHost
+
+    folder = tmp_path / "models" / "Stable-diffusion"
+    _checkpoint_with(folder, "tiny-sdxl", ("v_pred", "ztsnr"))
+    bundle = bundle_of(webui, wm.tiny_sdxl(checkpoint_dir=str(folder)))
+    info = WebuiHost().model_info()
+    assert (info.v_prediction, info.zero_terminal_snr, bundle.v_prediction, bundle.zero_terminal_snr) == (True,) * 4
+    assert len(info.notes) == 2 and "v_pred key" in info.notes[0] and "Noise schedule for sampling" in info.notes[1]
+    shown = model_html(info)
+    assert "v-prediction, zero terminal SNR" in shown and "samples the model as epsilon" in shown
+    assert loss_settings(TrainConfig(), bundle).v_prediction
+
+    # the webui's own config says v and its setting says ZTSNR: nothing to warn about
+    webui.shared.opts.sd_noise_schedule = "Zero Terminal SNR"
+    load_model(webui, wm.tiny_sdxl(checkpoint_dir=str(folder), parameterization="v"))
+    assert WebuiHost().model_info().notes == ()
+
+    # a plain checkpoint (no keys) under the default settings is epsilon
+    webui.shared.opts.sd_noise_schedule = "Default"
+    _checkpoint_with(folder, "tiny-sd15", ())
+    load_model(webui, wm.tiny_sd1(checkpoint_dir=str(folder)))
+    info = WebuiHost().model_info()
+    assert (info.v_prediction, info.zero_terminal_snr, info.notes) == (False, False, ())
+
+
 def test_reading_model_info_never_loads_a_model(webui) -> None:
     from lib_lora.webui.host import WebuiHost
 

@@ -238,6 +238,33 @@ def test_sdxl_trains_both_text_encoders_and_the_unet(webui) -> None:
     assert same_outputs(before, outputs(model)) == [] and state_differences(state, model_state(model)) == []
 
 
+def test_a_v_pred_ztsnr_checkpoint_trains_and_is_recorded_as_v_prediction_with_zero_terminal_snr(webui) -> None:
+    # NoobAI-XL v-pred style: the file carries v_pred / ztsnr keys, which webui 1.10.1 itself does not read
+    from safetensors.torch import save_file
+
+    from lib_lora.config import build_config
+    from lib_lora.formats import safetensors_io
+    from lib_lora.webui import register
+
+    save_file({"v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, str(webui.root / "tiny-sdxl.safetensors"))
+    load_model(webui, wm.tiny_sdxl(checkpoint_dir=str(webui.root)))
+    host = register.get_host()
+    folder = dataset(webui.root / "data", images=1, name="1_hutao")
+    values = {**FAST, "train_data_dir": str(folder), "output_name": "vp", "max_train_epochs": 1}
+    cfg = build_config({**values, "sample_every_n_epochs": None}, family="sdxl")
+    status = host.jobs.run("train", "vp", lambda events, stop: host.train(cfg, events, stop))
+    assert status.state == "done", status.error
+    _, metadata = safetensors_io.load(webui.lora_dir / "vp.safetensors")
+    assert metadata["modelspec.prediction_type"] == "v" and metadata["ss_zero_terminal_snr"] == "True"
+    # the user's explicit choice wins over the detection
+    cfg = build_config({**values, "output_name": "eps", "v_parameterization": False, "zero_terminal_snr": False,
+                        "sample_every_n_epochs": None}, family="sdxl")  # fmt: skip
+    status = host.jobs.run("train", "eps", lambda events, stop: host.train(cfg, events, stop))
+    assert status.state == "done", status.error
+    _, metadata = safetensors_io.load(webui.lora_dir / "eps.safetensors")
+    assert metadata["modelspec.prediction_type"] == "epsilon" and metadata["ss_zero_terminal_snr"] == "False"
+
+
 def test_medvram_training_puts_the_hooks_back(webui) -> None:
     from lib_lora.config import build_config
     from lib_lora.webui import register

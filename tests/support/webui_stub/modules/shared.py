@@ -30,6 +30,10 @@ options_templates.update(options_section(("sd", "Stable Diffusion"), {
     "live_previews_enable": OptionInfo(True, "Show live previews"),
     "grid_background_color": OptionInfo("#ffffff", "Grid background color"),
 }))  # fmt: skip
+options_templates.update(options_section(("sampler-params", "Sampler parameters", "sd"), {
+    # 1.10.1's choices: "Default" and "Zero Terminal SNR" (sd_models.apply_alpha_schedule_override reads it)
+    "sd_noise_schedule": OptionInfo("Default", "Noise schedule for sampling"),
+}))  # fmt: skip
 opts = options.Options(options_templates)
 sd_model_reads = 0
 
