@@ -304,6 +304,8 @@ def sd_scripts_command(args, checkpoint: Path, data: Path, tokenizers: Path, out
     ]  # fmt: skip
     if args.cache_te:
         command.append("--cache_text_encoder_outputs")
+    if args.sdxl:  # SDXL's VAE overflows in fp16 (only latent caching: ours retries such a batch in fp32)
+        command.append("--no_half_vae")
     return command
 
 
