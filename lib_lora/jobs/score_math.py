@@ -136,9 +136,9 @@ def _paired_margin(a: Sequence[float], b: Sequence[float]) -> tuple[float, float
     return m, math.sqrt(var / len(diffs))
 
 
-def _describe(s: EpochScore) -> str:
+def _describe(s: EpochScore, fidelity_measured: bool = True) -> str:
     parts = [
-        f"fidelity {s.fidelity:.2f}",
+        f"fidelity {s.fidelity:.2f}" if fidelity_measured else "fidelity not measured",
         f"flexibility {s.flexibility:.2f}",
         f"drift {s.drift:.2f}",
     ]
@@ -147,8 +147,9 @@ def _describe(s: EpochScore) -> str:
     return ", ".join(parts)
 
 
-def pick_best(scores: Sequence[EpochScore], sigmas: float = NOISE_SIGMAS) -> Pick:
-    """The recommended epoch and why, in words; see the module docstring for the noise rule."""
+def pick_best(scores: Sequence[EpochScore], sigmas: float = NOISE_SIGMAS, fidelity_measured: bool = True) -> Pick:
+    """The recommended epoch and why, in words; see the module docstring for the noise rule.
+    ``fidelity_measured`` False (no core tags): the words do not quote the stand-in fidelity of 1."""
     if not scores:
         return Pick(None, False, [], "Nothing to score.")
     order = sorted(range(len(scores)), key=lambda i: (-scores[i].score, i))
@@ -167,18 +168,18 @@ def pick_best(scores: Sequence[EpochScore], sigmas: float = NOISE_SIGMAS) -> Pic
         return Pick(
             best, False, order,
             f"No confident pick: with one seed the noise cannot be measured. {top.label} scores highest "
-            f"({top.score:.3f}; {_describe(top)}), ahead of {names.split(', ', 1)[-1]}; score again with more seeds.",
+            f"({top.score:.3f}; {_describe(top, fidelity_measured)}), ahead of {names.split(', ', 1)[-1]}; score again with more seeds.",
         )  # fmt: skip
     if len(tied) == 1:
         runner = scores[order[1]]
         return Pick(
             best, True, tied,
             f"{top.label} is the best epoch: score {top.score:.3f} against {runner.score:.3f} for the next best "
-            f"({runner.label}), more than the seed noise (±{top.spread:.3f}); {_describe(top)}.",
+            f"({runner.label}), more than the seed noise (±{top.spread:.3f}); {_describe(top, fidelity_measured)}.",
         )  # fmt: skip
     names = ", ".join(scores[i].label for i in sorted(tied))
     return Pick(
         best, False, sorted(tied),
         f"No confident pick: {names} are within the seed noise of each other (best {top.label} at {top.score:.3f} "
-        f"±{top.spread:.3f}; {_describe(top)}). Compare these by eye in the grid, or score with more seeds.",
+        f"±{top.spread:.3f}; {_describe(top, fidelity_measured)}). Compare these by eye in the grid, or score with more seeds.",
     )  # fmt: skip
