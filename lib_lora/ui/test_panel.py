@@ -362,7 +362,7 @@ def score_chart(report: scoring.ScoreReport, width: int = 640, height: int = 240
     recommended epoch marked by a band and its label."""
     scores = report.scores
     n = len(scores)
-    left, right, top, bottom = 40, 50, 16, 30
+    left, right, top, bottom = 40, 50, 26, 30  # the legend sits in the band above the plot, never on a line
     plot_w, plot_h = width - left - right, height - top - bottom
 
     def x(i: int) -> float:
@@ -435,7 +435,7 @@ def score_chart(report: scoring.ScoreReport, width: int = 640, height: int = 240
         )
     legend = [(n, c) for n, c, _, _ in series] + ([("validation loss", "#ea580c")] if losses else [])
     for k, (name, colour) in enumerate(legend):
-        parts.append(f'<text x="{left + 6 + k * 95}" y="{top + 12}" font-size="11" fill="{colour}">{name}</text>')
+        parts.append(f'<text x="{left + 6 + k * 95}" y="{top - 8}" font-size="11" fill="{colour}">{name}</text>')
     parts.append("</svg>")
     return "".join(parts)
 

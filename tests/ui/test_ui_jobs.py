@@ -109,6 +109,21 @@ def test_import_and_tag_requests_are_checked_before_any_work(tmp_path: Path) -> 
     assert tagging.model_choices()[0] == tagging.DEFAULT_MODEL
 
 
+def test_loss_chart_caption_is_above_the_plot_not_on_the_lines() -> None:
+    """The caption (last loss, average) sat inside the plot, where the highest losses are drawn."""
+    import re
+
+    losses = [(step, 1.0 + (0.25 if step % 3 == 0 else 0.0)) for step in range(1, 61)]
+    svg = html.loss_chart(losses, total_steps=600, epochs=[(15, 1), (30, 2)])
+    plot_top = float(re.search(r'<rect x="[\d.]+" y="([\d.]+)"', svg).group(1))
+    caption = re.search(r'<text [^>]*y="([\d.]+)"[^>]*>loss \(last', svg)
+    assert caption, svg
+    assert float(caption.group(1)) <= plot_top - 4, (caption.group(1), plot_top)
+    raw = re.search(r'<polyline points="([^"]+)" class="lt-loss-raw"', svg).group(1)
+    line_ys = [float(point.split(",")[1]) for point in raw.split()]
+    assert min(line_ys) >= plot_top  # the lines stay inside the plot, below the caption
+
+
 def test_loss_chart() -> None:
     assert "appears when training starts" in html.loss_chart([])
     losses = [(step, 1.0 / step) for step in range(1, 2001)]
