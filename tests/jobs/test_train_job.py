@@ -164,6 +164,17 @@ def test_a_stop_at_an_epoch_end_labels_the_file_with_the_epoch_it_holds(tmp_path
     assert state["position"]["epoch"] == 1 and state["position"]["batch"] == 0
 
 
+def test_absurd_repeats_are_refused_before_any_work_naming_the_folder(tmp_path: Path, bundle) -> None:
+    """A folder named 1000000000_x (the Dataset tab's Create folder took "1e9") made an epoch of a
+    billion steps: the run hung building it. It is one sentence now, and nothing is written."""
+    from support.train_data import make_dataset
+
+    make_dataset(tmp_path / "data", {"1000000000_x": [(64, 64)], "2_y": [(64, 64)]})
+    with pytest.raises(UserError, match=r"folder 1000000000_x repeats each image 1,000,000,000 times"):
+        train(_cfg(tmp_path, max_train_epochs=None, max_train_steps=10), bundle)
+    assert not (tmp_path / "out").exists()
+
+
 def test_resume_refuses_changed_settings(tmp_path: Path, bundle) -> None:
     small_dataset(tmp_path / "data")
     token = StopToken()
