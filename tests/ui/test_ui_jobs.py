@@ -166,3 +166,15 @@ def test_compat_and_form_values() -> None:
     assert cfg.network_dim == 32 and cfg.lr_scheduler == "cosine_with_restarts" and cfg.clip_skip == 2
     assert from_component_value("max_token_length", "default") is None
     assert from_component_value("seed", "") is None and from_component_value("train_batch_size", 2.0) == 2
+
+
+def test_tagging_summary_counts_only_the_images_it_tagged(tmp_path: Path) -> None:
+    """A dataset with 2 unreadable files of 15: "Tagged 13 of 15 images", not "Tagged 15 images ...
+    2 images skipped" (the progress panel above said 13)."""
+    from lib_lora.tagger.batch import FailedImage, TagFolderResult
+
+    failed = [FailedImage(tmp_path / "zero.png", "not an image Pillow can read"), FailedImage(tmp_path / "b.png", "x")]
+    text = tagging.summary(TagFolderResult(tmp_path, "demo-tagger", "CPU", images=15, failed=failed))
+    assert text.startswith("Tagged 13 of 15 images with demo-tagger on CPU: "), text
+    assert "2 images skipped (zero.png" in text
+    assert tagging.summary(TagFolderResult(tmp_path, "demo-tagger", "CPU", images=4)).startswith("Tagged 4 images ")
