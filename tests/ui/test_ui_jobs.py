@@ -178,3 +178,16 @@ def test_tagging_summary_counts_only_the_images_it_tagged(tmp_path: Path) -> Non
     assert text.startswith("Tagged 13 of 15 images with demo-tagger on CPU: "), text
     assert "2 images skipped (zero.png" in text
     assert tagging.summary(TagFolderResult(tmp_path, "demo-tagger", "CPU", images=4)).startswith("Tagged 4 images ")
+
+
+def test_the_live_line_says_which_average_its_loss_is() -> None:
+    """The status said "(avg 1.1326)" beside a chart captioned "average of the last 10 steps 1.1484":
+    two different averages under one word. The status names its window."""
+    from lib_lora.jobs.manager import JobStatus
+    from lib_lora.ui.common import job_line
+
+    status = JobStatus("1", "train", "Training t", "running", epoch=4, step=59, total_steps=600, loss=1.1894)
+    status.avg_loss = 1.1411
+    line = job_line(status)
+    assert "loss 1.1894 (average over the last epoch 1.1411)" in line, line
+    assert "avg " not in line
