@@ -73,8 +73,8 @@ def test_form_has_every_setting_with_its_label_and_help_and_labels_are_unique(ta
 
 def test_long_handlers_go_through_the_host_wrapper_with_html_last(host: FakeHost, tab) -> None:
     # tagging (1 output), training: Start, Overwrite it and start, Resume (1 each), the grid (2: image + status
-    # HTML last), scoring (3: HTML last)
-    assert host.wrapped == [1, 1, 1, 1, 2, 3]
+    # HTML last), scoring (4: report, Keep list, Keep line, cost HTML last)
+    assert host.wrapped == [1, 1, 1, 1, 2, 4]
     assert isinstance(tab.test.result, gr.HTML) and isinstance(tab.train.result, gr.HTML)
 
 
