@@ -18,7 +18,9 @@ fidelity — beta times as much — ; a harmonic mean, so an epoch must do well 
 
 The pick is the epoch with the best mean over seeds. It is *confident* only when it beats the
 runner-up on the same seeds by more than two standard errors of the paired differences; otherwise
-the epochs within that margin are reported as a tie.
+the epochs within that margin are reported as a tie. A margin below ``MIN_MARGIN`` (what the
+table's three decimals cannot show) is a tie whatever the noise: seeds that all differ by the
+same hair (noise 0) do not make a pick confident.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 
 DEFAULT_BETA = 2.0
 NOISE_SIGMAS = 2.0  # a pick must beat the runner-up by this many standard errors
+MIN_MARGIN = 0.001  # ... and by at least this much (the scores are shown to 3 decimals)
 
 
 def normalize_tag(tag: str) -> str:
@@ -161,7 +164,7 @@ def pick_best(scores: Sequence[EpochScore], sigmas: float = NOISE_SIGMAS, fideli
     tied = [best]
     for i in order[1:]:
         margin, error = _paired_margin(top.per_seed, scores[i].per_seed)
-        if not margin > sigmas * error:
+        if not margin > max(sigmas * error, MIN_MARGIN):
             tied.append(i)
     if seeds < 2:
         names = ", ".join(scores[i].label for i in order[:3])

@@ -208,3 +208,14 @@ def test_keep_this_one_copies_it_and_archives_the_rest(tmp_path: Path) -> None:
     assert [f.path.name for f in lora_family(tmp_path, "t")] == ["t.safetensors"]
     with pytest.raises(UserError, match="not one of the files"):
         keep_epoch(tmp_path / "archive" / "t-000001.safetensors", tmp_path, "t")
+
+
+def test_a_hair_of_a_difference_is_a_tie_not_a_confident_pick() -> None:
+    """The demo's scores were equal to the table's three decimals, yet one epoch was left out of the
+    tie: its seeds all trailed by the same 1e-6 (noise 0, so "more than twice the noise"). Equal in
+    the table means tied in the words; a real margin with no noise still picks confidently."""
+    hair = [EpochScore(f"e{i}", i, [SeedScore(1.0, 0.0, 0.0 + 1e-6 * i)] * 3) for i in range(1, 5)]
+    pick = pick_best(hair)
+    assert not pick.confident and sorted(pick.tied) == [0, 1, 2, 3], pick
+    clear = [EpochScore(f"e{i}", i, [SeedScore(0.2 * i, 0.8, 0.1)] * 3) for i in range(1, 5)]
+    assert pick_best(clear).confident and pick_best(clear).best == 3
