@@ -12,6 +12,7 @@ precedence: defaults < preset < TOML < command line.
 Examples:
   python -m lib_lora train --preset character --train_data_dir data --pretrained_model_name_or_path tiny-sd15
   python -m lib_lora train my.toml --max_train_epochs 10
+  python -m lib_lora train --config_file my.toml   (sd-scripts' way of giving the file)
   python -m lib_lora train my.toml --resume output/mylora-state
   python -m lib_lora train my.toml --overwrite
 
@@ -29,7 +30,8 @@ ACCEPTS_EXTRA = True  # --KEY VALUE settings are parsed by this verb
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.usage = (
-        "python -m lib_lora train [CONFIG.toml] [--preset NAME] [--resume DIR | --overwrite] [--KEY VALUE ...]"
+        "python -m lib_lora train [CONFIG.toml | --config_file CONFIG.toml] [--preset NAME] [--resume DIR | --overwrite] "
+        "[--KEY VALUE ...]"
     )
     parser.add_argument("--preset", help="character, style, concept or sdxl-8gb")
     parser.add_argument("--resume", metavar="DIR", help="continue a stopped run from its <name>-state folder")
@@ -42,6 +44,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list-settings", action="store_true", help="list every setting with its default and help")
 
 
+def _config_file(extra: list[str]) -> tuple[str | None, list[str]]:
+    """The TOML file (the first argument, or sd-scripts' ``--config_file FILE``) and the other arguments."""
+    from lib_lora.common.errors import UserError
+
+    rest = list(extra)
+    found = rest.pop(0) if rest and not rest[0].startswith("--") else None
+    i = 0
+    while i < len(rest):
+        flag = rest[i].split("=", 1)[0]
+        if flag in ("--config_file", "--config-file", "--config"):
+            if "=" in rest[i]:
+                value, end = rest[i].split("=", 1)[1], i + 1
+            elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+                value, end = rest[i + 1], i + 2
+            else:
+                raise UserError(f"{flag} needs the TOML file: python -m lib_lora train --config_file FILE.toml")
+            if found is not None:
+                raise UserError(f"Two config files given ({found} and {value}); give one.")
+            found = value
+            del rest[i:end]
+            continue
+        i += 1
+    return found, rest
+
+
 def _overrides(extra: list[str]) -> dict[str, str | list[str]]:
     """``--KEY VALUE`` pairs; list settings (network_args, optimizer_args ...) take every value up to
     the next ``--KEY``, as sd-scripts' command line does: ``--network_args "algo=lokr" "factor=8"``."""
@@ -51,9 +78,6 @@ def _overrides(extra: list[str]) -> dict[str, str | list[str]]:
     values: dict[str, str | list[str]] = {}
     i = 0
     while i < len(extra):
-        if i == 0 and not extra[0].startswith("--"):  # the optional CONFIG.toml (handled by the caller)
-            i = 1
-            continue
         token = extra[i]
         if not token.startswith("--"):
             raise UserError(f"Unexpected argument {token!r}: settings are given as --KEY VALUE.")
@@ -148,9 +172,9 @@ def _run(args: argparse.Namespace, training: list[bool] | None = None) -> int:
     from lib_lora.jobs.train import check_output
     from lib_lora.standalone.models import is_builtin
 
-    config_file = args._extra[0] if args._extra and not args._extra[0].startswith("--") else None
+    config_file, extra = _config_file(args._extra)
     values = load_toml(config_file) if config_file else {}
-    values.update(_overrides(args._extra))
+    values.update(_overrides(extra))
     draft = build_config(values, preset=args.preset, check=False)
     family = _peek_family(draft.pretrained_model_name_or_path, draft.model_family)
     native = native_resolution(family, demo=is_builtin(draft.pretrained_model_name_or_path))

@@ -316,6 +316,8 @@ def _stopped(
         f"Stopping ({stop.reason or 'stop requested'}) after step {position.step}: saving the LoRA so far and the training state."
     )
     if position.step > 0:
-        hooks.save("stopped", position.epoch + 1, position.step, last_loss)
+        # stopped before the first batch of an epoch: the file holds the epoch just finished, as "final" says
+        epoch = position.epoch if position.batch == 0 and position.epoch > 0 else position.epoch + 1
+        hooks.save("stopped", epoch, position.step, last_loss)
     hooks.save_state(position)
     return LoopResult("stopped", position, last_loss, losses)

@@ -48,6 +48,11 @@ class ImportRequest:
     def options(self) -> ImportOptions:
         if not (self.dataset or "").strip():
             raise UserError("No dataset folder chosen: choose it in the Dataset tab first.")
+        if not (self.name or "").strip():
+            raise UserError(
+                "No folder name for the import: enter one in 'Import into folder name' (the character's name, "
+                "e.g. mychar); the images go to the N_name folder of that name."
+            )
         if self.site not in SITES:
             raise UserError(f"Site {self.site!r} is not known; choose one of {', '.join(SITES)}.")
         options = ImportOptions(

@@ -18,7 +18,9 @@ fidelity — beta times as much — ; a harmonic mean, so an epoch must do well 
 
 The pick is the epoch with the best mean over seeds. It is *confident* only when it beats the
 runner-up on the same seeds by more than two standard errors of the paired differences; otherwise
-the epochs within that margin are reported as a tie.
+the epochs within that margin are reported as a tie. A margin below ``MIN_MARGIN`` (what the
+table's three decimals cannot show) is a tie whatever the noise: seeds that all differ by the
+same hair (noise 0) do not make a pick confident.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 
 DEFAULT_BETA = 2.0
 NOISE_SIGMAS = 2.0  # a pick must beat the runner-up by this many standard errors
+MIN_MARGIN = 0.001  # ... and by at least this much (the scores are shown to 3 decimals)
 
 
 def normalize_tag(tag: str) -> str:
@@ -136,9 +139,9 @@ def _paired_margin(a: Sequence[float], b: Sequence[float]) -> tuple[float, float
     return m, math.sqrt(var / len(diffs))
 
 
-def _describe(s: EpochScore) -> str:
+def _describe(s: EpochScore, fidelity_measured: bool = True) -> str:
     parts = [
-        f"fidelity {s.fidelity:.2f}",
+        f"fidelity {s.fidelity:.2f}" if fidelity_measured else "fidelity not measured",
         f"flexibility {s.flexibility:.2f}",
         f"drift {s.drift:.2f}",
     ]
@@ -147,8 +150,9 @@ def _describe(s: EpochScore) -> str:
     return ", ".join(parts)
 
 
-def pick_best(scores: Sequence[EpochScore], sigmas: float = NOISE_SIGMAS) -> Pick:
-    """The recommended epoch and why, in words; see the module docstring for the noise rule."""
+def pick_best(scores: Sequence[EpochScore], sigmas: float = NOISE_SIGMAS, fidelity_measured: bool = True) -> Pick:
+    """The recommended epoch and why, in words; see the module docstring for the noise rule.
+    ``fidelity_measured`` False (no core tags): the words do not quote the stand-in fidelity of 1."""
     if not scores:
         return Pick(None, False, [], "Nothing to score.")
     order = sorted(range(len(scores)), key=lambda i: (-scores[i].score, i))
@@ -160,25 +164,25 @@ def pick_best(scores: Sequence[EpochScore], sigmas: float = NOISE_SIGMAS) -> Pic
     tied = [best]
     for i in order[1:]:
         margin, error = _paired_margin(top.per_seed, scores[i].per_seed)
-        if not margin > sigmas * error:
+        if not margin > max(sigmas * error, MIN_MARGIN):
             tied.append(i)
     if seeds < 2:
         names = ", ".join(scores[i].label for i in order[:3])
         return Pick(
             best, False, order,
             f"No confident pick: with one seed the noise cannot be measured. {top.label} scores highest "
-            f"({top.score:.3f}; {_describe(top)}), ahead of {names.split(', ', 1)[-1]}; score again with more seeds.",
+            f"({top.score:.3f}; {_describe(top, fidelity_measured)}), ahead of {names.split(', ', 1)[-1]}; score again with more seeds.",
         )  # fmt: skip
     if len(tied) == 1:
         runner = scores[order[1]]
         return Pick(
             best, True, tied,
             f"{top.label} is the best epoch: score {top.score:.3f} against {runner.score:.3f} for the next best "
-            f"({runner.label}), more than the seed noise (±{top.spread:.3f}); {_describe(top)}.",
+            f"({runner.label}), more than the seed noise (±{top.spread:.3f}); {_describe(top, fidelity_measured)}.",
         )  # fmt: skip
     names = ", ".join(scores[i].label for i in sorted(tied))
     return Pick(
         best, False, sorted(tied),
         f"No confident pick: {names} are within the seed noise of each other (best {top.label} at {top.score:.3f} "
-        f"±{top.spread:.3f}; {_describe(top)}). Compare these by eye in the grid, or score with more seeds.",
+        f"±{top.spread:.3f}; {_describe(top, fidelity_measured)}). Compare these by eye in the grid, or score with more seeds.",
     )  # fmt: skip

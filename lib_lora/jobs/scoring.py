@@ -105,7 +105,8 @@ class ScoreReport:
             mark = "*" if i == self.pick.best else ("~" if i in self.pick.tied else "")
             rows.append(
                 [
-                    s.label, "" if s.epoch is None else str(s.epoch), f"{s.fidelity:.3f}", f"{s.flexibility:.3f}",
+                    s.label, "" if s.epoch is None else str(s.epoch),
+                    f"{s.fidelity:.3f}" if self.core_tags else "not measured", f"{s.flexibility:.3f}",
                     f"{s.drift:.3f}", f"{s.score:.3f}", f"±{s.spread:.3f}",
                     "" if s.validation_loss is None else f"{s.validation_loss:.4f}", mark,
                 ]
@@ -120,6 +121,7 @@ class ScoreReport:
             "tied": [self.scores[i].label for i in self.pick.tied],
             "reason": self.pick.reason,
             "core_tags": self.core_tags,
+            "fidelity_measured": bool(self.core_tags),  # False: no core tags, each fidelity is a stand-in 1
             "activation": self.activation,
             "images": self.images,
             "seconds": round(self.seconds, 2),
@@ -240,7 +242,7 @@ def score_epochs(
         EpochScore(f.path.stem, f.epoch, per_file[i], settings.beta, _validation_loss(f.path))
         for i, f in enumerate(files)
     ]
-    pick = pick_best(scores)
+    pick = pick_best(scores, fidelity_measured=bool(core))
     return ScoreReport(scores, pick, core, activation, total, time.perf_counter() - started, paths)
 
 

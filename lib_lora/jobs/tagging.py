@@ -144,4 +144,6 @@ def summary(result: TagFolderResult) -> str:
     if result.stopped:
         parts.append("stopped before the end")
     where = f" with {result.model} on {result.device}" if result.model else ""
-    return f"Tagged {result.images} images{where}: " + ", ".join(parts) + "."
+    # the images that could not be read were not tagged: "Tagged 13 of 15", never "Tagged 15 ... 2 skipped"
+    done = f"{result.images - len(result.failed)} of {result.images}" if result.failed else str(result.images)
+    return f"Tagged {done} images{where}: " + ", ".join(parts) + "."

@@ -37,7 +37,7 @@ from lib_lora.common.fsutil import (
     write_error,
 )
 from lib_lora.common.tags import split_tags
-from lib_lora.config import TrainConfig, check_rules
+from lib_lora.config import MAX_STEPS, TrainConfig, check_rules
 from lib_lora.data.buckets import BucketManager, BucketSettings, crop_top_left
 from lib_lora.data.captions import CaptionOptions, is_static, process_caption
 from lib_lora.data.dataset import BucketPlan, DatasetScan, assign_buckets, scan_dataset, split_validation
@@ -153,6 +153,18 @@ class TrainPlan:
         return lines
 
 
+def _check_epoch_size(scan: DatasetScan, steps_per_epoch: int) -> None:
+    """An epoch is built as a list before it starts: a folder named 1000000000_x would hang the run
+    (and no run that long could finish), so refuse it before any work, naming the folder."""
+    if steps_per_epoch <= MAX_STEPS:
+        return
+    biggest = max(scan.subsets, key=lambda s: s.repeats)
+    raise UserError(
+        f"One epoch would be {steps_per_epoch:,} steps (more than {MAX_STEPS:,}): the folder {biggest.name} repeats "
+        f"each image {biggest.repeats:,} times. Rename it with fewer repeats (N_name, usually N = 1-100)."
+    )
+
+
 @dataclass
 class TrainResult:
     status: str  # done | stopped
@@ -229,6 +241,7 @@ def prepare(
     warnings += scan.warnings
     check_masks(cfg, scan)
     plan = assign_buckets(scan, BucketManager(bucket_settings(cfg)), cfg.train_batch_size)
+    _check_epoch_size(scan, plan.steps_per_epoch)
     validation = assign_buckets(held_out, BucketManager(bucket_settings(cfg)), 1) if held_out else None
     schedule = Schedule.plan(
         math.ceil(plan.steps_per_epoch / num_processes),

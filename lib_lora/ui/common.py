@@ -80,7 +80,10 @@ def job_line(status: JobStatus) -> str:
     if status.kind == "train" and status.total_steps:
         parts = [f"epoch {status.epoch}", f"step {status.step}/{status.total_steps}"]
         if status.loss is not None:
-            parts.append(f"loss {status.loss:.4f}" + (f" (avg {status.avg_loss:.4f})" if status.avg_loss else ""))
+            # the trainer's moving average spans one epoch of steps (sd-scripts' avr_loss); the chart's
+            # caption has its own, shorter window: say which average this is
+            average = f" (average over the last epoch {status.avg_loss:.4f})" if status.avg_loss else ""
+            parts.append(f"loss {status.loss:.4f}{average}")
         if status.steps_per_second:
             parts.append(f"{status.steps_per_second:.2f} it/s")
         if status.state == "running" and status.eta_seconds is not None:

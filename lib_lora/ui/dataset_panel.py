@@ -94,6 +94,9 @@ class DatasetPanel:
             self.import_start = gr.Button("Start import", variant="primary", elem_id="lora_trainer_import_start")
             self.import_stop = gr.Button("Stop import", elem_id="lora_trainer_import_stop")
         self.import_status = gr.HTML(elem_id="lora_trainer_import_status")
+        # the Start button's own answer (a refused request, the summary): the polled status above
+        # would overwrite it at its next tick
+        self.import_result = gr.HTML(elem_id="lora_trainer_import_result")
 
     def _build_dupes(self) -> None:
         self.dupe_state = gr.State(None)
@@ -148,7 +151,7 @@ class DatasetPanel:
             self.import_captions, self.user, self.api_key, self.base_url,
         ]  # fmt: skip
         poll = self.import_start.click(self.poll_import, None, [self.import_status], every=1, **hidden_progress())
-        run = self.import_start.click(self.start_import, import_inputs, [self.import_status])
+        run = self.import_start.click(self.start_import, import_inputs, [self.import_result])
         run.then(self.poll_import, None, [self.import_status], cancels=[poll]).then(self.refresh, inputs, view)
         self.import_stop.click(self.stop_import, None, [self.import_status])
 
@@ -258,7 +261,7 @@ class DatasetPanel:
 
     @guarded(1)
     def poll_import(self) -> str:
-        return job_html(self.host.jobs.current("import"), "No import yet.")
+        return job_html(self.host.jobs.current("import"), "No import yet.", show_error=False)  # the result says it
 
     def stop_import(self) -> str:
         job = self.host.jobs.current("import")

@@ -123,7 +123,7 @@ def loss_chart(
             )
             for i in range(0, len(points), size)
         ]
-    left, right, top, bottom = 52, 12, 10, 28
+    left, right, top, bottom = 52, 12, 24, 28  # the caption sits in the band above the plot, never on the lines
     plot_w, plot_h = width - left - right, height - top - bottom
     x_max = max(total_steps or 0, points[-1][0], 1)
     x_min = min(points[0][0], 1)
@@ -177,7 +177,7 @@ def loss_chart(
             )
     val_text = f"; validation {checks[-1][1]:.4f}" if checks else ""
     parts.append(
-        f'<text x="{left + 6}" y="{top + 14}" class="lt-axis" font-size="11" fill="#888">loss (last {last_loss:.4f}, '
+        f'<text x="{left}" y="{top - 8}" class="lt-axis" font-size="11" fill="#888">loss (last {last_loss:.4f}, '
         f"average of the last {window} steps {average:.4f}){val_text}</text>"
     )
     parts.append("</svg>")

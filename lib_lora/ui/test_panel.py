@@ -138,8 +138,9 @@ class TestPanel:
             self.scoring_cost, [*where, self.score_seeds, self.score_flex, self.score_drift], [self.score_cost]
         )
         self.score_button.click(
-            self.host.wrap_long_handler(self.score_epochs, 3), score_inputs,
-            [self.score_result, self.keep_choice, self.score_cost], **js_kwargs(long_js(self.host, "score")),
+            self.host.wrap_long_handler(self.score_epochs, 4), score_inputs,
+            [self.score_result, self.keep_choice, self.keep_result, self.score_cost],
+            **js_kwargs(long_js(self.host, "score")),
         )  # fmt: skip
         self.score_stop.click(self.stop_scoring, [], [self.score_cost])
         self.keep_button.click(self.keep_epoch, [*where, self.keep_choice], [self.keep_result, self.keep_choice])
@@ -300,7 +301,7 @@ class TestPanel:
 
         return render
 
-    @guarded(3)
+    @guarded(4)
     def score_epochs(
         self,
         task_id: str, name: str, choice: str, custom: str, seeds: str, flex: str, drift: str, tagger_name: str, weight: Any,
@@ -322,14 +323,20 @@ class TestPanel:
         if status.state == "failed":
             raise UserError(status.error or "Scoring failed.")
         if status.state == "stopped" or status.result is None:
-            return [html.message("Scoring stopped; nothing was changed.", "warning"), gr.update(), gr.update()]
+            return [
+                html.message("Scoring stopped; nothing was changed.", "warning"),
+                gr.update(),
+                gr.update(),
+                gr.update(),
+            ]
         report: scoring.ScoreReport = status.result
         self.report = report
         labels = [s.label for s in report.scores]
         self.files.update({s.label: p for s, p in zip(report.scores, report.files)})
         best = report.best.label if report.best else None
         cost = html.message(f"{report.images} images rendered and tagged in {report.seconds:.0f} s.", "ok")
-        return [score_report_html(report), gr.update(choices=labels, value=best), cost]
+        # a new report: an earlier Keep message (or its "score first" error) no longer applies
+        return [score_report_html(report), gr.update(choices=labels, value=best), "", cost]
 
     def stop_scoring(self) -> str:
         job = self.host.jobs.current("score")
@@ -362,7 +369,7 @@ def score_chart(report: scoring.ScoreReport, width: int = 640, height: int = 240
     recommended epoch marked by a band and its label."""
     scores = report.scores
     n = len(scores)
-    left, right, top, bottom = 40, 50, 16, 30
+    left, right, top, bottom = 40, 50, 26, 30  # the legend sits in the band above the plot, never on a line
     plot_w, plot_h = width - left - right, height - top - bottom
 
     def x(i: int) -> float:
@@ -435,7 +442,7 @@ def score_chart(report: scoring.ScoreReport, width: int = 640, height: int = 240
         )
     legend = [(n, c) for n, c, _, _ in series] + ([("validation loss", "#ea580c")] if losses else [])
     for k, (name, colour) in enumerate(legend):
-        parts.append(f'<text x="{left + 6 + k * 95}" y="{top + 12}" font-size="11" fill="{colour}">{name}</text>')
+        parts.append(f'<text x="{left + 6 + k * 95}" y="{top - 8}" font-size="11" fill="{colour}">{name}</text>')
     parts.append("</svg>")
     return "".join(parts)
 

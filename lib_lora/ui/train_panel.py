@@ -617,7 +617,9 @@ def resume_label(state: dict[str, Any]) -> str:
     """One entry of the Resume list: the run's name and where it stopped."""
     position = state["position"]
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(state["written"] / 1e9)) if state.get("written") else ""
-    return f"{state['name']} (stopped at step {position['step']}, epoch {position['epoch'] + 1}{', ' + when if when else ''})"
+    epoch = position["epoch"]
+    where = f"after epoch {epoch}" if position.get("batch") == 0 and epoch > 0 else f"in epoch {epoch + 1}"
+    return f"{state['name']} (stopped at step {position['step']}, {where}{', ' + when if when else ''})"
 
 
 def run_exists_html(exc: Any) -> str:

@@ -67,9 +67,13 @@ def test_score_pick_and_keep_in_the_browser(tmp_path: Path) -> None:
             # the cost is shown before anything starts
             expect(_el(page, "lora_trainer_score_cost")).to_contain_text("6 images per epoch file")
             expect(_el(page, "lora_trainer_score_cost")).to_contain_text("20 images for 3 files")
+            _el(page, "lora_trainer_keep").click()  # too early: it says why ...
+            expect(_el(page, "lora_trainer_keep_result")).to_contain_text("Score the epochs first")
             _el(page, "lora_trainer_score").click()
             result = _el(page, "lora_trainer_score_result")
             expect(result).to_contain_text("Core tags", timeout=180_000)
+            # ... and the scores make that line obsolete: it is gone, the pick is in the Keep list
+            expect(_el(page, "lora_trainer_keep_result")).not_to_contain_text("Score the epochs first")
             expect(page.locator("#lora_trainer_score_result svg polyline")).to_have_count(5)  # 4 scores + val loss
             expect(page.locator("#lora_trainer_score_result .lt-score-pick")).to_have_count(1)
             expect(result).to_contain_text("mylora-000001")

@@ -204,3 +204,32 @@ def test_key_equals_value_keeps_the_value_as_typed() -> None:
 
     values = _overrides(["--pretrained-model-name-or-path=tiny-sd15", "--output_name=my-lora", "--seed", "3"])
     assert values == {"pretrained_model_name_or_path": "tiny-sd15", "output_name": "my-lora", "seed": "3"}
+
+
+def test_config_file_flag_as_sd_scripts_takes_it(tmp_path: Path, capsys) -> None:
+    """sd-scripts users give the TOML with ``--config_file``: the file is read (its bad key is
+    named), not refused as an unknown setting; a missing or doubled file is one clear line too."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("learnig_rate = 0.001\n")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("learning_rate = \n[x\n")
+    out = tmp_path / "out"
+    base = ["--train_data_dir", str(tmp_path / "data"), "--output_dir", str(out), *FAST]
+    cases = {
+        ("--config_file", str(bad)): "Unknown setting 'learnig_rate'. Did you mean: learning_rate?",
+        (f"--config_file={bad}",): "Unknown setting 'learnig_rate'",
+        ("--config", str(broken)): "is not valid TOML",
+        ("--config_file",): "--config_file needs the TOML file",
+    }
+    for extra, message in cases.items():
+        code = main(["train", *base, *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and message in err[0], (extra, err)
+    code = main(["train", str(bad), "--config_file", str(broken), *base])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"error: Two config files given ({bad} and {broken}); give one."], err
+    assert not out.exists()
+    from lib_lora.cli.train import _config_file
+
+    assert _config_file(["my.toml", "--seed", "3"]) == ("my.toml", ["--seed", "3"])
+    assert _config_file(["--seed", "3", "--config_file", "a.toml"]) == ("a.toml", ["--seed", "3"])

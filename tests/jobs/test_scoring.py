@@ -15,7 +15,7 @@ from lib_lora.events import RecordingEvents, StopRequested, StopToken
 from lib_lora.formats import safetensors_io
 from lib_lora.jobs.epochs import LoraFile
 from lib_lora.jobs.score_math import EpochScore, SeedScore, cosine_drift, f_beta, pick_best
-from lib_lora.jobs.scoring import ScoreSettings, core_tags_of, keep_epoch, lora_family, score_epochs
+from lib_lora.jobs.scoring import TABLE_HEADERS, ScoreSettings, core_tags_of, keep_epoch, lora_family, score_epochs
 
 CORE = ["blue hair", "red eyes", "ahoge"]
 
@@ -123,6 +123,26 @@ def test_one_seed_is_never_confident() -> None:
     assert "one seed" in report.pick.reason
 
 
+def test_no_core_tags_shows_fidelity_as_not_measured_not_as_a_perfect_one() -> None:
+    """Without core tags fidelity is not measured (a stand-in 1 inside the score): the table and the
+    pick's words say "not measured" instead of showing 1.000 as if every trait were there."""
+    rising = lambda e: 0.1 * e  # noqa: E731
+    report = score_epochs(
+        _files(3), _renderer([]), _planted_tagger(rising, rising, lambda e: 0.0, noise=0.05), SETTINGS,
+        activation="tchar", core_tags=[],
+    )  # fmt: skip
+    fidelity_column = TABLE_HEADERS.index("fidelity")
+    assert [row[fidelity_column] for row in report.table_rows()] == ["not measured"] * 3
+    assert "fidelity not measured" in report.pick.reason and "fidelity 1.00" not in report.pick.reason
+    assert report.to_json()["fidelity_measured"] is False
+    measured = score_epochs(
+        _files(3), _renderer([]), _planted_tagger(rising, rising, lambda e: 0.0, noise=0.05), SETTINGS,
+        activation="tchar", core_tags=CORE,
+    )  # fmt: skip
+    assert all(row[fidelity_column] != "not measured" for row in measured.table_rows())
+    assert measured.to_json()["fidelity_measured"] is True
+
+
 def test_stop_is_honoured_between_renders() -> None:
     stop = StopToken()
     calls = []
@@ -188,3 +208,14 @@ def test_keep_this_one_copies_it_and_archives_the_rest(tmp_path: Path) -> None:
     assert [f.path.name for f in lora_family(tmp_path, "t")] == ["t.safetensors"]
     with pytest.raises(UserError, match="not one of the files"):
         keep_epoch(tmp_path / "archive" / "t-000001.safetensors", tmp_path, "t")
+
+
+def test_a_hair_of_a_difference_is_a_tie_not_a_confident_pick() -> None:
+    """The demo's scores were equal to the table's three decimals, yet one epoch was left out of the
+    tie: its seeds all trailed by the same 1e-6 (noise 0, so "more than twice the noise"). Equal in
+    the table means tied in the words; a real margin with no noise still picks confidently."""
+    hair = [EpochScore(f"e{i}", i, [SeedScore(1.0, 0.0, 0.0 + 1e-6 * i)] * 3) for i in range(1, 5)]
+    pick = pick_best(hair)
+    assert not pick.confident and sorted(pick.tied) == [0, 1, 2, 3], pick
+    clear = [EpochScore(f"e{i}", i, [SeedScore(0.2 * i, 0.8, 0.1)] * 3) for i in range(1, 5)]
+    assert pick_best(clear).confident and pick_best(clear).best == 3

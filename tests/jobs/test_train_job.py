@@ -136,6 +136,45 @@ def test_stop_saves_a_usable_lora_and_resume_equals_an_uninterrupted_run(tmp_pat
     assert not (tmp_path / "b" / "t-state").exists()  # a finished run leaves no state behind
 
 
+def test_a_stop_at_an_epoch_end_labels_the_file_with_the_epoch_it_holds(tmp_path: Path, bundle) -> None:
+    """Stop pressed during an epoch's last step: the stop file holds epoch 1 (ss_epoch 1), not the
+    epoch 2 that never started; the state resumes at the start of epoch 2."""
+    small_dataset(tmp_path / "data")
+
+    class StopAfterEpoch(RecordingEvents):
+        def __init__(self, token: StopToken) -> None:
+            super().__init__()
+            self.token = token
+
+        def saved(self, info) -> None:
+            super().saved(info)
+            if info.kind == "epoch":
+                self.token.request("test stop")
+
+    token = StopToken()
+    events = StopAfterEpoch(token)
+    stopped = train(_cfg(tmp_path, max_train_epochs=3), bundle, events, token)
+    assert stopped.status == "stopped"
+    stop_file = tmp_path / "out" / f"t-step{stopped.steps:08d}.safetensors"
+    epoch_file = tmp_path / "out" / "t-000001.safetensors"
+    assert safetensors_io.load(epoch_file)[1]["ss_steps"] == str(stopped.steps)  # stopped right at its end
+    assert safetensors_io.load(stop_file)[1]["ss_epoch"] == "1"
+    assert [(f.kind, f.epoch) for f in stopped.files] == [("epoch", 1), ("stopped", 1)]
+    state = json.loads((tmp_path / "out" / "t-state" / "state.json").read_text())
+    assert state["position"]["epoch"] == 1 and state["position"]["batch"] == 0
+
+
+def test_absurd_repeats_are_refused_before_any_work_naming_the_folder(tmp_path: Path, bundle) -> None:
+    """A folder named 1000000000_x (the Dataset tab's Create folder took "1e9") made an epoch of a
+    billion steps: the run hung building it. It is one sentence now, and nothing is written."""
+    from support.train_data import make_dataset
+
+    make_dataset(tmp_path / "data", {"1000000000_x": [(64, 64)], "2_y": [(64, 64)]})
+    with pytest.raises(UserError, match=r"folder 1000000000_x repeats each image 1,000,000,000 times"):
+        train(_cfg(tmp_path, max_train_epochs=None, max_train_steps=10), bundle)
+    assert not (tmp_path / "out").exists()
+
+
 def test_resume_refuses_changed_settings(tmp_path: Path, bundle) -> None:
     small_dataset(tmp_path / "data")
     token = StopToken()

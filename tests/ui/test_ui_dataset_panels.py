@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -43,6 +44,15 @@ def test_import_panel_downloads_with_progress(tab, tmp_path: Path, monkeypatch: 
         bad[1] = "  "
         assert "No tags" in tab.dataset.start_import(*bad)
     assert "No import is running" in tab.dataset.stop_import()
+
+
+def test_import_without_a_folder_name_says_which_field(tab, tmp_path: Path) -> None:
+    args = ["danbooru", "hatsune_miku", str(tmp_path / "data"), "  ", 10, 6, [], "booru", "", "", ""]
+    text = html.unescape(_text(tab.dataset.start_import(*args)))
+    assert "No folder name for the import: enter one in 'Import into folder name'" in text, text
+    assert "--name" not in text  # the page has no --name option
+    assert "No import yet" in _text(tab.dataset.poll_import())  # nothing started
+    assert not (tmp_path / "data").exists()
 
 
 def test_duplicate_review_panel(tab, tmp_path: Path) -> None:

@@ -109,6 +109,21 @@ def test_import_and_tag_requests_are_checked_before_any_work(tmp_path: Path) -> 
     assert tagging.model_choices()[0] == tagging.DEFAULT_MODEL
 
 
+def test_loss_chart_caption_is_above_the_plot_not_on_the_lines() -> None:
+    """The caption (last loss, average) sat inside the plot, where the highest losses are drawn."""
+    import re
+
+    losses = [(step, 1.0 + (0.25 if step % 3 == 0 else 0.0)) for step in range(1, 61)]
+    svg = html.loss_chart(losses, total_steps=600, epochs=[(15, 1), (30, 2)])
+    plot_top = float(re.search(r'<rect x="[\d.]+" y="([\d.]+)"', svg).group(1))
+    caption = re.search(r'<text [^>]*y="([\d.]+)"[^>]*>loss \(last', svg)
+    assert caption, svg
+    assert float(caption.group(1)) <= plot_top - 4, (caption.group(1), plot_top)
+    raw = re.search(r'<polyline points="([^"]+)" class="lt-loss-raw"', svg).group(1)
+    line_ys = [float(point.split(",")[1]) for point in raw.split()]
+    assert min(line_ys) >= plot_top  # the lines stay inside the plot, below the caption
+
+
 def test_loss_chart() -> None:
     assert "appears when training starts" in html.loss_chart([])
     losses = [(step, 1.0 / step) for step in range(1, 2001)]
@@ -151,3 +166,28 @@ def test_compat_and_form_values() -> None:
     assert cfg.network_dim == 32 and cfg.lr_scheduler == "cosine_with_restarts" and cfg.clip_skip == 2
     assert from_component_value("max_token_length", "default") is None
     assert from_component_value("seed", "") is None and from_component_value("train_batch_size", 2.0) == 2
+
+
+def test_tagging_summary_counts_only_the_images_it_tagged(tmp_path: Path) -> None:
+    """A dataset with 2 unreadable files of 15: "Tagged 13 of 15 images", not "Tagged 15 images ...
+    2 images skipped" (the progress panel above said 13)."""
+    from lib_lora.tagger.batch import FailedImage, TagFolderResult
+
+    failed = [FailedImage(tmp_path / "zero.png", "not an image Pillow can read"), FailedImage(tmp_path / "b.png", "x")]
+    text = tagging.summary(TagFolderResult(tmp_path, "demo-tagger", "CPU", images=15, failed=failed))
+    assert text.startswith("Tagged 13 of 15 images with demo-tagger on CPU: "), text
+    assert "2 images skipped (zero.png" in text
+    assert tagging.summary(TagFolderResult(tmp_path, "demo-tagger", "CPU", images=4)).startswith("Tagged 4 images ")
+
+
+def test_the_live_line_says_which_average_its_loss_is() -> None:
+    """The status said "(avg 1.1326)" beside a chart captioned "average of the last 10 steps 1.1484":
+    two different averages under one word. The status names its window."""
+    from lib_lora.jobs.manager import JobStatus
+    from lib_lora.ui.common import job_line
+
+    status = JobStatus("1", "train", "Training t", "running", epoch=4, step=59, total_steps=600, loss=1.1894)
+    status.avg_loss = 1.1411
+    line = job_line(status)
+    assert "loss 1.1894 (average over the last epoch 1.1411)" in line, line
+    assert "avg " not in line

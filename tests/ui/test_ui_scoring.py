@@ -56,3 +56,25 @@ def test_train_chart_shows_validation_loss_beside_the_training_loss() -> None:
     assert svg.count('class="lt-val-point"') == 1 and "validation loss 0.3100 at step 2" in svg
     assert "validation 0.3100" in svg
     assert "lt-val-point" not in loss_chart(status.losses, 4)
+
+
+def _svg_text_baselines(svg: str, words: tuple[str, ...]) -> list[float]:
+    import re
+
+    return [
+        float(m.group(1))
+        for m in re.finditer(r'<text [^>]*y="([\d.]+)"[^>]*>([^<]*)</text>', svg)
+        if m.group(2) in words
+    ]
+
+
+def test_the_legend_is_above_the_plot_not_on_its_lines() -> None:
+    """A score of 1 is drawn on the plot's top edge: the legend must sit above it (it overlapped the
+    fidelity line in the browser)."""
+    import re
+
+    svg = score_chart(_report(confident=True))
+    plot_top = float(re.search(r'<rect x="[\d.]+" y="([\d.]+)"', svg).group(1))
+    baselines = _svg_text_baselines(svg, ("score", "fidelity", "flexibility", "drift", "validation loss"))
+    assert len(baselines) == 5
+    assert all(b <= plot_top - 4 for b in baselines), (baselines, plot_top)  # 11 px text ends at its baseline

@@ -73,8 +73,8 @@ def test_form_has_every_setting_with_its_label_and_help_and_labels_are_unique(ta
 
 def test_long_handlers_go_through_the_host_wrapper_with_html_last(host: FakeHost, tab) -> None:
     # tagging (1 output), training: Start, Overwrite it and start, Resume (1 each), the grid (2: image + status
-    # HTML last), scoring (3: HTML last)
-    assert host.wrapped == [1, 1, 1, 1, 2, 3]
+    # HTML last), scoring (4: report, Keep list, Keep line, cost HTML last)
+    assert host.wrapped == [1, 1, 1, 1, 2, 4]
     assert isinstance(tab.test.result, gr.HTML) and isinstance(tab.train.result, gr.HTML)
 
 
@@ -353,7 +353,8 @@ def test_resume_lists_stopped_runs_and_continues_one_with_its_own_settings(host:
     )  # fmt: skip
     (host.out / "partial-state").mkdir()  # no state.json: not resumable, not listed
     choices = tab.train.resume_choices("Lora folder", "")
-    assert len(choices) == 1 and choices[0].startswith("stopped (stopped at step 7, epoch 2")
+    # stopped at the end of epoch 1 (batch 0 of epoch index 1): the file it left holds epoch 1
+    assert len(choices) == 1 and choices[0].startswith("stopped (stopped at step 7, after epoch 1"), choices
     assert "Choose a stopped run" in tab.train.resume_training("task(4)", None, "Lora folder", "")
     result = tab.train.resume_training("task(4)", choices[0], "Lora folder", "")
     assert "Training finished" in result
@@ -475,3 +476,14 @@ def test_every_handler_answers_empty_input_with_all_its_outputs(
         checked += 1
     assert checked > 40
     assert not list(tmp_path.iterdir())  # nothing was written anywhere
+
+
+def test_resume_label_says_where_the_run_stopped() -> None:
+    from lib_lora.ui.train_panel import resume_label
+
+    def label(epoch: int, batch: int, step: int) -> str:
+        return resume_label({"name": "r", "position": {"epoch": epoch, "batch": batch, "step": step}})
+
+    assert label(1, 0, 7) == "r (stopped at step 7, after epoch 1)"
+    assert label(1, 3, 10) == "r (stopped at step 10, in epoch 2)"
+    assert label(0, 2, 2) == "r (stopped at step 2, in epoch 1)"
