@@ -6,11 +6,9 @@ nothing written in the Lora folder."""
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import re
-import struct
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from lib_lora.cli import main
 from lib_lora.formats import safetensors_io
 from lib_lora.standalone.app import StandaloneHost
 from lib_lora.ui.tab import build_tab
+from support.lora_files import file_model_hash
 from support.train_data import make_dataset
 from support.ui_tab import form_args, value
 
@@ -33,13 +32,6 @@ TYPES = {
     "loha": ("loha", {}, "LoHa"),
     "loha-dora": ("loha", {"dora_wd": True}, "LoHa + DoRA"),
 }
-
-
-def tensor_bytes_sha256(path: Path) -> str:
-    """kohya's sshs_model_hash, computed here from its definition: sha256 of what follows the header."""
-    data = path.read_bytes()
-    (header,) = struct.unpack("<Q", data[:8])
-    return hashlib.sha256(data[8 + header :]).hexdigest()
 
 
 @pytest.fixture(scope="module", params=["tiny-sd15", "tiny-sdxl"])
@@ -78,7 +70,7 @@ def test_each_type_trains_from_the_tab_and_inspect_reads_it_back(app, name: str,
     assert report["family"] == host.model_info().family
     assert report["network"] == described
     assert report["unknown_keys"] == [] and report["incomplete_modules"] == []
-    assert report["sshs_model_hash"]["stored"] == tensor_bytes_sha256(path)
+    assert report["sshs_model_hash"]["stored"] == file_model_hash(path)
     assert report["sshs_model_hash"]["match"] is True
     meta = report["metadata"]
     if algo == "lora" and not changes.get("dora_wd"):
