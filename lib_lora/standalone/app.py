@@ -2,10 +2,11 @@
 
 :class:`StandaloneHost` implements ``lib_lora.ui.host.UIHost`` over ``standalone.models.load_model``:
 a single-file SD1.x/SDXL ``.safetensors`` checkpoint, or with none the built-in ``tiny-sd15`` demo
-model (``tiny-sdxl``, the SDXL one, by its name). The checkpoint is checked when the host is made (a bad path or a ``.ckpt`` is refused at
-once) and its weights are loaded on first use, so the page opens quickly; a problem found later is
-shown in the tab and training is refused. Long handlers show Gradio's own progress bar; samples and
-the Test grid come from the standalone sampler with the LoRA applied from the saved files.
+model (``tiny-sdxl``, the SDXL one, by its name). The checkpoint is checked when the host is made (a
+bad path or a ``.ckpt`` is refused at once) and its weights are loaded on first use, so the page
+opens quickly; a problem found later is shown in the tab and training is refused. Long handlers show
+Gradio's own progress bar; samples and the Test grid come from the standalone sampler with the LoRA
+applied from the saved files.
 """
 
 from __future__ import annotations
