@@ -4,6 +4,8 @@ LoKr that ``inspect`` reads back with a matching hash. Screenshot in test-artifa
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from support.train_data import small_dataset
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def test_picking_lokr_in_the_dropdown_trains_a_lokr(tmp_path: Path, capsys) -> None:
+def test_picking_lokr_in_the_dropdown_trains_a_lokr(tmp_path: Path) -> None:
     expect = playwright.expect
     data = small_dataset(tmp_path / "data")
     lora = tmp_path / "lora"
@@ -50,9 +52,10 @@ def test_picking_lokr_in_the_dropdown_trains_a_lokr(tmp_path: Path, capsys) -> N
         finally:
             browser.close()
     assert errors == [], errors
-    capsys.readouterr()
-    assert main(["inspect", str(lora / "mylora.safetensors"), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["inspect", str(lora / "mylora.safetensors"), "--json"]) == 0
+    report = json.loads(out.getvalue())
     assert report["network"] == "LoKr" and "8" in report["lokr_factors"]
     assert report["sshs_model_hash"]["match"] is True
     assert json.loads(report["metadata"]["ss_network_args"])["algo"] == "lokr"
