@@ -2,7 +2,7 @@
 
 With --checkpoint, training and testing use that single-file SD1.x/SDXL .safetensors checkpoint
 (loaded on first use); without it, the built-in tiny-sd15 demo model (random weights: the whole
-workflow runs, the images are noise). LoRA files go to --lora-dir.
+workflow runs, the images are noise); --checkpoint tiny-sdxl, its SDXL twin. LoRA files go to --lora-dir.
 
 Only the app's own page may drive it: requests from other web sites are refused (add one with
 --allow-origin), and the page is served files only from the LoRA folder, the dataset and output
@@ -23,7 +23,9 @@ HELP = __doc__ or ""
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--checkpoint", metavar="FILE", help="an SD1.x or SDXL .safetensors checkpoint (default: tiny-sd15 demo)"
+        "--checkpoint",
+        metavar="FILE",
+        help="an SD1.x or SDXL .safetensors checkpoint (default: tiny-sd15 demo; tiny-sdxl: the SDXL demo)",
     )
     parser.add_argument(
         "--lora-dir", default="lora", metavar="DIR", help="where LoRA files are saved (default: ./lora)"

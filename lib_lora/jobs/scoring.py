@@ -313,13 +313,15 @@ def _move_with_sidecars(path: Path, folder: Path, stem: str) -> Path:
 
 def keep_epoch(chosen: str | os.PathLike, folder: str | os.PathLike, name: str) -> KeepResult:
     """Make ``chosen`` the LoRA ``name``: every file of the family (the chosen one included, the old
-    ``name.safetensors`` under its epoch's name) moves with its json/preview into ``archive/``; the
-    chosen one is then copied back as ``name.safetensors`` (+ ``name.json`` and preview). Nothing is deleted."""
+    ``name.safetensors`` under its epoch's name) and the run's step saves (a Stop) move with their
+    json/preview into ``archive/``; the chosen one is then copied back as ``name.safetensors`` (+
+    ``name.json`` and preview). Nothing is deleted."""
     folder = Path(folder)
     chosen = Path(chosen)
     family = lora_family(folder, name)
     if chosen.resolve() not in {f.path.resolve() for f in family}:
         raise UserError(f"{chosen.name} is not one of the files of {name!r} in {folder}.")
+    steps = [f for f in list_lora_files(folder, name) if "-step" in f.path.stem]  # the run's step saves
     archive = folder / ARCHIVE_DIR
     try:
         archive.mkdir(exist_ok=True)
@@ -334,6 +336,8 @@ def keep_epoch(chosen: str | os.PathLike, folder: str | os.PathLike, name: str) 
         if f.path.resolve() == chosen.resolve():
             source = moved
     assert source is not None
+    for f in steps:
+        archived.append(_move_with_sidecars(f.path, archive, f.path.stem))
     kept = folder / f"{name}.safetensors"
     for side in [source, *_sidecars(source)]:
         target = folder / (name + side.name[len(source.stem) :])

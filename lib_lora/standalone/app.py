@@ -2,10 +2,11 @@
 
 :class:`StandaloneHost` implements ``lib_lora.ui.host.UIHost`` over ``standalone.models.load_model``:
 a single-file SD1.x/SDXL ``.safetensors`` checkpoint, or with none the built-in ``tiny-sd15`` demo
-model. The checkpoint is checked when the host is made (a bad path or a ``.ckpt`` is refused at
-once) and its weights are loaded on first use, so the page opens quickly; a problem found later is
-shown in the tab and training is refused. Long handlers show Gradio's own progress bar; samples and
-the Test grid come from the standalone sampler with the LoRA applied from the saved files.
+model (``tiny-sdxl``, the SDXL one, by its name). The checkpoint is checked when the host is made (a
+bad path or a ``.ckpt`` is refused at once) and its weights are loaded on first use, so the page
+opens quickly; a problem found later is shown in the tab and training is refused. Long handlers show
+Gradio's own progress bar; samples and the Test grid come from the standalone sampler with the LoRA
+applied from the saved files.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from lib_lora.ui.host import GridRequest, GridResult, HostSettings, ModelInfo
 from lib_lora.ui.tab import TITLE, build_tab, stylesheet
 
 DEMO_MODEL = "tiny-sd15"
+DEMO_MODELS = {"tiny-sd15": "sd1", "tiny-sdxl": "sdxl"}  # the built-in demo models, by name
 FAMILY_DEFAULT_SIZE = {"sd1": 512, "sdxl": 1024}
 DEMO_SIZE = 128  # the tiny models' images are noise; keep them quick
 DEFAULT_STEPS = 20
@@ -100,7 +102,7 @@ class StandaloneHost:
         settings: HostSettings | None = None,
     ) -> None:
         self.checkpoint = str(checkpoint) if checkpoint else None
-        self.demo = self.checkpoint is None
+        self.demo = self.checkpoint is None or self.checkpoint in DEMO_MODELS
         self.lora_dir = str(Path(lora_dir).expanduser().resolve())
         # what /file= may serve: Gradio's temporary copies, thumbnails, the LoRA folder, and the
         # dataset / output folders chosen in the tab (added by allow_folder)
@@ -117,10 +119,10 @@ class StandaloneHost:
         self._bundle_key: tuple | None = None
         self._load_error: str | None = None
         self._lock = threading.Lock()
-        self._family: str | None = "sd1" if self.demo else None
+        self._family: str | None = DEMO_MODELS[self.model_name] if self.demo else None
         self._v_prediction = False
         self._zero_terminal_snr = False  # the checkpoint's ztsnr key (the sampler and training use it)
-        if self.checkpoint:
+        if not self.demo:
             self._inspect()
 
     # ------------------------------------------------------------------ the model
@@ -135,7 +137,9 @@ class StandaloneHost:
 
     @property
     def model_name(self) -> str:
-        return DEMO_MODEL if self.demo else Path(self.checkpoint or "").name
+        if self.demo:
+            return self.checkpoint or DEMO_MODEL
+        return Path(self.checkpoint or "").name
 
     def model_info(self) -> ModelInfo:
         problem = self._load_error

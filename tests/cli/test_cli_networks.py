@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from lib_lora.cli import main
+from lib_lora.formats import safetensors_io
+from support.lora_files import file_model_hash
 from support.train_data import small_dataset
 
 FAST = ["--resolution", "64", "--train_batch_size", "2", "--network_dim", "4", "--network_alpha", "4", "--seed", "3",
@@ -17,7 +19,7 @@ FAST = ["--resolution", "64", "--train_batch_size", "2", "--network_dim", "4", "
 # (name, network args as a kohya_ss user writes them, what inspect must name)
 TYPES = [
     ("lora", [], "LoRA", "networks.lora"),
-    ("locon", ["--network_module", "lycoris.kohya", "--network_args", "algo=locon", "conv_dim=4", "conv_alpha=2"], "LoRA", "lycoris.kohya"),
+    ("locon", ["--network_module", "lycoris.kohya", "--network_args", "algo=locon", "conv_dim=4", "conv_alpha=2", "use_tucker=True"], "LoRA", "lycoris.kohya"),
     ("lokr", ["--network_module", "lycoris.kohya", "--network_args", "algo=lokr", "factor=8", "preset=full"], "LoKr", "lycoris.kohya"),
     ("loha", ["--network_module", "lycoris.kohya", "--network_args", "algo=loha", "conv_dim=2", "use_tucker=True"], "LoHa", "lycoris.kohya"),
     ("dora", ["--network_module", "lycoris.kohya", "--network_args", "algo=lokr", "factor=4", "dora_wd=True", "wd_on_output=False"], "LoKr + DoRA", "lycoris.kohya"),
@@ -45,7 +47,10 @@ def test_each_network_type_trains_from_the_cli_and_inspect_reads_it(
     report = json.loads(capsys.readouterr().out)
     assert report["network"] == described
     assert report["sshs_model_hash"]["match"] is True
+    assert report["sshs_model_hash"]["stored"] == file_model_hash(path)
     assert report["unknown_keys"] == [] and report["incomplete_modules"] == []
+    if name == "locon":  # the 3x3 convs through a Tucker core
+        assert any(k.endswith(".lora_mid.weight") for k in safetensors_io.load(path)[0])
     meta = report["metadata"]
     assert meta["ss_network_module"] == module
     args = json.loads(meta["ss_network_args"]) if meta.get("ss_network_args") not in (None, "None") else {}

@@ -71,6 +71,12 @@ def sd_scripts_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     return model_hash, legacy
 
 
+def file_model_hash(path: Path) -> str:
+    """sshs_model_hash of a file on disk, from its definition: sha256 of the bytes after the header."""
+    data = Path(path).read_bytes()
+    return hashlib.sha256(data[8 + int.from_bytes(data[:8], "little") :]).hexdigest()
+
+
 def write_sd_scripts_style(
     path: Path, named_tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> dict[str, str]:
