@@ -78,6 +78,7 @@ def test_create_dataset_rules(tmp_path: Path) -> None:
         ("a/b", 1, "not valid"),
         ("x", 1.5, "whole number"),
         ("x", "many", "whole number"),
+        ("x", "1e9", "Repeats 1,000,000,000 is too many"),  # training would refuse 1000000000_x
         ("my char", 2, "already exists"),
     ):
         with pytest.raises(UserError, match=message):
