@@ -17,10 +17,10 @@ from lib_lora.ui.compat import unchanged
 log = logging.getLogger("lib_lora.ui")
 
 
-def guarded(n_outputs: int, status: int = -1) -> Callable[[Callable], Callable]:
+def guarded(n_outputs: int, status: int | tuple[int, ...] = -1) -> Callable[[Callable], Callable]:
     """Make a handler safe: a :class:`UserError` (or any unexpected exception) becomes an error
-    message in output ``status`` and every other output is left unchanged — the same number of
-    outputs on every path, never a traceback in the browser."""
+    message in output ``status`` (or in each of several) and every other output is left unchanged —
+    the same number of outputs on every path, never a traceback in the browser."""
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -33,7 +33,8 @@ def guarded(n_outputs: int, status: int = -1) -> Callable[[Callable], Callable]:
                 log.exception("Train LoRA: %s failed", getattr(fn, "__name__", "handler"))
                 text = f"Unexpected {type(exc).__name__}: {exc}"
             out = unchanged(n_outputs)
-            out[status] = html.error(text)
+            for index in status if isinstance(status, tuple) else (status,):
+                out[index] = html.error(text)
             return out if n_outputs > 1 else out[0]
 
         return wrapper

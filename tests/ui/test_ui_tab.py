@@ -487,3 +487,13 @@ def test_resume_label_says_where_the_run_stopped() -> None:
     assert label(1, 0, 7) == "r (stopped at step 7, after epoch 1)"
     assert label(1, 3, 10) == "r (stopped at step 10, in epoch 2)"
     assert label(0, 2, 2) == "r (stopped at step 2, in epoch 1)"
+
+
+def test_score_epochs_refusal_shows_in_the_result_area(tab) -> None:
+    """Seeds "abc": the reason was shown only in the cost line above the button; the result area (where
+    the report comes) stayed empty. It is there now, one sentence, and nothing else changes."""
+    report, keep_choice, keep_result, cost = tab.test.score_epochs(
+        "task(1)", "mylora", "Lora folder", "", "abc", "", "", "", 1.0
+    )
+    assert "Scoring seeds &#x27;abc&#x27;: give whole numbers separated by commas." in _text(report)
+    assert isinstance(cost, str) and unchanged(keep_choice) and unchanged(keep_result)
