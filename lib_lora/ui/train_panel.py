@@ -22,6 +22,7 @@ from lib_lora.config import (
     preset_values,
 )
 from lib_lora.jobs import block_table, dataset_info, editor, vram
+from lib_lora.jobs import epochs as epoch_files
 from lib_lora.ui import html
 from lib_lora.ui.common import guarded, hook, host_events, job_html, long_js, resolve_output_dir, user_path
 from lib_lora.ui.compat import hidden_progress, js_kwargs, table_kwargs
@@ -397,16 +398,7 @@ class TrainPanel:
             return [html.message("No training yet."), html.loss_chart([]), gr.update(), gr.update(), shown_samples]
         epochs = [(f["step"], f["epoch"]) for f in status.files if f.get("kind") == "epoch"]
         chart = html.loss_chart(status.losses, status.total_steps or None, epochs, validation=status.val_losses)
-        rows = [
-            (
-                f["path"].replace("\\", "/").rsplit("/", 1)[-1],
-                f["epoch"],
-                f["step"],
-                "" if f["loss"] is None else f"{f['loss']:.4f}",
-            )
-            for f in status.files
-        ]
-        table = html.table(EPOCH_HEADERS, rows, empty="No files saved yet.")
+        table = html.table(EPOCH_HEADERS, saved_rows(status.files), empty="No files saved yet.")
         samples = list(status.samples)
         if len(samples) != shown_samples:
             # thumbnails live in the temp folder, which Gradio 3 and 4 both serve (the output folder may not be)
@@ -611,6 +603,24 @@ class TrainPanel:
         values["output_dir"] = str(state["state"].parent)
         cfg = build_config(values, family=info.family if info.family in ("sd1", "sdxl") else self.family)
         return self._run_training(cfg, str(state["state"]), False)
+
+
+def saved_rows(files: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The Saved files table: every file of the run in its output folder (a resumed run's earlier
+    epochs too, found by the run's session id), with the loss for the ones this session saved."""
+    by_path = {os.path.normpath(f["path"]): f for f in files}
+    found = []
+    if files:
+        last = files[-1]["path"]
+        found = epoch_files.list_lora_files(os.path.dirname(last), epoch_files.run_name(last))
+    rows: dict[str, tuple[int, tuple[Any, ...]]] = {}
+    for lora in found:
+        rows[os.path.normpath(lora.path)] = (lora.step or 0, (lora.path.name, lora.epoch, lora.step, ""))
+    for path, f in by_path.items():
+        name = f["path"].replace("\\", "/").rsplit("/", 1)[-1]
+        loss = "" if f["loss"] is None else f"{f['loss']:.4f}"
+        rows[path] = (f["step"] or 0, (name, f["epoch"], f["step"], loss))
+    return [row for _, row in sorted(rows.values(), key=lambda item: item[0])]
 
 
 def resume_label(state: dict[str, Any]) -> str:
