@@ -117,8 +117,12 @@ def job_html(
     if status.error and show_error:
         parts.append(html.error(status.error))
     shown = [(lvl, text) for lvl, text in status.messages if lvl in ("info", "warning")][-show_messages:]
-    if shown:
-        parts.append('<div class="lt-log">' + html.messages(shown) + "</div>")
+    log = [(lvl, text) for lvl, text in shown if lvl == "info"]
+    if log:
+        parts.append('<div class="lt-log">' + html.messages(log) + "</div>")
+    # warnings below the scrolling log, whole: a several-line one ("2 images were skipped:" and a
+    # line per image) was cut to its first line at the log's bottom edge
+    parts.extend(html.message(text, "warning") for lvl, text in shown if lvl == "warning")
     parts.append("</div>")
     return "".join(parts)
 
