@@ -96,7 +96,7 @@ class TrainPanel:
             choices = list((self.host.output_dir_choices() or {}).keys())
             self.output_choice = gr.Dropdown(
                 choices, value=choices[0] if choices else None, label="Output folder",
-                info="Where the LoRA files go", elem_id="lora_trainer_output_choice",
+                info=self.output_folder_info(choices[0] if choices else None), elem_id="lora_trainer_output_choice",
             )  # fmt: skip
             self.output_custom = gr.Textbox(
                 label="Custom output folder (optional)", placeholder="wins over the list when given",
@@ -150,6 +150,9 @@ class TrainPanel:
         for component in [*self.form.inputs(), self.name, self.output_custom]:
             component.input(**live_check)
         self.output_choice.change(**live_check)
+        self.output_choice.change(
+            self.show_output_folder, [self.output_choice], [self.output_choice], **hidden_progress()
+        )
         folder.change(**live_check)
         self.tab.dataset.overview.change(**live_check)  # a dataset made, refreshed or imported
         if "algo" in self.form.components:  # a network type fills in its starting values
@@ -389,6 +392,15 @@ class TrainPanel:
             return html.message(f"Stopped at step {status.step}; saved: {files}.", "warning")
         folder = os.path.dirname(status.files[-1]["path"]) if status.files else ""
         return html.message(f"Training finished: {status.step} steps; saved {files} in {folder}.", "ok")
+
+    def output_folder_info(self, choice: str | None) -> str:
+        """The Output folder's help line: the chosen folder's whole path (a label that held it was cut
+        off in the dropdown)."""
+        folder = (self.host.output_dir_choices() or {}).get(choice or "")
+        return f"Where the LoRA files go: {folder}" if folder else "Where the LoRA files go"
+
+    def show_output_folder(self, choice: str | None) -> Any:
+        return gr.update(info=self.output_folder_info(choice))
 
     @guarded(5, status=0)
     def poll(self, shown_samples: int) -> list[Any]:

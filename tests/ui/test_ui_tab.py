@@ -519,3 +519,11 @@ def test_saved_files_after_a_resume_list_the_runs_earlier_files_too(host: FakeHo
     names = re.findall(r"[\w-]+\.safetensors", table)
     assert names == ["mylora-000001.safetensors", "mylora-000002.safetensors", "mylora-000003.safetensors"]
     assert "0.1250" in table
+
+
+def test_the_output_folder_shows_the_chosen_folders_whole_path(host: FakeHost, tab) -> None:
+    """The dropdown cut a label holding the path ("LoRA folder (/tmp/nc-work/lora"): the labels are
+    short and the help line under it names the chosen folder in full, following the choice."""
+    assert tab.train.output_choice.info == f"Where the LoRA files go: {host.out}"
+    update = tab.train.show_output_folder("Other folder")
+    assert update["info"] == f"Where the LoRA files go: {host.root / 'other'}"
