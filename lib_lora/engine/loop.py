@@ -173,6 +173,7 @@ def run_loop(
     step_times: deque[float] = deque(maxlen=20)
     losses: list[float] = []
     last_loss: float | None = None
+    saved_at = -1  # the step of the latest epoch/step file: a stop there needs no second file
 
     def validate(kind: str, epoch: int) -> None:
         if not hooks.validate:
@@ -226,7 +227,7 @@ def run_loop(
             step_started = time.perf_counter()
             while position.batch < len(batches) and position.step < schedule.total_steps:
                 if stop.requested:
-                    return _stopped(position, hooks, last_loss, losses, events, stop)
+                    return _stopped(position, hooks, last_loss, losses, events, stop, saved_at)
                 index = hooks.batch_index(position.batch) if hooks.batch_index else position.batch
                 batch_seed = derive_seed(settings.seed, position.epoch, index)
                 rng = random.Random(batch_seed)
@@ -284,6 +285,7 @@ def run_loop(
                     and position.step < schedule.total_steps
                 ):
                     hooks.save("step", position.epoch + 1, position.step, _avg(recent))
+                    saved_at = position.step
                 if settings.validate_every_n_steps and position.step % settings.validate_every_n_steps == 0:
                     validate("step", position.epoch + 1)
                 step_started = time.perf_counter()
@@ -297,6 +299,7 @@ def run_loop(
                 validate("epoch", finished_epoch)
             if settings.save_every_n_epochs and finished_epoch % settings.save_every_n_epochs == 0 and not is_last:
                 hooks.save("epoch", finished_epoch, position.step, _avg(recent))
+                saved_at = position.step
             if not is_last:  # a state at every epoch end: a kill loses at most the epoch in progress
                 hooks.save_state(position)
             if hooks.after_epoch:
@@ -310,12 +313,20 @@ def _avg(values: deque[float]) -> float | None:
 
 
 def _stopped(
-    position: Position, hooks: LoopHooks, last_loss: float | None, losses: list[float], events: Events, stop: StopToken
+    position: Position,
+    hooks: LoopHooks,
+    last_loss: float | None,
+    losses: list[float],
+    events: Events,
+    stop: StopToken,
+    saved_at: int = -1,
 ) -> LoopResult:
     events.info(
         f"Stopping ({stop.reason or 'stop requested'}) after step {position.step}: saving the LoRA so far and the training state."
     )
-    if position.step > 0:
+    # a stop right after an epoch (or step) file was written: that file is the LoRA so far, a
+    # name-stepN file would only repeat it; the state is still written to resume from
+    if position.step > 0 and saved_at != position.step:
         # stopped before the first batch of an epoch: the file holds the epoch just finished, as "final" says
         epoch = position.epoch if position.batch == 0 and position.epoch > 0 else position.epoch + 1
         hooks.save("stopped", epoch, position.step, last_loss)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lib_lora.common.errors import UserError
 from lib_lora.common.layout import RESERVED_DIRS, caption_path, iter_image_files, parse_subset_name
-from lib_lora.config import TrainConfig, check_rules
+from lib_lora.config import MAX_STEPS, TrainConfig, check_rules
 from lib_lora.data.buckets import BucketManager, BucketSettings
 from lib_lora.data.dataset import DatasetScan, assign_buckets, scan_dataset, with_regularization
 from lib_lora.data.demo import DemoResult, write_demo_dataset
@@ -199,7 +199,7 @@ def check_config(cfg: TrainConfig) -> None:
 def create_dataset(root: str | os.PathLike, name: str, repeats: int) -> Path:
     """Create ``root/<repeats>_<name>`` (and ``root``); returns the new training folder.
 
-    UserError for an empty or unusable name, repeats below 1, or a root that is a file."""
+    UserError for an empty or unusable name, repeats below 1 or above what training accepts, or a root that is a file."""
     text = str(root or "").strip()
     if not text:
         raise UserError("No dataset folder given: enter the folder that will hold the N_name training folders.")
@@ -213,6 +213,11 @@ def create_dataset(root: str | os.PathLike, name: str, repeats: int) -> Path:
     if not value.is_integer() or value < 1:
         raise UserError(f"Repeats must be a whole number of at least 1 (got {repeats!r}).")
     count = int(value)
+    if count > MAX_STEPS:  # training refuses an epoch over MAX_STEPS steps (even one image makes it)
+        raise UserError(
+            f"Repeats {count:,} is too many: training refuses an epoch of more than {MAX_STEPS:,} steps; "
+            "use fewer repeats (usually 1-100)."
+        )
     path = Path(os.path.abspath(Path(text).expanduser()))  # relative: from the working folder
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} is a file, not a dataset folder.")

@@ -44,6 +44,12 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+def run_name(path: str | os.PathLike) -> str:
+    """The run name of a saved file: ``mylora`` for ``mylora-000005.safetensors`` or ``mylora-step00000100``."""
+    match = _NAME.match(Path(path).stem)
+    return match.group("name") if match else Path(path).stem
+
+
 def list_lora_files(output_dir: str | os.PathLike, name: str, newest_run_only: bool = True) -> list[LoraFile]:
     """``name.safetensors``, ``name-000005.safetensors`` and ``name-step00000100.safetensors`` in
     ``output_dir``, in training order. With ``newest_run_only`` only the files of the run that wrote

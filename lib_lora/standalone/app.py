@@ -204,7 +204,7 @@ class StandaloneHost:
         self.served_folders.add(folder)
 
     def output_dir_choices(self) -> dict[str, str]:
-        return {f"LoRA folder ({self.lora_dir})": self.lora_dir}
+        return {"LoRA folder": self.lora_dir}  # short: the dropdown cut a label with the path; its info line shows it
 
     def default_output_dir(self) -> str:
         return self.lora_dir

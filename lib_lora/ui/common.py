@@ -17,10 +17,10 @@ from lib_lora.ui.compat import unchanged
 log = logging.getLogger("lib_lora.ui")
 
 
-def guarded(n_outputs: int, status: int = -1) -> Callable[[Callable], Callable]:
+def guarded(n_outputs: int, status: int | tuple[int, ...] = -1) -> Callable[[Callable], Callable]:
     """Make a handler safe: a :class:`UserError` (or any unexpected exception) becomes an error
-    message in output ``status`` and every other output is left unchanged — the same number of
-    outputs on every path, never a traceback in the browser."""
+    message in output ``status`` (or in each of several) and every other output is left unchanged —
+    the same number of outputs on every path, never a traceback in the browser."""
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -33,7 +33,8 @@ def guarded(n_outputs: int, status: int = -1) -> Callable[[Callable], Callable]:
                 log.exception("Train LoRA: %s failed", getattr(fn, "__name__", "handler"))
                 text = f"Unexpected {type(exc).__name__}: {exc}"
             out = unchanged(n_outputs)
-            out[status] = html.error(text)
+            for index in status if isinstance(status, tuple) else (status,):
+                out[index] = html.error(text)
             return out if n_outputs > 1 else out[0]
 
         return wrapper
@@ -116,8 +117,12 @@ def job_html(
     if status.error and show_error:
         parts.append(html.error(status.error))
     shown = [(lvl, text) for lvl, text in status.messages if lvl in ("info", "warning")][-show_messages:]
-    if shown:
-        parts.append('<div class="lt-log">' + html.messages(shown) + "</div>")
+    log = [(lvl, text) for lvl, text in shown if lvl == "info"]
+    if log:
+        parts.append('<div class="lt-log">' + html.messages(log) + "</div>")
+    # warnings below the scrolling log, whole: a several-line one ("2 images were skipped:" and a
+    # line per image) was cut to its first line at the log's bottom edge
+    parts.extend(html.message(text, "warning") for lvl, text in shown if lvl == "warning")
     parts.append("</div>")
     return "".join(parts)
 

@@ -301,7 +301,9 @@ class TestPanel:
 
         return render
 
-    @guarded(4)
+    # a refusal goes where the report would be (the user looks there) and in the cost line (the
+    # webui appends its "Time taken" to the last output, which must stay HTML)
+    @guarded(4, status=(0, -1))
     def score_epochs(
         self,
         task_id: str, name: str, choice: str, custom: str, seeds: str, flex: str, drift: str, tagger_name: str, weight: Any,

@@ -22,6 +22,7 @@ from lib_lora.config import (
     preset_values,
 )
 from lib_lora.jobs import block_table, dataset_info, editor, vram
+from lib_lora.jobs import epochs as epoch_files
 from lib_lora.ui import html
 from lib_lora.ui.common import guarded, hook, host_events, job_html, long_js, resolve_output_dir, user_path
 from lib_lora.ui.compat import hidden_progress, js_kwargs, table_kwargs
@@ -95,7 +96,7 @@ class TrainPanel:
             choices = list((self.host.output_dir_choices() or {}).keys())
             self.output_choice = gr.Dropdown(
                 choices, value=choices[0] if choices else None, label="Output folder",
-                info="Where the LoRA files go", elem_id="lora_trainer_output_choice",
+                info=self.output_folder_info(choices[0] if choices else None), elem_id="lora_trainer_output_choice",
             )  # fmt: skip
             self.output_custom = gr.Textbox(
                 label="Custom output folder (optional)", placeholder="wins over the list when given",
@@ -149,6 +150,9 @@ class TrainPanel:
         for component in [*self.form.inputs(), self.name, self.output_custom]:
             component.input(**live_check)
         self.output_choice.change(**live_check)
+        self.output_choice.change(
+            self.show_output_folder, [self.output_choice], [self.output_choice], **hidden_progress()
+        )
         folder.change(**live_check)
         self.tab.dataset.overview.change(**live_check)  # a dataset made, refreshed or imported
         if "algo" in self.form.components:  # a network type fills in its starting values
@@ -389,6 +393,15 @@ class TrainPanel:
         folder = os.path.dirname(status.files[-1]["path"]) if status.files else ""
         return html.message(f"Training finished: {status.step} steps; saved {files} in {folder}.", "ok")
 
+    def output_folder_info(self, choice: str | None) -> str:
+        """The Output folder's help line: the chosen folder's whole path (a label that held it was cut
+        off in the dropdown)."""
+        folder = (self.host.output_dir_choices() or {}).get(choice or "")
+        return f"Where the LoRA files go: {folder}" if folder else "Where the LoRA files go"
+
+    def show_output_folder(self, choice: str | None) -> Any:
+        return gr.update(info=self.output_folder_info(choice))
+
     @guarded(5, status=0)
     def poll(self, shown_samples: int) -> list[Any]:
         """The live view: status, loss chart, saved files, samples (the gallery only when it changed)."""
@@ -397,16 +410,7 @@ class TrainPanel:
             return [html.message("No training yet."), html.loss_chart([]), gr.update(), gr.update(), shown_samples]
         epochs = [(f["step"], f["epoch"]) for f in status.files if f.get("kind") == "epoch"]
         chart = html.loss_chart(status.losses, status.total_steps or None, epochs, validation=status.val_losses)
-        rows = [
-            (
-                f["path"].replace("\\", "/").rsplit("/", 1)[-1],
-                f["epoch"],
-                f["step"],
-                "" if f["loss"] is None else f"{f['loss']:.4f}",
-            )
-            for f in status.files
-        ]
-        table = html.table(EPOCH_HEADERS, rows, empty="No files saved yet.")
+        table = html.table(EPOCH_HEADERS, saved_rows(status.files), empty="No files saved yet.")
         samples = list(status.samples)
         if len(samples) != shown_samples:
             # thumbnails live in the temp folder, which Gradio 3 and 4 both serve (the output folder may not be)
@@ -611,6 +615,24 @@ class TrainPanel:
         values["output_dir"] = str(state["state"].parent)
         cfg = build_config(values, family=info.family if info.family in ("sd1", "sdxl") else self.family)
         return self._run_training(cfg, str(state["state"]), False)
+
+
+def saved_rows(files: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The Saved files table: every file of the run in its output folder (a resumed run's earlier
+    epochs too, found by the run's session id), with the loss for the ones this session saved."""
+    by_path = {os.path.normpath(f["path"]): f for f in files}
+    found = []
+    if files:
+        last = files[-1]["path"]
+        found = epoch_files.list_lora_files(os.path.dirname(last), epoch_files.run_name(last))
+    rows: dict[str, tuple[int, tuple[Any, ...]]] = {}
+    for lora in found:
+        rows[os.path.normpath(lora.path)] = (lora.step or 0, (lora.path.name, lora.epoch, lora.step, ""))
+    for path, f in by_path.items():
+        name = f["path"].replace("\\", "/").rsplit("/", 1)[-1]
+        loss = "" if f["loss"] is None else f"{f['loss']:.4f}"
+        rows[path] = (f["step"] or 0, (name, f["epoch"], f["step"], loss))
+    return [row for _, row in sorted(rows.values(), key=lambda item: item[0])]
 
 
 def resume_label(state: dict[str, Any]) -> str:

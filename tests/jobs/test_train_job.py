@@ -136,32 +136,47 @@ def test_stop_saves_a_usable_lora_and_resume_equals_an_uninterrupted_run(tmp_pat
     assert not (tmp_path / "b" / "t-state").exists()  # a finished run leaves no state behind
 
 
-def test_a_stop_at_an_epoch_end_labels_the_file_with_the_epoch_it_holds(tmp_path: Path, bundle) -> None:
-    """Stop pressed during an epoch's last step: the stop file holds epoch 1 (ss_epoch 1), not the
-    epoch 2 that never started; the state resumes at the start of epoch 2."""
+def test_a_stop_at_an_epoch_end_writes_no_duplicate_and_labels_the_file_with_the_epoch_it_holds(
+    tmp_path: Path, bundle
+) -> None:
+    """Stop pressed during an epoch's last step, that epoch's file just saved: it is the stop file (a
+    t-stepN file would repeat it byte for byte); the state resumes at the start of epoch 2. When that
+    epoch had no file of its own, the stop file holds epoch 1 (ss_epoch 1), not the epoch 2 that
+    never started."""
     small_dataset(tmp_path / "data")
 
-    class StopAfterEpoch(RecordingEvents):
-        def __init__(self, token: StopToken) -> None:
+    class StopAt(RecordingEvents):
+        def __init__(self, token: StopToken, kind: str = "epoch", step: int = 0) -> None:
             super().__init__()
-            self.token = token
+            self.token, self.kind, self.at = token, kind, step
 
         def saved(self, info) -> None:
             super().saved(info)
-            if info.kind == "epoch":
+            if info.kind == self.kind:
+                self.token.request("test stop")
+
+        def step(self, info) -> None:
+            super().step(info)
+            if info.step == self.at:
                 self.token.request("test stop")
 
     token = StopToken()
-    events = StopAfterEpoch(token)
-    stopped = train(_cfg(tmp_path, max_train_epochs=3), bundle, events, token)
+    stopped = train(_cfg(tmp_path, max_train_epochs=3), bundle, StopAt(token), token)
     assert stopped.status == "stopped"
-    stop_file = tmp_path / "out" / f"t-step{stopped.steps:08d}.safetensors"
     epoch_file = tmp_path / "out" / "t-000001.safetensors"
     assert safetensors_io.load(epoch_file)[1]["ss_steps"] == str(stopped.steps)  # stopped right at its end
-    assert safetensors_io.load(stop_file)[1]["ss_epoch"] == "1"
-    assert [(f.kind, f.epoch) for f in stopped.files] == [("epoch", 1), ("stopped", 1)]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.safetensors")) == ["t-000001.safetensors"]
+    assert [(f.kind, f.epoch) for f in stopped.files] == [("epoch", 1)]
     state = json.loads((tmp_path / "out" / "t-state" / "state.json").read_text())
     assert state["position"]["epoch"] == 1 and state["position"]["batch"] == 0
+
+    # every 2nd epoch saved: the stop at epoch 1's end is the only file of it
+    token = StopToken()
+    cfg = _cfg(tmp_path, max_train_epochs=3, save_every_n_epochs=2, output_dir=str(tmp_path / "out2"))
+    again = train(cfg, bundle, StopAt(token, kind="", step=stopped.steps), token)
+    stop_file = tmp_path / "out2" / f"t-step{again.steps:08d}.safetensors"
+    assert again.steps == stopped.steps and safetensors_io.load(stop_file)[1]["ss_epoch"] == "1"
+    assert [(f.kind, f.epoch) for f in again.files] == [("stopped", 1)]
 
 
 def test_absurd_repeats_are_refused_before_any_work_naming_the_folder(tmp_path: Path, bundle) -> None:

@@ -78,6 +78,7 @@ def test_create_dataset_rules(tmp_path: Path) -> None:
         ("a/b", 1, "not valid"),
         ("x", 1.5, "whole number"),
         ("x", "many", "whole number"),
+        ("x", "1e9", "Repeats 1,000,000,000 is too many"),  # training would refuse 1000000000_x
         ("my char", 2, "already exists"),
     ):
         with pytest.raises(UserError, match=message):
@@ -191,3 +192,19 @@ def test_the_live_line_says_which_average_its_loss_is() -> None:
     line = job_line(status)
     assert "loss 1.1894 (average over the last epoch 1.1411)" in line, line
     assert "avg " not in line
+
+
+def test_a_several_line_warning_is_shown_whole_below_the_scrolling_log() -> None:
+    """The tagger's "2 images were skipped:" warning lists one image a line; at the bottom of the log
+    box (10em, scrolling) only its first line showed. Warnings come below the box, every line."""
+    from lib_lora.jobs.manager import JobStatus
+    from lib_lora.ui.common import job_html
+
+    status = JobStatus("1", "tag", "Tagging", "done")
+    status.messages = [("info", f"note {i}") for i in range(5)]
+    warning = "2 images were skipped:\n  /d/10_x/a.png: cannot be read\n  /d/10_x/b.png: cannot be read"
+    status.messages.append(("warning", warning))
+    page = job_html(status)
+    log = re.search(r'<div class="lt-log">(.*?)</div></div>', page, re.S)
+    assert log and "note 4" in log.group(1) and "skipped" not in log.group(1)  # not in the clipped box
+    assert html.message(warning, "warning") in page[log.end() :]  # whole, after it

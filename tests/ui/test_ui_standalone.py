@@ -141,6 +141,10 @@ def test_app_page_wraps_the_tab_and_names_the_demo_model(tmp_path: Path) -> None
     assert "demo" in header.value
     info = host.model_info()
     assert info.demo and info.loaded and info.name == "tiny-sd15"
+    # a short choice (a label with the path was cut off); the help line under it shows the whole path
+    assert list(host.output_dir_choices()) == ["LoRA folder"]
+    output = app.lora_trainer_tab.train.output_choice
+    assert output.info == f"Where the LoRA files go: {host.lora_dir}"
     # the demo starts the form small (quick on a CPU)
     assert app.lora_trainer_tab.train.form.components["resolution"].value == "128"
 

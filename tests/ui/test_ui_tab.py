@@ -487,3 +487,43 @@ def test_resume_label_says_where_the_run_stopped() -> None:
     assert label(1, 0, 7) == "r (stopped at step 7, after epoch 1)"
     assert label(1, 3, 10) == "r (stopped at step 10, in epoch 2)"
     assert label(0, 2, 2) == "r (stopped at step 2, in epoch 1)"
+
+
+def test_score_epochs_refusal_shows_in_the_result_area(tab) -> None:
+    """Seeds "abc": the reason was shown only in the cost line above the button; the result area (where
+    the report comes) stayed empty. It is there now, one sentence, and nothing else changes."""
+    report, keep_choice, keep_result, cost = tab.test.score_epochs(
+        "task(1)", "mylora", "Lora folder", "", "abc", "", "", "", 1.0
+    )
+    assert "Scoring seeds &#x27;abc&#x27;: give whole numbers separated by commas." in _text(report)
+    assert isinstance(cost, str) and unchanged(keep_choice) and unchanged(keep_result)
+
+
+def test_saved_files_after_a_resume_list_the_runs_earlier_files_too(host: FakeHost, tab) -> None:
+    """After Resume the Saved files list showed only the files this session wrote; the run's earlier
+    epoch files (same session id) vanished until a page reload. Another run's files stay out."""
+    from lib_lora.events import SavedFile
+
+    host.out.mkdir(parents=True, exist_ok=True)
+    write_fake_lora(host.out / "mylora-000001.safetensors", 1, 3, session="run")  # before the stop
+    write_fake_lora(host.out / "mylora-000002.safetensors", 2, 6, session="run")
+    write_fake_lora(host.out / "other-000001.safetensors", 1, 3, session="run")
+
+    def resumed(events, stop) -> None:
+        path = host.out / "mylora-000003.safetensors"
+        write_fake_lora(path, 3, 9, session="run")
+        events.saved(SavedFile(path, 3, 9, 0.125, "epoch"))
+
+    host.jobs.run("train", "Training mylora", resumed)
+    table = tab.train.poll(0)[2]
+    names = re.findall(r"[\w-]+\.safetensors", table)
+    assert names == ["mylora-000001.safetensors", "mylora-000002.safetensors", "mylora-000003.safetensors"]
+    assert "0.1250" in table
+
+
+def test_the_output_folder_shows_the_chosen_folders_whole_path(host: FakeHost, tab) -> None:
+    """The dropdown cut a label holding the path ("LoRA folder (/tmp/nc-work/lora"): the labels are
+    short and the help line under it names the chosen folder in full, following the choice."""
+    assert tab.train.output_choice.info == f"Where the LoRA files go: {host.out}"
+    update = tab.train.show_output_folder("Other folder")
+    assert update["info"] == f"Where the LoRA files go: {host.root / 'other'}"
