@@ -38,6 +38,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lib_lora.engine import lora_math
 from lib_lora.engine.lora_math import delta_weight, effective_alpha, init_lora_, rank_dropout_mask
@@ -194,9 +195,18 @@ class NetworkModule(nn.Module):
 
     # -- activation branch (linear / conv hosts) -------------------------------------------------
     def branch(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The host op applied to ``x`` with the weight change, or None when this call adds nothing."""
+        """The host op applied to ``x`` with the weight change, or None when this call adds nothing.
+
+        While training, the full-size delta-W (and DoRA's re-normalised weight) is recomputed in the
+        backward pass instead of being kept: autograd would otherwise hold a whole-layer fp32 tensor per
+        layer until backward — a full fp32 copy of the model per kept tensor for LoKr / LoHa / DoRA."""
         if self._skip_this_call():
             return None
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return checkpoint(self._weight_branch, x, use_reentrant=False)
+        return self._weight_branch(x)
+
+    def _weight_branch(self, x: torch.Tensor) -> torch.Tensor:
         delta = self.delta_weight()
         if not _autocast_on(x.device.type):
             x = x.to(delta.dtype)

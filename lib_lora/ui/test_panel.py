@@ -143,7 +143,11 @@ class TestPanel:
             **js_kwargs(long_js(self.host, "score")),
         )  # fmt: skip
         self.score_stop.click(self.stop_scoring, [], [self.score_cost])
-        self.keep_button.click(self.keep_epoch, [*where, self.keep_choice], [self.keep_result, self.keep_choice])
+        self.keep_button.click(
+            self.keep_epoch,
+            [*where, self.keep_choice],
+            [self.keep_result, self.keep_choice, self.epochs, self.send_epoch],
+        )
 
     # ------------------------------------------------------------------ handlers
     def _list(self, name: str, choice: str, custom: str) -> list[epoch_files.LoraFile]:
@@ -347,8 +351,10 @@ class TestPanel:
         self.host.jobs.stop(job.id)
         return html.message("Stopping after the current image; nothing is changed.", "warning")
 
-    @guarded(2, status=0)
+    @guarded(4, status=0)
     def keep_epoch(self, name: str, choice: str, custom: str, label: str) -> list[Any]:
+        """Keep ``label`` as the LoRA; the epoch lists then show what is left in the folder (the moved
+        files are gone from it, so a grid or txt2img of them would fail)."""
         if not label:
             raise UserError("Score the epochs first (or pick the epoch to keep).")
         folder = resolve_output_dir(self.host, choice, custom)
@@ -363,7 +369,13 @@ class TestPanel:
             f"Kept {result.source.stem} as {result.kept.name}. The {len(result.archived)} files of the run are in "
             f"{Path(folder) / scoring.ARCHIVE_DIR} (moved, not deleted)."
         )
-        return [html.message(text, "ok"), gr.update(choices=[], value=None)]
+        labels = [f.label for f in self._list(name, choice, custom)]
+        return [
+            html.message(text, "ok"),
+            gr.update(choices=[], value=None),
+            gr.update(choices=labels, value=labels),
+            gr.update(choices=labels, value=labels[-1] if labels else None),
+        ]
 
 
 def score_chart(report: scoring.ScoreReport, width: int = 640, height: int = 240) -> str:
