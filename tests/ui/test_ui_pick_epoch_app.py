@@ -59,7 +59,7 @@ def test_train_with_validation_score_and_keep_in_the_app(tmp_path: Path) -> None
     cost = tab.test.scoring_cost(*where, "1, 2", "red theme", "blue sky")
     assert "6 images per epoch file" in cost and "20 images for 3 files" in cost, cost
     tagger = write_tiny_tagger(tmp_path / "tagger", size=64)
-    report_html, keep_choice, done = tab.test.score_epochs(
+    report_html, keep_choice, keep_line, done = tab.test.score_epochs(
         "s", *where, "1, 2", "red theme", "blue sky", str(tagger), 1.0, 64, 64, 1, 7.0
     )
     assert "Core tags" in report_html, report_html
@@ -70,12 +70,12 @@ def test_train_with_validation_score_and_keep_in_the_app(tmp_path: Path) -> None
     assert all(s.validation_loss is not None for s in report.scores)
     words = report.pick.reason
     assert words.startswith(("No confident pick:", f"{report.best.label} is the best epoch")), words
-    assert "20 images rendered and tagged" in done
+    assert "20 images rendered and tagged" in done and keep_line == ""
     picked = value(keep_choice)
     assert picked == report.best.label
 
     # Keep this one
-    kept_html, _ = tab.test.keep_epoch(*where, picked)
+    kept_html, *_ = tab.test.keep_epoch(*where, picked)
     assert "moved, not deleted" in kept_html, kept_html
     always, optional = readme_lora_folder_after_keep("mylora")
     names = {p.name for p in lora.iterdir()}
@@ -104,7 +104,7 @@ def test_keep_after_a_stopped_and_resumed_run_leaves_what_the_readme_says(tmp_pa
     where = ("mylora", "Lora folder", "")
     tab.test.list_epochs(*where, "", "")  # Refresh list, then pick epoch 2 in "Epoch to keep"
     label = next(label for label in tab.test.files if label.startswith("mylora-000002 "))
-    kept_html, _ = tab.test.keep_epoch(*where, label)
+    kept_html, *_ = tab.test.keep_epoch(*where, label)
     assert "moved, not deleted" in kept_html, kept_html
     always, optional = readme_lora_folder_after_keep("mylora")
     names = {p.name for p in out.iterdir()}
