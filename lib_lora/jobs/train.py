@@ -37,6 +37,7 @@ from lib_lora.common.fsutil import (
     write_error,
 )
 from lib_lora.common.tags import split_tags
+from lib_lora.common.text import plural
 from lib_lora.config import MAX_STEPS, TrainConfig, check_rules
 from lib_lora.data.buckets import BucketManager, BucketSettings, crop_top_left
 from lib_lora.data.captions import CaptionOptions, is_static, process_caption
@@ -147,7 +148,7 @@ class TrainPlan:
             f"{s.batches_per_epoch} batches = {s.steps_per_epoch} steps per epoch; {s.num_epochs} epochs = {s.total_steps} steps"
         )
         if self.validation is not None:
-            lines.append(f"{len(self.validation.sizes)} images held out for the validation loss (validation_split)")
+            lines.append(f"{plural(len(self.validation.sizes), 'image')} held out for the validation loss (validation_split)")
         if self.num_processes > 1:
             lines.append(_parallel_line(self))
         return lines

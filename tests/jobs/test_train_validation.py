@@ -70,6 +70,7 @@ def test_validation_loss_is_logged_charted_and_in_each_epoch_file(tmp_path: Path
     assert meta2["ss_num_validation_images"] == "1" and meta2["ss_validation_split"] == "0.4"
     assert json.loads(meta2["ss_dataset_dirs"])["2_alpha"]["img_count"] == 2
     assert meta2["ss_validation_seed"] == "3"
+    assert "1 image held out for the validation loss (validation_split)" in events.texts()  # not "1 images"
 
     # the same run again gives the same figures: fixed noise and timesteps, nothing left to chance
     again = RecordingEvents()
