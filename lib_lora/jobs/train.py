@@ -148,7 +148,9 @@ class TrainPlan:
             f"{s.batches_per_epoch} batches = {s.steps_per_epoch} steps per epoch; {s.num_epochs} epochs = {s.total_steps} steps"
         )
         if self.validation is not None:
-            lines.append(f"{plural(len(self.validation.sizes), 'image')} held out for the validation loss (validation_split)")
+            lines.append(
+                f"{plural(len(self.validation.sizes), 'image')} held out for the validation loss (validation_split)"
+            )
         if self.num_processes > 1:
             lines.append(_parallel_line(self))
         return lines

@@ -135,6 +135,11 @@ class UIHost(Protocol):
         return its arguments). Default: None."""
         ...
 
+    def epoch_test_note(self) -> str | None:
+        """A warning for the Test sub-tab when the host's own settings keep epochs from differing
+        (the webui with FP8 weight on and no FP16 cache for LoRA). Default: None."""
+        ...
+
     def send_to_txt2img(self, prompt: str, negative_prompt: str) -> tuple[list[Any], str]:
         """Updates for :meth:`txt2img_outputs` (same length) and a message for the tab's status.
         Default: ``([], "... copy the prompt ...")``."""

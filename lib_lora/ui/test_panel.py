@@ -236,7 +236,13 @@ class TestPanel:
             return [gr.update(), html.message("Stopped before the grid was finished.", "warning")]
         saved = f" Saved to {result.saved_to}." if result.saved_to else ""
         text = f"{len(result.row_labels)} files x {len(result.column_labels)} prompts.{saved}"
-        return [result.grid, html.message(text, "ok")]
+        return [result.grid, html.message(text, "ok") + self._host_note()]
+
+    def _host_note(self) -> str:
+        """The host's warning about why epochs may render alike (webui FP8 weight), or nothing."""
+        note = hook(self.host, "epoch_test_note")
+        text = note() if note else None
+        return html.message(text, "warning") if text else ""
 
     def send_to_txt2img(self, label: str, prompts: str, negative: str, weight: Any) -> list[Any]:
         extra = getattr(self, "_extra_outputs", 0)
@@ -280,14 +286,17 @@ class TestPanel:
                 scoring.lora_family(resolve_output_dir(self.host, choice, custom), name) if (name or "").strip() else []
             )
         except UserError as exc:
-            return html.message(str(exc))
+            return html.message(str(exc)) + self._host_note()
         per = settings.images_per_epoch()
         total = per * len(found) + settings.base_images()
-        return html.message(
-            f"Scoring renders {per} images per epoch file ({len(settings.seeds)} seeds x "
-            f"{1 + len(settings.flexibility_prompts) + len(settings.drift_prompts)} prompts)"
-            + (f": {total} images for {len(found)} files" if found else "")
-            + " — about as long as a Test grid of that many images. It can be stopped at any time."
+        return (
+            html.message(
+                f"Scoring renders {per} images per epoch file ({len(settings.seeds)} seeds x "
+                f"{1 + len(settings.flexibility_prompts) + len(settings.drift_prompts)} prompts)"
+                + (f": {total} images for {len(found)} files" if found else "")
+                + " — about as long as a Test grid of that many images. It can be stopped at any time."
+            )
+            + self._host_note()
         )
 
     def _renderer(self, width: Any, height: Any, steps: Any, cfg: Any) -> scoring.Renderer:

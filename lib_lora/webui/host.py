@@ -151,8 +151,13 @@ class WebuiHost:
             zero_terminal_snr=prediction.zero_terminal_snr,
             clip_skip=clip_skip,
             problem=model_problem(sd_model),
-            notes=prediction.notes,
+            notes=tuple(prediction.notes) + tuple(n for n in [self.epoch_test_note()] if n),
         )
+
+    def epoch_test_note(self) -> str | None:
+        from lib_lora.webui.lora_builtin import fp8_rounding_note
+
+        return fp8_rounding_note()
 
     def settings(self) -> HostSettings:
         return settings.host_settings()

@@ -68,3 +68,22 @@ def is_inside_lora_dirs(path: str) -> bool:
             if os.path.commonpath([root, target]) == root:
                 return True
     return False
+
+
+FP8_ROUNDING_NOTE = (
+    "The webui's FP8 weight is on: when it applies a LoRA it adds the change to the 8-bit weights, which "
+    "rounds small changes away, so the epochs may render alike (and score alike); turn on Settings > "
+    "Optimizations > Cache FP16 weight for LoRA to compare them."
+)
+
+
+def fp8_rounding_note() -> str | None:
+    """Why epoch images may not differ: with FP8 weight storage (``devices.fp8``) the built-in Lora
+    merges the LoRA's delta into the float8 weights unless "Cache FP16 weight for LoRA"
+    (``opts.cache_fp16_weight``) keeps an fp16 copy to merge into. Measured in 1.10.1: a LoRA whose
+    largest delta is below float8_e4m3fn's step at the weights' size changes no pixel at all."""
+    from modules import devices, shared
+
+    if not getattr(devices, "fp8", False) or getattr(shared.opts, "cache_fp16_weight", False):
+        return None
+    return FP8_ROUNDING_NOTE

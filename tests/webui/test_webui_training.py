@@ -306,6 +306,24 @@ def test_test_tab_renders_an_epoch_grid_with_the_builtin_lora(webui, sd1) -> Non
     assert same_outputs(before, outputs(model)) != []  # the last <lora:> stays merged, as after any txt2img
 
 
+def test_with_fp8_weight_and_no_fp16_cache_the_test_tab_says_why_epochs_may_look_alike(webui, sd1) -> None:
+    """The webui 1.10.1 merges a LoRA into FP8-stored weights, where a small delta rounds away (a
+    trained file changed 0 of 4096 pixels in the real webui until "Cache FP16 weight for LoRA" was on)."""
+    tab = Tab(webui)
+    score_cost = tab.ui.test.scoring_cost
+
+    def said() -> list[bool]:
+        cost = score_cost("hutao", "Lora folder", "", "1, 2", "", "")
+        notes = " ".join(tab.host.model_info().notes)
+        return ["Cache FP16 weight for LoRA" in cost, "Cache FP16 weight for LoRA" in notes]
+
+    assert said() == [False, False]  # FP8 off: nothing to say
+    webui.devices.fp8 = True
+    assert said() == [True, True]  # on the Test sub-tab's cost line and under the model's line
+    webui.shared.opts.cache_fp16_weight = True
+    assert said() == [False, False]  # the webui keeps an fp16 copy to merge into
+
+
 def test_the_grid_uses_txt2img_settings_as_they_are_on_screen_now(webui, sd1, monkeypatch) -> None:
     import gradio as gr
 

@@ -34,6 +34,10 @@ options_templates.update(options_section(("sampler-params", "Sampler parameters"
     # 1.10.1's choices: "Default" and "Zero Terminal SNR" (sd_models.apply_alpha_schedule_override reads it)
     "sd_noise_schedule": OptionInfo("Default", "Noise schedule for sampling"),
 }))  # fmt: skip
+options_templates.update(options_section(("optimizations", "Optimizations", "sd"), {
+    "fp8_storage": OptionInfo("Disable", "FP8 weight"),
+    "cache_fp16_weight": OptionInfo(False, "Cache FP16 weight for LoRA"),
+}))  # fmt: skip
 opts = options.Options(options_templates)
 sd_model_reads = 0
 
