@@ -18,11 +18,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from lib_lora.common.errors import UserError
+from lib_lora.common.layout import MAX_STEPS
 
 GROUPS = ("model", "dataset", "network", "optimizer", "training", "saving", "samples")
 MIN_SIDE, MAX_SIDE = 64, 4096  # training resolution and bucket sides, in pixels
 MAX_EPOCHS = 10_000
-MAX_STEPS = 10_000_000
 
 
 class ConfigError(UserError):

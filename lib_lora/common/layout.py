@@ -22,6 +22,9 @@ TAGGER_SCORES_DIR = ".tagger"
 TAGGER_SCORES_NAME = "scores.json"
 TAGGER_SIDECAR_SUFFIX = ".tagger.json"
 _SUBSET = re.compile(r"^(\d+)_(.+)$")
+# The most steps one epoch may have (config refuses more; a folder whose repeats alone exceed it
+# makes an epoch training refuses, so the tools that name folders refuse it first).
+MAX_STEPS = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -77,3 +80,14 @@ def caption_path(image: str | os.PathLike, caption_extension: str = ".txt") -> P
     """``a/b.png`` -> ``a/b.txt``."""
     image = Path(image)
     return image.with_name(image.stem + caption_extension)
+
+
+def too_many_repeats(repeats: int) -> str | None:
+    """The sentence refusing ``repeats`` that even one image would turn into an epoch training
+    refuses (more than MAX_STEPS steps); None when the number is usable."""
+    if repeats <= MAX_STEPS:
+        return None
+    return (
+        f"Repeats {repeats:,} is too many: training refuses an epoch of more than {MAX_STEPS:,} steps; "
+        "use fewer repeats (usually 1-100)."
+    )

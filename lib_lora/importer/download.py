@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from lib_lora.common.errors import UserError
 from lib_lora.common.fsutil import atomic_write_text, replace_with_retry, write_error
-from lib_lora.common.layout import parse_subset_name
+from lib_lora.common.layout import parse_subset_name, too_many_repeats
 from lib_lora.events import Events, StopRequested, StopToken
 from lib_lora.importer.booru_tags import CaptionOptions, caption_text
 from lib_lora.importer.clients import (
@@ -110,6 +110,9 @@ class ImportOptions:
             raise UserError(f"--limit must be a whole number of posts of at least 1, not {self.limit!r}.")
         if not isinstance(self.repeats, int) or self.repeats < 1:
             raise UserError(f"--repeats must be a whole number of at least 1, not {self.repeats!r}.")
+        problem = too_many_repeats(self.repeats)
+        if problem:
+            raise UserError(problem)
         name = (self.name or "").strip()
         if not name or any(c in name for c in "/\\:") or name in (".", "..") or name.startswith("."):
             raise UserError(

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lib_lora.common.errors import UserError
-from lib_lora.common.layout import RESERVED_DIRS, caption_path, iter_image_files, parse_subset_name
-from lib_lora.config import MAX_STEPS, TrainConfig, check_rules
+from lib_lora.common.layout import RESERVED_DIRS, caption_path, iter_image_files, parse_subset_name, too_many_repeats
+from lib_lora.config import TrainConfig, check_rules
 from lib_lora.data.buckets import BucketManager, BucketSettings
 from lib_lora.data.dataset import DatasetScan, assign_buckets, scan_dataset, with_regularization
 from lib_lora.data.demo import DemoResult, write_demo_dataset
@@ -213,11 +213,9 @@ def create_dataset(root: str | os.PathLike, name: str, repeats: int) -> Path:
     if not value.is_integer() or value < 1:
         raise UserError(f"Repeats must be a whole number of at least 1 (got {repeats!r}).")
     count = int(value)
-    if count > MAX_STEPS:  # training refuses an epoch over MAX_STEPS steps (even one image makes it)
-        raise UserError(
-            f"Repeats {count:,} is too many: training refuses an epoch of more than {MAX_STEPS:,} steps; "
-            "use fewer repeats (usually 1-100)."
-        )
+    problem = too_many_repeats(count)  # training refuses an epoch that size (even one image makes it)
+    if problem:
+        raise UserError(problem)
     path = Path(os.path.abspath(Path(text).expanduser()))  # relative: from the working folder
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} is a file, not a dataset folder.")

@@ -503,3 +503,16 @@ def test_file_hosts_each_site_may_serve(site: str, base: str | None, url: str, o
 
     client = make_client(site, HttpClient(), base_url=base, login="1", api_key="k")
     assert (client.file_url_problem(url) is None) is ok, client.file_url_problem(url)
+
+
+def test_absurd_repeats_are_refused_before_any_request_and_nothing_is_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """1000000000_irene would be a folder training refuses (an epoch over its step limit)."""
+    # nothing listens at the base address: a request would fail with another message
+    argv = ["import", "danbooru", IRENE, "--out", str(tmp_path / "data"), "--repeats", "1000000000",
+            "--base-url", "http://127.0.0.1:9/"]  # fmt: skip
+    code, out, err = _run(argv, capsys)
+    assert code != 0 and "Repeats 1,000,000,000 is too many" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "data").exists()
