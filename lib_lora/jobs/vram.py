@@ -100,7 +100,10 @@ TARGET_LAYERS = {
              ("unet", 10240, 1280, 1, 0, 60)),
 }  # fmt: skip
 SAVE_BYTES = {"fp16": 2, "float16": 2, "bf16": 2, "bfloat16": 2, "fp32": 4, "float": 4, "float32": 4}
-CHECKPOINTED_WEIGHT_FORM = 0.15  # share of the weight-form buffers alive at once with gradient checkpointing
+# The full-size weight change of a LoKr / LoHa / DoRA layer is built in the forward pass, used and
+# dropped, then rebuilt in the backward pass (engine/lora_module.NetworkModule.branch): at most the
+# change, its gradient and DoRA's re-normalised weight of one layer are alive at once.
+WEIGHT_FORM_COPIES = 3
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class NetworkSize:
     params: int  # trained parameters (alpha aside)
     modules: int
     weight_form_elements: int  # host weight elements whose full change is built each step (LoHa/LoKr/DoRA)
+    largest_weight_form: int = 0  # the largest such layer's elements (the change is rebuilt layer by layer)
 
     def file_bytes(self, save_precision: str = "fp16") -> int:
         """The .safetensors size: every tensor in ``save_precision`` (alpha included) + a header estimate."""
@@ -135,7 +139,7 @@ def network_size(
     engine_algo = "lora" if algo in ("lora", "locon") else algo
     if conv_dim is None and algo != "lora":
         conv_dim = network_dim
-    params = modules = weight_form = 0
+    params = modules = weight_form = largest = 0
     for component, out_dim, in_dim, k, conv_only, count in TARGET_LAYERS[fam]:
         if (component == "unet" and not train_unet) or (component == "te" and not train_text_encoder):
             continue
@@ -152,7 +156,8 @@ def network_size(
         modules += count
         if engine_algo != "lora" or dora:
             weight_form += out_dim * in_dim * k * k * count
-    return NetworkSize(params, modules, weight_form)
+            largest = max(largest, out_dim * in_dim * k * k)
+    return NetworkSize(params, modules, weight_form, largest)
 
 
 @dataclass(frozen=True)
@@ -249,8 +254,7 @@ def estimate(
     lora = size.params * (4 + 4 + state) / GIB
     parts = {"model": weights, "activations": acts, "LoRA+optimizer": lora}
     if size.weight_form_elements:
-        share = CHECKPOINTED_WEIGHT_FORM if gradient_checkpointing else 1.0
-        parts["weight changes"] = size.weight_form_elements * (4 + weight_bytes) * share / GIB
+        parts["weight changes"] = size.largest_weight_form * WEIGHT_FORM_COPIES * 4 / GIB
     parts["overhead"] = OVERHEAD_GIB
     return VramEstimate(sum(parts.values()), parts, available_gib, device_name)
 

@@ -70,9 +70,13 @@ def test_each_type_changes_the_estimate() -> None:
     lokr = vram.estimate(**common, algo="lokr", factor=8)
     dora = vram.estimate(**common, dora=True)
     assert "weight changes" not in lora.parts
-    assert lokr.parts["weight changes"] > 1 and dora.parts["weight changes"] > 1
+    # the full-size change is rebuilt layer by layer (never kept for the whole model): three fp32 copies
+    # of the largest targeted layer, with or without checkpointing — SDXL's 10240 x 1280 Linear for DoRA
+    # on LoRA, the 3x3 conv 2560 -> 1280 for LoKr (which also trains the convs)
+    assert dora.parts["weight changes"] == pytest.approx(3 * 10240 * 1280 * 4 / 2**30)
+    assert lokr.parts["weight changes"] == pytest.approx(3 * 1280 * 2560 * 9 * 4 / 2**30)
     checkpointed = vram.estimate(**{**common, "gradient_checkpointing": True}, algo="lokr", factor=8)
-    assert checkpointed.parts["weight changes"] < lokr.parts["weight changes"]
+    assert checkpointed.parts["weight changes"] == lokr.parts["weight changes"]
     assert lokr.parts["LoRA+optimizer"] < lora.parts["LoRA+optimizer"]
 
 
