@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from playwright import sync_api as playwright
 
-from support.browser_app import ARTIFACTS, CHROMIUM_ARGS, chromium_path, serve
+from support.browser_app import ARTIFACTS, CHROMIUM_ARGS, app_page, chromium_path, serve
 from support.lama_tiny import write_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -78,10 +78,7 @@ def test_clean_in_the_browser(tmp_path: Path) -> None:
     with serve(tmp_path) as (url, log), playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.set_default_timeout(30_000)
-            page.goto(url)
+            page = app_page(browser, url, errors, height=1100)
             _fill(page, "lora_trainer_dataset_folder", str(data))
             page.locator("#lora_trainer_tabs > .tab-nav > button", has_text=re.compile(r"^\s*Clean\s*$")).click()
             _fill(page, "lora_trainer_clean_local", str(model))

@@ -13,7 +13,7 @@ import pytest
 from playwright import sync_api as playwright
 
 from lib_lora.cli import main
-from support.browser_app import CHROMIUM_ARGS, check, chromium_path, el, field, fill, open_tab, serve, shot
+from support.browser_app import CHROMIUM_ARGS, app_page, check, chromium_path, el, field, fill, open_tab, serve, shot
 from support.train_data import small_dataset
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -27,10 +27,7 @@ def test_picking_lokr_in_the_dropdown_trains_a_lokr(tmp_path: Path) -> None:
     with serve(tmp_path, "--lora-dir", str(lora)) as (url, log), playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.set_default_timeout(30_000)
-            page.goto(url)
+            page = app_page(browser, url, errors)
             fill(page, "lora_trainer_dataset_folder", str(data))
             open_tab(page, "Train")
             fill(page, "lora_trainer_cfg_resolution", "64")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from playwright import sync_api as playwright
 
-from support.browser_app import CHROMIUM_ARGS, chromium_path, el, fill, serve, shot
+from support.browser_app import CHROMIUM_ARGS, app_page, chromium_path, el, fill, serve, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 expect = playwright.expect
@@ -20,10 +20,7 @@ def test_a_refused_import_says_why_and_the_message_stays(tmp_path: Path) -> None
     with serve(tmp_path, "--lora-dir", "lora") as (url, _log), playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.set_default_timeout(30_000)
-            page.goto(url)
+            page = app_page(browser, url, errors)
             fill(page, "lora_trainer_dataset_folder", "data")
             page.get_by_text("Import from a booru").click()
             fill(page, "lora_trainer_query", "hatsune_miku")  # tags, but no folder name

@@ -10,20 +10,10 @@ import pytest
 from playwright import sync_api as playwright
 
 from lib_lora.data.demo import write_demo_dataset
-from support.browser_app import ARTIFACTS, CHROMIUM_ARGS, chromium_path, el, field, fill, open_tab, serve
+from support.browser_app import ARTIFACTS, el, field, fill, open_demo_app, open_tab, serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 expect = playwright.expect
-
-
-def _page(pw, url: str, errors: list[str]):
-    browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.set_default_timeout(30_000)
-    page.goto(url)
-    expect(el(page, "lora_trainer_header")).to_contain_text("demo")
-    return browser, page
 
 
 def _shot_between(page, first: str, last: str, name: str) -> None:
@@ -50,7 +40,7 @@ def _type_cell(page, row: int, col: int, text: str) -> None:
 def test_block_table_edits_the_kohya_strings_and_follows_them(tmp_path: Path) -> None:
     errors: list[str] = []
     with serve(tmp_path, "--lora-dir", "lora") as (url, _log), playwright.sync_playwright() as pw:
-        browser, page = _page(pw, url, errors)
+        browser, page = open_demo_app(pw, url, errors)
         try:
             open_tab(page, "Train")
             el(page, "lora_trainer_advanced").locator("text=Advanced settings").first.click()
@@ -99,7 +89,7 @@ def test_editor_gallery_marks_the_images_with_masks(tmp_path: Path) -> None:
     Image.new("L", (8, 8), 255).save(masks / "bluebird_01.png")
     errors: list[str] = []
     with serve(tmp_path, "--lora-dir", "lora") as (url, _log), playwright.sync_playwright() as pw:
-        browser, page = _page(pw, url, errors)
+        browser, page = open_demo_app(pw, url, errors)
         try:
             fill(page, "lora_trainer_dataset_folder", str(data))
             open_tab(page, "Train")  # the mask folder is a training setting (masked_loss + conditioning_data_dir)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright import sync_api as playwright
 
-from support.browser_app import CHROMIUM_ARGS, check, chromium_path, el, fill, serve, shot
+from support.browser_app import CHROMIUM_ARGS, app_page, check, chromium_path, el, fill, serve, shot
 from support.train_data import make_dataset
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -44,10 +44,7 @@ def test_same_name_is_refused_then_stop_resume_and_overwrite_in_the_browser(tmp_
     with serve(tmp_path, "--lora-dir", str(lora)) as (url, log), playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.set_default_timeout(30_000)
-            page.goto(url)
+            page = app_page(browser, url, errors)
             make_dataset(data, {"1_redfox": [(64, 64), (64, 64)]})
             fill(page, "lora_trainer_dataset_folder", str(data))
             page.locator("#lora_trainer_tabs > .tab-nav > button", has_text=re.compile(r"^\s*Train\s*$")).click()

@@ -12,7 +12,7 @@ from playwright import sync_api as playwright
 
 from lib_lora.config import build_config
 from lib_lora.jobs.train import train
-from support.browser_app import ARTIFACTS, CHROMIUM_ARGS, chromium_path, serve
+from support.browser_app import ARTIFACTS, CHROMIUM_ARGS, app_page, chromium_path, serve
 from support.tagger_tiny import write_tiny_tagger
 from support.train_data import small_dataset
 
@@ -50,10 +50,7 @@ def test_score_pick_and_keep_in_the_browser(tmp_path: Path) -> None:
     with serve(tmp_path, "--lora-dir", str(lora)) as (url, log), playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.set_default_timeout(30_000)
-            page.goto(url)
+            page = app_page(browser, url, errors)
             page.locator("#lora_trainer_tabs > .tab-nav > button", has_text="Test").click()
             expect(_el(page, "lora_trainer_test_result")).to_contain_text("3 files of the newest run")
             page.get_by_text("Image settings (empty = the host's current txt2img values)").click()

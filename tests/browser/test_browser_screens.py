@@ -14,14 +14,13 @@ import pytest
 from playwright import sync_api as playwright
 
 from support.browser_app import (
-    CHROMIUM_ARGS,
     PROGRESS_TEXTS_JS,
     VISIBLE_GENERATING_JS,
     check,
-    chromium_path,
     el,
     field,
     fill,
+    open_demo_app,
     open_tab,
     serve,
     shot,
@@ -31,20 +30,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 expect = playwright.expect
 
 
-def _page(pw, url: str, errors: list[str]):
-    browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.set_default_timeout(30_000)
-    page.goto(url)
-    expect(el(page, "lora_trainer_header")).to_contain_text("demo")
-    return browser, page
-
-
 def test_settings_check_labels_and_the_demo_preset_note(tmp_path: Path) -> None:
     errors: list[str] = []
     with serve(tmp_path, "--lora-dir", "lora") as (url, _log), playwright.sync_playwright() as pw:
-        browser, page = _page(pw, url, errors)
+        browser, page = open_demo_app(pw, url, errors)
         try:
             # a relative dataset path is shown as the absolute path it means; the buttons are above
             fill(page, "lora_trainer_dataset_folder", "missing")
@@ -101,7 +90,7 @@ def test_quick_start_offline_and_no_stale_screens(tmp_path: Path) -> None:
     data = tmp_path / "data"
     errors: list[str] = []
     with serve(tmp_path, "--lora-dir", str(tmp_path / "lora")) as (url, _log), playwright.sync_playwright() as pw:
-        browser, page = _page(pw, url, errors)
+        browser, page = open_demo_app(pw, url, errors)
         try:
             # Start before the dataset exists, Stop with nothing running: both lines go once stale
             open_tab(page, "Train")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright import sync_api as playwright
 
-from support.browser_app import ARTIFACTS, CHROMIUM_ARGS, chromium_path, serve
+from support.browser_app import ARTIFACTS, CHROMIUM_ARGS, app_page, chromium_path, serve
 from support.tagger_tiny import write_tiny_tagger
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -51,10 +51,7 @@ def test_whole_workflow_in_the_browser(tmp_path: Path) -> None:
     with serve(tmp_path, "--lora-dir", str(lora)) as (url, log), playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.set_default_timeout(30_000)
-            page.goto(url)
+            page = app_page(browser, url, errors)
             expect(_el(page, "lora_trainer_header")).to_contain_text("demo")
 
             # 1. Dataset: the demo dataset, its folders and buckets

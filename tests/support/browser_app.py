@@ -77,6 +77,25 @@ def serve(workdir: Path, *args: str) -> Iterator[tuple[str, Path]]:
             process.wait(10)
 
 
+def app_page(browser, url: str, errors: list[str], height: int = 1000):
+    """A page on the app at ``url``: page errors collected into ``errors``, 30 s default timeout."""
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    return page
+
+
+def open_demo_app(pw, url: str, errors: list[str]):
+    """Chromium on the app serving the demo model; returns (browser, page) once the page is up."""
+    from playwright.sync_api import expect
+
+    browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+    page = app_page(browser, url, errors)
+    expect(el(page, "lora_trainer_header")).to_contain_text("demo")
+    return browser, page
+
+
 # -- page helpers (elem_ids of the tab) ----------------------------------------------------------------
 
 
