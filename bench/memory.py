@@ -162,14 +162,7 @@ def run_sdxl(config: str, args: argparse.Namespace) -> dict:
     if "checkpointing" in on:
         unet.enable_gradient_checkpointing()
         unet.train()
-    gc.collect()
-    if cuda:
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        base = _status_kib("VmRSS") * 1024
-        _reset_peak_rss()
+    base = _start_peak(cuda)
     started = time.perf_counter()
     with autocast:
         context, pooled = cached if cached is not None else encode()
@@ -181,11 +174,7 @@ def run_sdxl(config: str, args: argparse.Namespace) -> dict:
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    if cuda:
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = _status_kib("VmHWM") * 1024
+    peak = _peak(cuda)
     modules = [unet, *tes.values()]
     return {
         "config": config,
@@ -195,6 +184,29 @@ def run_sdxl(config: str, args: argparse.Namespace) -> dict:
         "lora_params": sum(p.numel() for p in network.parameters()),
         "loss": float(loss.detach()),
     }
+
+
+def _start_peak(cuda: bool) -> int:
+    """Collect garbage, reset the peak counter; the bytes in use now (CUDA allocated, or RSS)."""
+    import torch
+
+    gc.collect()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    _reset_peak_rss()
+    return _status_kib("VmRSS") * 1024
+
+
+def _peak(cuda: bool) -> int:
+    """The peak since :func:`_start_peak` (CUDA max allocated, or the process's RSS high-water mark)."""
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+    return _status_kib("VmHWM") * 1024
 
 
 def run_config(config: str, args: argparse.Namespace) -> dict:
@@ -242,14 +254,7 @@ def run_config(config: str, args: argparse.Namespace) -> dict:
     patched = _checkpoint_blocks(unet, {"te": te} if train_te else {}) if "checkpointing" in on else []
     if attention is not None:
         attention.install()
-    gc.collect()
-    if cuda:
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        base = _status_kib("VmRSS") * 1024
-        _reset_peak_rss()
+    base = _start_peak(cuda)
     started = time.perf_counter()
     with autocast:
         context = cached if cached is not None else te(tokens).last_hidden_state
@@ -258,11 +263,7 @@ def run_config(config: str, args: argparse.Namespace) -> dict:
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    if cuda:
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = _status_kib("VmHWM") * 1024
+    peak = _peak(cuda)
     seconds = time.perf_counter() - started
     model_bytes = sum(resident_bytes(m, args.device) for m in (unet, te))
     del patched, fp8
