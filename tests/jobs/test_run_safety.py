@@ -19,7 +19,6 @@ import torch
 
 from lib_lora.common import fsutil
 from lib_lora.common.errors import UserError
-from lib_lora.config import build_config
 from lib_lora.engine.loop import Position
 from lib_lora.events import Events, RecordingEvents
 from lib_lora.formats import safetensors_io
@@ -38,26 +37,13 @@ from lib_lora.jobs.train import (
     settle_states,
     train,
 )
-from support.train_data import make_dataset
+from support.train_data import make_dataset, small_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def bundle():
-    from lib_lora.standalone.models import load_model
-
-    return load_model("tiny-sd15", device="cpu")
-
-
 def _cfg(tmp_path: Path, **values):
-    base = {
-        "train_data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "out"), "output_name": "t",
-        "resolution": "64", "train_batch_size": 2, "max_train_epochs": 3, "save_every_n_epochs": 1, "seed": 7,
-        "network_dim": 4, "network_alpha": 2, "learning_rate": 1e-3, "mixed_precision": "no",
-    }  # fmt: skip
-    base.update(values)
-    return build_config(base, family="sd1")
+    return small_run_config(tmp_path, **{"max_train_epochs": 3, **values})
 
 
 def _data(tmp_path: Path) -> None:

@@ -14,24 +14,11 @@ from lib_lora.events import RecordingEvents, StopToken
 from lib_lora.formats import safetensors_io
 from lib_lora.formats.metadata import SS_KEYS, sshs_model_hash_of_file
 from lib_lora.jobs.train import train
-from support.train_data import small_dataset
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    from lib_lora.standalone.models import load_model
-
-    return load_model("tiny-sd15", device="cpu")
+from support.train_data import small_dataset, small_run_config
 
 
 def _cfg(tmp_path: Path, **values):
-    base = {
-        "train_data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "out"), "output_name": "t",
-        "resolution": "64", "train_batch_size": 2, "max_train_epochs": 2, "save_every_n_epochs": 1, "seed": 7,
-        "network_dim": 4, "network_alpha": 2, "learning_rate": 1e-3, "mixed_precision": "no",
-    }  # fmt: skip
-    base.update(values)
-    return build_config(base, family="sd1")
+    return small_run_config(tmp_path, **values)
 
 
 def _model_outputs(bundle):

@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 
 from lib_lora.common.errors import UserError
-from lib_lora.config import build_config
 from lib_lora.events import RecordingEvents, StopToken
 from lib_lora.formats import safetensors_io
 from lib_lora.jobs.train import train
-from support.train_data import small_dataset
+from support.train_data import small_dataset, small_run_config
 
 TYPES = {
     "lokr-dora": {"algo": "lokr", "factor": 4, "dora_wd": True},
@@ -20,21 +19,8 @@ TYPES = {
 }
 
 
-@pytest.fixture(scope="module")
-def bundle():
-    from lib_lora.standalone.models import load_model
-
-    return load_model("tiny-sd15", device="cpu")
-
-
 def _cfg(tmp_path: Path, out: str, **values):
-    base = {
-        "train_data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / out), "output_name": "t",
-        "resolution": "64", "train_batch_size": 2, "max_train_epochs": 2, "save_every_n_epochs": None, "seed": 7,
-        "network_dim": 4, "network_alpha": 2, "learning_rate": 1e-3, "mixed_precision": "no", "save_precision": "float",
-    }  # fmt: skip
-    base.update(values)
-    return build_config(base, family="sd1")
+    return small_run_config(tmp_path, out, **{"save_every_n_epochs": None, "save_precision": "float", **values})
 
 
 @pytest.mark.parametrize("kind", list(TYPES))

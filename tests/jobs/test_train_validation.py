@@ -8,30 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from lib_lora.config import ConfigError, build_config, check_rules
+from lib_lora.config import ConfigError, check_rules
 from lib_lora.data.dataset import scan_dataset, split_validation
 from lib_lora.events import RecordingEvents
 from lib_lora.formats import safetensors_io
 from lib_lora.jobs.train import train
-from support.train_data import make_dataset, small_dataset
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    from lib_lora.standalone.models import load_model
-
-    return load_model("tiny-sd15", device="cpu")
+from support.train_data import make_dataset, small_dataset, small_run_config
 
 
 def _cfg(tmp_path: Path, out: str = "out", **values):
-    base = {
-        "train_data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / out), "output_name": "t",
-        "resolution": "64", "train_batch_size": 2, "max_train_epochs": 2, "save_every_n_epochs": 1, "seed": 7,
-        "network_dim": 4, "network_alpha": 2, "learning_rate": 1e-2, "mixed_precision": "no",
-        "validation_split": 0.4, "validation_seed": 3,
-    }  # fmt: skip
-    base.update(values)
-    return build_config(base, family="sd1")
+    return small_run_config(
+        tmp_path, out, **{"learning_rate": 1e-2, "validation_split": 0.4, "validation_seed": 3, **values}
+    )
 
 
 def test_split_is_per_folder_seeded_and_disjoint(tmp_path: Path) -> None:

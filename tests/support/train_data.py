@@ -38,3 +38,16 @@ PRESET_SIZES = [(512, 512), (384, 640), (640, 384), (448, 576), (576, 448), (512
 def preset_dataset(root: Path) -> Path:
     """The training issue's check: 12 images of mixed aspect ratios, two folders, different repeats."""
     return make_dataset(root, {"1_irene": PRESET_SIZES, "2_outfit": PRESET_SIZES[::-1]})
+
+
+def small_run_config(tmp_path: Path, out: str = "out", **values):
+    """The TrainConfig of a small engine-level run on tiny-sd15: ``tmp_path/data`` into
+    ``tmp_path/out`` as ``t``, 64 px, batch 2, 2 epochs saved each, dim 4, seed 7; ``values`` override."""
+    from lib_lora.config import build_config
+
+    base = {
+        "train_data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / out), "output_name": "t",
+        "resolution": "64", "train_batch_size": 2, "max_train_epochs": 2, "save_every_n_epochs": 1, "seed": 7,
+        "network_dim": 4, "network_alpha": 2, "learning_rate": 1e-3, "mixed_precision": "no",
+    }  # fmt: skip
+    return build_config({**base, **values}, family="sd1")
