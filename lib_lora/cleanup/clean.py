@@ -9,7 +9,6 @@ mask with transparency — painted (alpha >= 128). The mask is in the upright pi
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from lib_lora.cleanup.models import DEFAULT_MODEL, resolve_lama
 from lib_lora.common.errors import UserError
 from lib_lora.common.layout import IMAGE_EXTENSIONS, iter_image_files
 from lib_lora.events import Events, StopToken
+from lib_lora.tagger.session import SessionCache
 
 # ------------------------------------------------------------------------------------------ masks
 
@@ -59,8 +59,7 @@ def fit_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ model
 
-_CACHE: dict[tuple, Lama] = {}
-_CACHE_LOCK = threading.Lock()
+_CACHE = SessionCache()
 
 
 def load_lama(
@@ -75,26 +74,14 @@ def load_lama(
 ) -> Lama:
     """The LaMa model (registry name or ``.onnx`` path), loaded once and kept until :func:`unload_lama`."""
     found = resolve_lama(model, cache_dir=cache_dir, allow_download=allow_download, endpoint=endpoint, events=events)
-    stat = found.path.stat()
-    key = (device.lower(), threads, os.fspath(found.path.resolve()), stat.st_mtime_ns, stat.st_size)
-    with _CACHE_LOCK:
-        lama = _CACHE.get(key)
-        if lama is None:
-            lama = Lama(found.path, device=device, threads=threads, events=events)
-            _CACHE[key] = lama
-        elif events is not None:
-            for text in lama.warnings:
-                events.warning(text)
-        return lama
+    return _CACHE.get(
+        device, threads, (found.path,), lambda: Lama(found.path, device=device, threads=threads, events=events), events
+    )
 
 
 def unload_lama() -> int:
-    with _CACHE_LOCK:
-        count = len(_CACHE)
-        for lama in _CACHE.values():
-            lama.close()
-        _CACHE.clear()
-    return count
+    """Release every cached LaMa session; returns how many were released."""
+    return _CACHE.clear()
 
 
 # ------------------------------------------------------------------------------------------ one image

@@ -14,8 +14,9 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -320,8 +321,41 @@ class Tagger:
         self.__dict__.pop("session", None)
 
 
-_CACHE: dict[tuple, Tagger] = {}
-_CACHE_LOCK = threading.Lock()
+class SessionCache:
+    """Models (tagger, LaMa) loaded once per device, thread count and model files as they are on disk
+    (a replaced file loads again); a hit repeats the load's warnings (e.g. no GPU provider) to the new
+    caller. Items have ``warnings`` and ``close()``."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(
+        self, device: str, threads: int, files: Sequence[os.PathLike], make: Callable[[], Any], events: Events | None
+    ) -> Any:
+        key = (device.lower(), threads) + tuple(
+            (os.fspath(Path(f).resolve()), os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in files
+        )
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                item = self._items[key] = make()
+            elif events is not None:
+                for text in item.warnings:
+                    events.warning(text)
+            return item
+
+    def clear(self) -> int:
+        """Close and drop every cached model; returns how many there were."""
+        with self._lock:
+            count = len(self._items)
+            for item in self._items.values():
+                item.close()
+            self._items.clear()
+        return count
+
+
+_CACHE = SessionCache()
 
 
 def load_tagger(
@@ -337,25 +371,12 @@ def load_tagger(
     """The tagger for ``model`` (registry name or local folder), loaded once and kept until
     :func:`unload_taggers`. Downloads the model on first use unless ``allow_download`` is False."""
     files = resolve_model(model, cache_dir=cache_dir, allow_download=allow_download, endpoint=endpoint, events=events)
-    key = (device.lower(), threads) + tuple(
-        (os.fspath(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in (files.model_path, files.labels_path)
-    )
-    with _CACHE_LOCK:
-        tagger = _CACHE.get(key)
-        if tagger is None:
-            tagger = Tagger(files, device=device, threads=threads, events=events)
-            _CACHE[key] = tagger
-        elif events is not None:
-            for text in tagger.warnings:
-                events.warning(text)
-        return tagger
+    return _CACHE.get(
+        device, threads, (files.model_path, files.labels_path),
+        lambda: Tagger(files, device=device, threads=threads, events=events), events,
+    )  # fmt: skip
 
 
 def unload_taggers() -> int:
     """Release every cached tagger session; returns how many were released."""
-    with _CACHE_LOCK:
-        count = len(_CACHE)
-        for tagger in _CACHE.values():
-            tagger.close()
-        _CACHE.clear()
-    return count
+    return _CACHE.clear()
