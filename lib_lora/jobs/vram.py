@@ -110,8 +110,9 @@ WEIGHT_FORM_COPIES = 3
 class NetworkSize:
     params: int  # trained parameters (alpha aside)
     modules: int
-    weight_form_elements: int  # host weight elements whose full change is built each step (LoHa/LoKr/DoRA)
-    largest_weight_form: int = 0  # the largest such layer's elements (the change is rebuilt layer by layer)
+    # the largest layer whose full-size change is built each step (LoHa/LoKr/DoRA; 0 for LoRA/LoCon),
+    # in elements: the change is rebuilt layer by layer, never kept for the whole model
+    largest_weight_form: int = 0
 
     def file_bytes(self, save_precision: str = "fp16") -> int:
         """The .safetensors size: every tensor in ``save_precision`` (alpha included) + a header estimate."""
@@ -139,7 +140,7 @@ def network_size(
     engine_algo = "lora" if algo in ("lora", "locon") else algo
     if conv_dim is None and algo != "lora":
         conv_dim = network_dim
-    params = modules = weight_form = largest = 0
+    params = modules = largest = 0
     for component, out_dim, in_dim, k, conv_only, count in TARGET_LAYERS[fam]:
         if (component == "unet" and not train_unet) or (component == "te" and not train_text_encoder):
             continue
@@ -155,9 +156,8 @@ def network_size(
         params += each * count
         modules += count
         if engine_algo != "lora" or dora:
-            weight_form += out_dim * in_dim * k * k * count
             largest = max(largest, out_dim * in_dim * k * k)
-    return NetworkSize(params, modules, weight_form, largest)
+    return NetworkSize(params, modules, largest)
 
 
 @dataclass(frozen=True)
@@ -253,7 +253,7 @@ def estimate(
     state = OPTIMIZER_STATE.get(optimizer.lower(), 8)
     lora = size.params * (4 + 4 + state) / GIB
     parts = {"model": weights, "activations": acts, "LoRA+optimizer": lora}
-    if size.weight_form_elements:
+    if size.largest_weight_form:
         parts["weight changes"] = size.largest_weight_form * WEIGHT_FORM_COPIES * 4 / GIB
     parts["overhead"] = OVERHEAD_GIB
     return VramEstimate(sum(parts.values()), parts, available_gib, device_name)
