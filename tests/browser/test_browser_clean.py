@@ -197,7 +197,8 @@ def test_painting_right_after_picking_lands_under_the_pointer(tmp_path: Path) ->
     """Pick a tall image while a wide one is in the painter and paint at once: a stroke begun before
     the pick arrives is dropped with the old image (Gradio 3's sketch went on drawing it in the new
     image's geometry, from somewhere the pointer never was); the painter is never clickable (no
-    upload dialog) while it is empty; a stroke as soon as the new image shows lands under the pointer."""
+    upload dialog) while it is empty; a stroke as soon as the new image shows lands under the pointer.
+    A wide image fits the painter's column (it was drawn wider, its sides cut off)."""
     expect = playwright.expect
     data = tmp_path / "data"
     for n, (w, h) in enumerate([(640, 360), (300, 600)]):
@@ -225,6 +226,9 @@ def test_painting_right_after_picking_lands_under_the_pointer(tmp_path: Path) ->
             page.wait_for_function(f"() => ({PAINTER_CANVASES})().includes(640)")
             area = page.locator("#lora_trainer_clean_painter").bounding_box()
             cx, cy = area["x"] + area["width"] / 2, area["y"] + area["height"] / 2
+            wide = page.locator("#lora_trainer_clean_painter canvas").first.bounding_box()
+            assert wide["x"] >= area["x"] and wide["x"] + wide["width"] <= area["x"] + area["width"], (wide, area)
+            assert wide["width"] / wide["height"] == pytest.approx(640 / 360, abs=0.02)  # all of it, in proportion
 
             # 1. the pick of the tall image is under way; a stroke begins on the wide one and goes on
             strokes: list[list[tuple[float, float]]] = [[(cx - 20, cy + 150)]]  # where the pointer went, pressed
