@@ -30,6 +30,7 @@ class CleanPanel:
     def __init__(self, tab: TrainerTab) -> None:
         self.tab = tab
         self.host = tab.host
+        self._last_copy: tuple[tuple[str, int, int], Any] | None = None  # see _working_copy
 
     # ------------------------------------------------------------------ layout
     def build(self) -> None:
@@ -105,14 +106,16 @@ class CleanPanel:
         )
         self.brush.change(brush_update, [self.brush], [self.painter], **hidden_progress())
         self.load_button.click(self.load, [folder], [*listing, self.status])
+        # Gradio 3's sketch keeps its strokes when only the image changes: the painter is emptied
+        # first, then shows the image (with the kept mask in red), so old strokes are never re-sent.
+        # Picking another image does the same: a stroke begun on the previous image (the pick takes a
+        # moment on big files) would otherwise go on in the new image's geometry, from the wrong place.
+        show = (self.painter_view, [self.view, self.selected, self.kept], [self.painter])
         self.gallery.select(
             self.select,
             [self.view],
             [self.selected, self.selected_info, self.painter, self.kept, self.result, self.pending],
-        )
-        # Gradio 3's sketch keeps its strokes when only the image changes: the painter is emptied
-        # first, then shows the image (with the kept mask in red), so old strokes are never re-sent
-        show = (self.painter_view, [self.view, self.selected, self.kept], [self.painter])
+        ).then(*show)
         self.strokes_button.click(
             self.add_strokes, [self.view, self.selected, *mask_inputs], [self.kept, self.painter, self.status]
         ).then(*show)
@@ -161,6 +164,21 @@ class CleanPanel:
         more = f" (the first {GALLERY_LIMIT} shown)" if len(view.images) > GALLERY_LIMIT else ""
         return f"{len(view.images)} images in {view.root}{more}; {len(view.cleaned)} cleaned."
 
+    def _working_copy(self, view: cleaning.CleanView, rel: str) -> Any:
+        """The working copy of ``rel``; the last one is kept (while the file is unchanged), so a pick
+        followed by showing it in the painter reads a big file once."""
+        try:
+            stat = view.path(rel).stat()
+        except OSError:  # gone or unreadable: the working copy says so in its own words
+            return cleaning.working_copy(view, rel)
+        key = (str(view.path(rel)), stat.st_mtime_ns, stat.st_size)
+        last = self._last_copy
+        if last is not None and last[0] == key:
+            return last[1].copy()
+        image = cleaning.working_copy(view, rel)
+        self._last_copy = (key, image)
+        return image.copy()
+
     @staticmethod
     def _mask(painted: Any, kept: Any, eraser: bool) -> np.ndarray | None:
         strokes = painted_mask(painted)
@@ -186,8 +204,8 @@ class CleanPanel:
             if not 0 <= index < min(len(view.images), GALLERY_LIMIT):
                 raise UserError("That image is no longer listed; load the images again.")
             rel = view.images[index]
-            image = cleaning.working_copy(view, rel)
-            return [rel, self._selected_html(view, rel), image, None, None, None]
+            self._working_copy(view, rel)  # an unreadable file is refused here, before anything changes
+            return [rel, self._selected_html(view, rel), None, None, None, None]
         except Exception as exc:  # an unusable click: say so, change nothing
             text = str(exc) if isinstance(exc, UserError) else f"Unexpected {type(exc).__name__}: {exc}"
             return [gr.update(), html.error(text), gr.update(), gr.update(), gr.update(), gr.update()]
@@ -213,7 +231,7 @@ class CleanPanel:
             view, rel = self._view(view), self._selected(selected)
             if rel not in view.images:
                 return gr.update()
-            return cleaning.with_mask_overlay(cleaning.working_copy(view, rel), kept)
+            return cleaning.with_mask_overlay(self._working_copy(view, rel), kept)
         except Exception:  # nothing selected or the file vanished: the status line of the click says why
             return gr.update()
 

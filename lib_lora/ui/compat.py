@@ -12,6 +12,8 @@ from typing import Any
 
 import gradio as gr
 
+from lib_lora.common.errors import UserError
+
 try:
     GRADIO_MAJOR = int(str(gr.__version__).split(".")[0])
 except (AttributeError, ValueError):  # pragma: no cover - a very unusual gradio build
@@ -101,9 +103,17 @@ def brush_update(radius: float) -> Any:
     )  # pragma: no cover
 
 
+STALE_STROKES = (
+    "The strokes were painted before the picked image had finished loading, so they could be in the wrong "
+    "place; they were not used. Paint them again."
+)
+
+
 def painted_mask(value: Any) -> Any:
     """The painted strokes of a :func:`mask_painter` value as a bool numpy array [H, W] (None when
-    there is no image): Gradio 3 sends ``{"image", "mask"}``, Gradio 4 ``{"background", "layers"}``."""
+    there is no image): Gradio 3 sends ``{"image", "mask"}``, Gradio 4 ``{"background", "layers"}``.
+    A Gradio 3 mask of another size than its image (strokes painted while the sketch still had the
+    previous image's geometry) is refused with a :class:`UserError`, never stretched over the image."""
     import numpy as np
 
     if not isinstance(value, dict):
@@ -113,6 +123,11 @@ def painted_mask(value: Any) -> Any:
         if mask is None:
             return None
         mask = np.asarray(mask)
+        image = value.get("image")
+        if image is not None and np.asarray(image).shape[:2] != mask.shape[:2]:
+            # the sketch sizes its canvas from the image it shows: a mask of another size was
+            # painted while the previous image's geometry was still in place
+            raise UserError(STALE_STROKES)
         return (mask.max(axis=-1) if mask.ndim == 3 else mask) > 127
     layers = value.get("layers") or []  # pragma: no cover - Gradio 4 only
     background = value.get("background")  # pragma: no cover

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from lib_lora.ui.tab import TrainerTab
 
 MAX_GRID_IMAGES = 64
+# a click on the grid: its own pixel size (scrolling) <-> shrunk to the page's width (style.css, .lt-full)
+GRID_ZOOM_JS = (
+    "() => { const root = window.gradioApp ? gradioApp() : document;"
+    " const grid = root.querySelector('#lora_trainer_grid'); if (grid) grid.classList.toggle('lt-full'); return []; }"
+)
 
 
 class TestPanel:
@@ -52,7 +57,10 @@ class TestPanel:
             self.cfg = gr.Textbox(label="Test CFG scale", elem_id="lora_trainer_test_cfg")
         self.render = gr.Button("Render grid", variant="primary", elem_id="lora_trainer_test_render")
         self.task = gr.Textbox(visible=False, elem_id="lora_trainer_grid_task")
-        self.grid = gr.Image(label="Epoch x prompt grid", type="pil", interactive=False, elem_id="lora_trainer_grid")
+        self.grid = gr.Image(
+            label="Epoch x prompt grid (click it: full size / fit the page)", type="pil", interactive=False,
+            elem_id="lora_trainer_grid",
+        )  # fmt: skip
         self.result = gr.HTML(elem_id="lora_trainer_test_result")
         with gr.Row():
             self.send_epoch = gr.Dropdown([], label="Epoch for txt2img", elem_id="lora_trainer_send_epoch")
@@ -119,6 +127,7 @@ class TestPanel:
             self.host.wrap_long_handler(self.render_grid, 2), inputs, [self.grid, self.result],
             **js_kwargs(long_js(self.host, "grid")),
         )  # fmt: skip
+        self.grid.select(None, None, None, **js_kwargs(GRID_ZOOM_JS))  # in the browser only
         extra = list(hook(self.host, "txt2img_outputs", list)())
         send_js = hook(self.host, "send_to_txt2img_js", lambda: None)()
         self.send.click(

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lib_lora.ui.compat import is_update
 from lib_lora.ui.tab import build_tab
 from support.lama_tiny import write_model
 from support.tagger_files import snapshot
@@ -57,7 +58,8 @@ def test_paint_preview_accept_undo_restore_and_batch(panel, tmp_path: Path, mode
     view, gallery, choices, status = panel.load(str(root))
     assert value(choices) is None and len(gallery) == 2 and "2 images" in status
     rel, info, painter, kept, _, _ = panel.select(view, Select(0))
-    assert rel == "5_x/0.png" and painter.size == (300, 200)
+    assert rel == "5_x/0.png" and painter is None  # emptied first (a stroke begun before is dropped) ...
+    assert panel.painter_view(view, rel, kept).size == (300, 200)  # ... then the picked image
     shape = (200, 300)
     # paint too much, then erase a strip: the kept mask follows
     kept, overlay, _ = panel.add_strokes(view, rel, strokes(shape, (0.6, 0.8, 1.0, 1.0)), None, False)
@@ -117,3 +119,20 @@ def test_the_painter_accepts_an_image_with_nothing_painted(panel) -> None:
     value = panel.painter.preprocess(sent)
     assert value["mask"] is None and value["image"].shape == (24, 32, 3)
     assert panel._mask(value, None, False) is None
+
+
+def test_strokes_of_another_size_than_the_image_are_refused(panel, tmp_path: Path) -> None:
+    """A mask painted while the painter still had the previous image's geometry (another size than
+    the image it sends) would land in the wrong place: one message, the kept mask unchanged."""
+    root = tmp_path / "data"
+    dataset(root)
+    view = panel.load(str(root))[0]
+    kept = panel.add_strokes(view, "5_x/0.png", strokes((200, 300), (0.6, 0.8, 1.0, 1.0)), None, False)[0]
+    stale = strokes((200, 300), (0.1, 0.1, 0.3, 0.3))
+    stale["mask"] = np.zeros((360, 640, 3), dtype=np.uint8)  # the canvas of a 640x360 image picked before
+    stale["mask"][10:50, 10:50] = 255
+    out = panel.add_strokes(view, "5_x/0.png", stale, kept, False)
+    assert "before the picked image had finished loading" in out[-1] and "Error" in out[-1]
+    assert is_update(out[0]) and out[0].keys() == {"__type__"}  # the kept mask is left as it is
+    preview = panel.preview(view, "5_x/0.png", stale, kept, False, "lama-carve", "")
+    assert "before the picked image had finished loading" in preview[-1]

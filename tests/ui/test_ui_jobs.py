@@ -7,6 +7,7 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -68,6 +69,23 @@ def test_grid_layout_and_save(tmp_path: Path) -> None:
     path = grid.save_grid(picture, tmp_path, "a")
     assert path.parent.name == "a-grids" and Image.open(path).size == picture.size
     assert grid.save_grid(picture, tmp_path, "a") != path
+
+
+def test_grid_labels_grow_with_the_cells() -> None:
+    """A grid of 1024 px images is shown shrunk to the page: its labels are drawn bigger, so they stay
+    readable there (the same size as on a 256 px grid, they were a few pixels high)."""
+
+    def label_height(cell: int) -> int:
+        picture = grid.assemble_grid(
+            [Image.new("RGB", (cell, cell), "white")] * 2, ["a-000001", "a-000002"], ["a prompt"]
+        )
+        header = picture.height - 2 * cell
+        ink = np.asarray(picture.convert("L"))[:header, picture.width - cell :] < 128  # the column label
+        rows = np.nonzero(ink.any(axis=1))[0]
+        return int(rows.max() - rows.min() + 1)
+
+    assert label_height(1024) >= 3 * label_height(256)
+    assert label_height(192) == label_height(256)  # small grids keep the plain size
 
 
 def test_create_dataset_rules(tmp_path: Path) -> None:
