@@ -23,13 +23,34 @@ function loraTrainerStartTask(containerId, galleryId, infoId, args) {
     return res;
 }
 
-// Re-renders the Lora cards of txt2img and img2img (the hidden refresh buttons the
-// extra-networks pages have), so new epoch files show up without pressing Refresh.
+// Re-renders the Lora cards (the hidden refresh button of each extra-networks page), so new epoch
+// files show up without pressing Refresh. Never two pages at once: each page's refresh rebuilds the
+// built-in Lora's one list of files in place (cleared, then refilled), so a second refresh running
+// beside the first renders a half-filled list (cards went missing in the real webui 1.10.1).
+// txt2img's cards now ("Send to txt2img" goes there), img2img's when its tab is next opened.
+var loraTrainerStaleCards = {};
+
+function loraTrainerClickCardsRefresh(tabname) {
+    var button = gradioApp().getElementById(tabname + '_lora_extra_refresh_internal');
+    if (button) {
+        button.dispatchEvent(new Event('click'));
+    }
+}
+
 function loraTrainerRefreshLoraCards() {
-    ['txt2img', 'img2img'].forEach(function(tabname) {
-        var button = gradioApp().getElementById(tabname + '_lora_extra_refresh_internal');
-        if (button) {
-            button.dispatchEvent(new Event('click'));
-        }
-    });
+    loraTrainerClickCardsRefresh('txt2img');
+    loraTrainerStaleCards.img2img = true;
+}
+
+function loraTrainerOnTabChange() {
+    var content = typeof get_uiCurrentTabContent === 'function' ? get_uiCurrentTabContent() : null;
+    var tabname = content && content.id ? content.id.replace(/^tab_/, '') : null;
+    if (tabname && loraTrainerStaleCards[tabname]) {
+        loraTrainerStaleCards[tabname] = false;
+        loraTrainerClickCardsRefresh(tabname);
+    }
+}
+
+if (typeof onUiTabChange === 'function') {
+    onUiTabChange(loraTrainerOnTabChange);
 }

@@ -184,7 +184,7 @@ class TestPanel:
             gr.update(choices=labels, value=chosen),
             gr.update(choices=labels, value=labels[-1]),
             new_prompts,
-            html.message(text, "ok"),
+            html.message(text, "ok") + self._host_note(),  # on opening the sub-tab, before any grid or score
         ]
 
     @guarded(2)
@@ -359,6 +359,7 @@ class TestPanel:
         self.files.update({s.label: p for s, p in zip(report.scores, report.files)})
         best = report.best.label if report.best else None
         cost = html.message(f"{report.images} images rendered and tagged in {report.seconds:.0f} s.", "ok")
+        cost += self._host_note()  # flat scores under the webui's FP8 weight: the reason stays in view
         # a new report: an earlier Keep message (or its "score first" error) no longer applies
         return [score_report_html(report), gr.update(choices=labels, value=best), "", cost]
 

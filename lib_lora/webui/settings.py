@@ -12,6 +12,7 @@ from typing import Any
 from lib_lora.ui.host import HostSettings
 
 SECTION = ("lora_trainer", "Train LoRA")
+CATEGORY = "training"  # the settings page lists the section under "Training" (webui 1.7+), not "Uncategorized"
 LORA_FOLDER = "Lora folder"
 ADDITIONAL_NETWORKS = "additional-networks"
 CUSTOM = "Custom folder"
@@ -49,6 +50,7 @@ def register_options() -> None:
 
     def add(key: str, label: str, component: Any = None, component_args: Any = None, info: str | None = None) -> None:
         item = shared.OptionInfo(DEFAULTS[key], label, component, component_args, section=SECTION)
+        item.category_id = CATEGORY  # an attribute: webui versions before categories do not take the argument
         if info and hasattr(item, "info"):
             item = item.info(info)
         shared.opts.add_option(key, item)

@@ -75,6 +75,8 @@ def test_settings_section_and_output_folders(webui, tmp_path: Path) -> None:
     opts = webui.shared.opts
     ours = {k: v for k, v in opts.data_labels.items() if k.startswith("lora_trainer_")}
     assert {v.section for v in ours.values()} == {("lora_trainer", "Train LoRA")}
+    # under "Training" on the settings page beside the webui's own training section (was "Uncategorized")
+    assert {v.category_id for v in ours.values()} == {"training"}
     assert set(ours) >= {
         "lora_trainer_output_folder", "lora_trainer_custom_output_dir", "lora_trainer_default_preset",
         "lora_trainer_tagger_model", "lora_trainer_tagger_threshold", "lora_trainer_tagger_character_threshold",

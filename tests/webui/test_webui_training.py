@@ -324,6 +324,38 @@ def test_with_fp8_weight_and_no_fp16_cache_the_test_tab_says_why_epochs_may_look
     assert said() == [False, False]  # the webui keeps an fp16 copy to merge into
 
 
+def test_with_fp8_weight_the_note_shows_when_the_test_tab_opens_and_after_scoring(webui, sd1, monkeypatch) -> None:
+    """In the real webui (FP8 weight on, no FP16 cache) opening the Test sub-tab listed the epochs with
+    no word of FP8: the note came only with a grid or after Refresh/editing the scoring seeds, and a
+    finished scoring run replaced it, so flat scores came without their reason."""
+    from lib_lora.jobs import scoring
+    from lib_lora.jobs.score_math import EpochScore, SeedScore, pick_best
+    from support.ui_host import write_fake_lora
+
+    webui.lora_dir.mkdir(parents=True, exist_ok=True)
+    files = [webui.lora_dir / "hutao-000001.safetensors", webui.lora_dir / "hutao.safetensors"]
+    for epoch, path in enumerate(files, 1):
+        write_fake_lora(path, epoch, 3 * epoch)
+    scores = [EpochScore(f.stem, e, [SeedScore(0.5, 0.5, 0.1)] * 3) for e, f in enumerate(files, 1)]
+    report = scoring.ScoreReport(scores, pick_best(scores), ["red hair"], "hutao", 12, 3.0, files)
+    monkeypatch.setattr(scoring, "load_tag_scorer", lambda model, events: None)
+    monkeypatch.setattr(scoring, "score_epochs", lambda *args, **kwargs: report)
+    test = Tab(webui).ui.test
+
+    def said() -> list[bool]:
+        listing = test.list_epochs("hutao", "Lora folder", "", "", "x")[-1]  # what the tab's select shows
+        assert "2 files of the newest run" in listing, listing
+        cost = test.score_epochs("task(1)", "hutao", "Lora folder", "", "1", "a", "b", "demo-tagger", 1.0)[-1]
+        assert "12 images rendered and tagged" in cost, cost
+        return ["Cache FP16 weight for LoRA" in listing, "Cache FP16 weight for LoRA" in cost]
+
+    assert said() == [False, False]
+    webui.devices.fp8 = True
+    assert said() == [True, True]
+    webui.shared.opts.cache_fp16_weight = True
+    assert said() == [False, False]
+
+
 def test_the_grid_uses_txt2img_settings_as_they_are_on_screen_now(webui, sd1, monkeypatch) -> None:
     import gradio as gr
 
