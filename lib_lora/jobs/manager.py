@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lib_lora.common.errors import UserError
-from lib_lora.events import Events, RunHistory, SampleImage, SavedFile, StepInfo, StopToken
+from lib_lora.events import Events, RunHistory, SampleImage, SavedFile, StepInfo, StopRequested, StopToken
 
 JobFn = Callable[[Events, StopToken], Any]
 STATES = ("queued", "running", "done", "stopped", "failed")
@@ -118,7 +118,8 @@ class StatusEvents(Events):
     def resumed(self, history: RunHistory) -> None:
         s = self.status
         with self._lock:
-            s.epoch, s.step, s.total_steps = history.epoch, history.step, history.total_steps
+            s.epoch, s.step = history.epoch, history.step
+            s.total_steps = history.total_steps or s.total_steps
             s.earlier_files = [_file_row(f) for f in history.files]
             s.earlier_losses = list(history.losses)
             while len(s.earlier_losses) > self.MAX_LOSSES:
@@ -199,6 +200,9 @@ class JobManager:
                 status.state = (
                     "stopped" if token.requested or getattr(status.result, "status", "") == "stopped" else "done"
                 )
+            except StopRequested:  # stopped before the job had anything to keep (e.g. while reading a folder)
+                status.state = "stopped"
+                events.message("info", "Stopped before it started; nothing was written.")
             except UserError as exc:
                 status.state, status.error = "failed", str(exc)
                 events.message("error", str(exc))

@@ -989,7 +989,14 @@ def train(
     writes files (and holds the lock)."""
     events = events or Events()
     processes = parallel.world_size if parallel else 1
-    plan = plan or prepare(cfg, bundle, events, stop, str(resume) if resume else None, processes)
+    try:
+        plan = plan or prepare(cfg, bundle, events, stop, str(resume) if resume else None, processes)
+    except StopRequested:  # stopped while the dataset was read: nothing trained, nothing written
+        history = _resume_history(cfg, resume) if resume and (parallel is None or parallel.is_main) else None
+        if history is not None:
+            events.resumed(history)
+        events.info(_stopped_before_training(history.resumed_from.name if history and history.resumed_from else None))
+        return TrainResult("stopped", [], history.step if history else 0, None, None, output_paths(cfg)[2], [])
     guard = run_guard(cfg, resume, overwrite, events) if parallel is None or parallel.is_main else None
     with guard or contextlib.nullcontext(Path(resume) if resume else None) as state_folder:
         if parallel:  # the other processes read the state only once rank 0 has the lock (and any repair done)
@@ -1195,13 +1202,7 @@ def _train_locked(
             log_handle.close()
     except StopRequested:
         # stopped while caching: nothing trained yet, nothing to save
-        if resumed_from:
-            events.info(
-                f"Stopped before training started: nothing new was learned since {resumed_from}, which this "
-                "run resumed from, so no new file was written."
-            )
-        else:
-            events.info("Stopped before training started; nothing was saved.")
+        events.info(_stopped_before_training(resumed_from))
         return TrainResult("stopped", saver.files, 0, None, None, log_path, [])
     finally:
         network.restore()
@@ -1223,6 +1224,24 @@ def _train_locked(
         log_path,
         result.losses,
     )
+
+
+def _stopped_before_training(resumed_from: str | None) -> str:
+    if resumed_from:
+        return (
+            f"Stopped before training started: nothing new was learned since {resumed_from}, which this run "
+            "resumed from, so no new file was written."
+        )
+    return "Stopped before training started; nothing was saved."
+
+
+def _resume_history(cfg: TrainConfig, resume: str | os.PathLike) -> RunHistory | None:
+    """:func:`run_history` of the state ``resume`` (its total steps unknown: 0), or None when it cannot be read."""
+    try:
+        state = _complete_state(find_state(resume)) or {}
+        return run_history(cfg, state["session"]["id"], Position(**state["position"]), 0)
+    except (UserError, KeyError, TypeError):
+        return None
 
 
 def _validation_hook(

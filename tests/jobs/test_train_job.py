@@ -357,4 +357,12 @@ def test_a_resumed_run_reports_its_earlier_files_with_their_loss_and_a_stop_befo
     events = StopWhen(token, on_resume=True)  # stopped while caching
     assert train(cfg, bundle, events, token, resume=out / "t-state").files == []
     assert any(f"training started: nothing new was learned since {stop_name}" in t for t in events.texts())
+
+    token = StopToken()
+    token.request("test stop")  # stopped while the dataset is read (it was "failed: StopRequested")
+    events = RecordingEvents()
+    early = train(cfg, bundle, events, token, resume=out / "t-state")
+    assert (early.status, early.files, early.steps) == ("stopped", [], first.steps)
+    assert events.histories[0].resumed_from == out / stop_name
+    assert any(f"training started: nothing new was learned since {stop_name}" in t for t in events.texts())
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()} == before

@@ -569,6 +569,19 @@ def test_after_a_resume_the_saved_files_show_every_loss_and_the_chart_covers_the
     assert "Stopped at step 4 before any new step: nothing new was learned since mylora-step00000004" in outcome
 
 
+def test_a_stop_before_a_job_has_anything_to_keep_is_a_stop_not_a_failure(host: FakeHost) -> None:
+    """Resume then Stop at once, while the host read the dataset: the job ended "failed" with
+    "Error: StopRequested: stopped by the user". A stop is a stop, whenever it comes."""
+    from lib_lora.events import StopRequested
+
+    def stopped_while_reading(events, stop) -> None:
+        stop.request()
+        raise StopRequested(stop.reason)
+
+    status = host.jobs.run("train", "Training mylora", stopped_while_reading)
+    assert (status.state, status.error) == ("stopped", None)
+
+
 def test_the_output_folder_shows_the_chosen_folders_whole_path(host: FakeHost, tab) -> None:
     """The dropdown cut a label holding the path ("LoRA folder (/tmp/nc-work/lora"): the labels are
     short and the help line under it names the chosen folder in full, following the choice."""
