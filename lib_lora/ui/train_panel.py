@@ -549,6 +549,7 @@ class TrainPanel:
             (self.overwrite, self.start_overwriting, [self.task, *self.run_inputs()]),
             (self.resume_button, self.resume_training, [self.task, self.resume_list, *where]),
         ):
+            button.click(lambda: "", None, [self.result], queue=False, **hidden_progress())  # the last run's line
             poll = button.click(self.poll, [self.sample_count], live, every=1, **hidden_progress())
             run = button.click(self.host.wrap_long_handler(handler, 1), inputs, [self.result], **long)
             run.then(self.poll, [gr.State(-1)], live, cancels=[poll])
