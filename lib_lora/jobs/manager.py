@@ -118,7 +118,7 @@ class StatusEvents(Events):
     def resumed(self, history: RunHistory) -> None:
         s = self.status
         with self._lock:
-            s.epoch, s.step = history.epoch, history.step
+            s.epoch, s.step = history.epoch + 1, history.step  # as a step reports it: the epoch in progress
             s.total_steps = history.total_steps or s.total_steps
             s.earlier_files = [_file_row(f) for f in history.files]
             s.earlier_losses = list(history.losses)
