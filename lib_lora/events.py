@@ -71,6 +71,21 @@ class SavedFile:
 
 
 @dataclass
+class RunHistory:
+    """What a resumed run did before it stopped, up to the step it continues from: its files (with
+    the loss each was saved with, where the log has it), its logged losses and validation losses, and
+    the file that holds the weights it continues from (None when no file does, e.g. after a kill)."""
+
+    epoch: int  # epochs finished
+    step: int
+    total_steps: int
+    files: list[SavedFile] = field(default_factory=list)
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
+    resumed_from: Path | None = None
+
+
+@dataclass
 class SampleImage:
     path: Path
     epoch: int
@@ -106,6 +121,9 @@ class Events:
     def validation(self, epoch: int, step: int, loss: float) -> None:
         """The validation loss (held-out images, fixed noise and timesteps) after ``step``."""
 
+    def resumed(self, history: RunHistory) -> None:
+        """A stopped run continues: what it did before (before its first new step)."""
+
     def info(self, text: str) -> None:
         self.message("info", text)
 
@@ -122,6 +140,7 @@ class RecordingEvents(Events):
         self.saved_files: list[SavedFile] = []
         self.samples: list[SampleImage] = []
         self.validations: list[tuple[int, int, float]] = []  # (epoch, step, loss)
+        self.histories: list[RunHistory] = []
         self.last_progress: tuple[str, int, int, str] | None = None
 
     def message(self, level: str, text: str) -> None:
@@ -141,6 +160,9 @@ class RecordingEvents(Events):
 
     def validation(self, epoch: int, step: int, loss: float) -> None:
         self.validations.append((epoch, step, loss))
+
+    def resumed(self, history: RunHistory) -> None:
+        self.histories.append(history)
 
     def texts(self, level: str | None = None) -> list[str]:
         return [m.text for m in self.messages if level is None or m.level == level]
@@ -175,3 +197,7 @@ class MultiEvents(Events):
     def validation(self, epoch: int, step: int, loss: float) -> None:
         for listener in self.listeners:
             listener.validation(epoch, step, loss)
+
+    def resumed(self, history: RunHistory) -> None:
+        for listener in self.listeners:
+            listener.resumed(history)

@@ -162,8 +162,11 @@ def run_loop(
     events: Events,
     stop: StopToken,
     start: Position | None = None,
+    start_file: str | None = None,
 ) -> LoopResult:
-    """Train from ``start`` (a fresh run: Position()) to the end of the schedule or a stop."""
+    """Train from ``start`` (a fresh run: Position()) to the end of the schedule or a stop.
+    ``start_file``: the name of the saved file that already holds the weights at ``start`` (a resumed
+    run's last file); a stop before any new step writes no second copy of it."""
     position = Position(**(start or Position()).as_dict())
     device = bundle.device
     scaler = _grad_scaler(device, settings.mixed_precision)
@@ -227,6 +230,8 @@ def run_loop(
             step_started = time.perf_counter()
             while position.batch < len(batches) and position.step < schedule.total_steps:
                 if stop.requested:
+                    if start_file and not losses:
+                        return _stopped_unchanged(position, hooks, events, stop, start_file)
                     return _stopped(position, hooks, last_loss, losses, events, stop, saved_at)
                 index = hooks.batch_index(position.batch) if hooks.batch_index else position.batch
                 batch_seed = derive_seed(settings.seed, position.epoch, index)
@@ -332,3 +337,15 @@ def _stopped(
         hooks.save("stopped", epoch, position.step, last_loss)
     hooks.save_state(position)
     return LoopResult("stopped", position, last_loss, losses)
+
+
+def _stopped_unchanged(
+    position: Position, hooks: LoopHooks, events: Events, stop: StopToken, start_file: str
+) -> LoopResult:
+    """Stopped before the first step of a resumed run: the weights are those of ``start_file``."""
+    events.info(
+        f"Stopped ({stop.reason or 'stop requested'}) before any new step: nothing new was learned since "
+        f"{start_file}, which this run resumed from (step {position.step}), so no new file was written."
+    )
+    hooks.save_state(position)
+    return LoopResult("stopped", position, None, [])

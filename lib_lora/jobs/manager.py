@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lib_lora.common.errors import UserError
-from lib_lora.events import Events, SampleImage, SavedFile, StepInfo, StopToken
+from lib_lora.events import Events, RunHistory, SampleImage, SavedFile, StepInfo, StopRequested, StopToken
 
 JobFn = Callable[[Events, StopToken], Any]
 STATES = ("queued", "running", "done", "stopped", "failed")
@@ -44,6 +44,11 @@ class JobStatus:
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) for the chart
     val_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss) for the chart
     files: list[dict[str, Any]] = field(default_factory=list)  # saved LoRA files
+    # a resumed run: what it did before this session (files, losses), and the file it continues from
+    earlier_files: list[dict[str, Any]] = field(default_factory=list)
+    earlier_losses: list[tuple[int, float]] = field(default_factory=list)
+    earlier_val_losses: list[tuple[int, float]] = field(default_factory=list)
+    resumed_from: str | None = None
     samples: list[dict[str, Any]] = field(default_factory=list)
     messages: list[tuple[str, str]] = field(default_factory=list)  # (level, text)
     error: str | None = None
@@ -106,11 +111,23 @@ class StatusEvents(Events):
 
     def saved(self, info: SavedFile) -> None:
         with self._lock:
-            self.status.files.append(
-                {"path": str(info.path), "epoch": info.epoch, "step": info.step, "loss": info.loss, "kind": info.kind}
-            )
+            self.status.files.append(_file_row(info))
         if self.inner:
             self.inner.saved(info)
+
+    def resumed(self, history: RunHistory) -> None:
+        s = self.status
+        with self._lock:
+            s.epoch, s.step = history.epoch + 1, history.step  # as a step reports it: the epoch in progress
+            s.total_steps = history.total_steps or s.total_steps
+            s.earlier_files = [_file_row(f) for f in history.files]
+            s.earlier_losses = list(history.losses)
+            while len(s.earlier_losses) > self.MAX_LOSSES:
+                s.earlier_losses = s.earlier_losses[::2]
+            s.earlier_val_losses = list(history.val_losses)
+            s.resumed_from = str(history.resumed_from) if history.resumed_from else None
+        if self.inner:
+            self.inner.resumed(history)
 
     def sample(self, info: SampleImage) -> None:
         with self._lock:
@@ -119,6 +136,10 @@ class StatusEvents(Events):
             )
         if self.inner:
             self.inner.sample(info)
+
+
+def _file_row(info: SavedFile) -> dict[str, Any]:
+    return {"path": str(info.path), "epoch": info.epoch, "step": info.step, "loss": info.loss, "kind": info.kind}
 
 
 @contextlib.contextmanager
@@ -179,6 +200,9 @@ class JobManager:
                 status.state = (
                     "stopped" if token.requested or getattr(status.result, "status", "") == "stopped" else "done"
                 )
+            except StopRequested:  # stopped before the job had anything to keep (e.g. while reading a folder)
+                status.state = "stopped"
+                events.message("info", "Stopped before it started; nothing was written.")
             except UserError as exc:
                 status.state, status.error = "failed", str(exc)
                 events.message("error", str(exc))

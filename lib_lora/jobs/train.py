@@ -63,10 +63,11 @@ from lib_lora.engine.savers import Offload, offload_modules
 from lib_lora.engine.step import Batch, LossSettings
 from lib_lora.engine.targets import check_family, select_targets
 from lib_lora.engine.validation import validation_loss
-from lib_lora.events import Events, MultiEvents, SampleImage, SavedFile, StopRequested, StopToken
+from lib_lora.events import Events, MultiEvents, RunHistory, SampleImage, SavedFile, StopRequested, StopToken
 from lib_lora.formats import metadata as md
 from lib_lora.formats import safetensors_io
 from lib_lora.jobs import vram
+from lib_lora.jobs.epochs import list_lora_files
 from lib_lora.jobs.lora_files import (
     check_file_family,
     check_file_type,
@@ -505,6 +506,68 @@ class _Saver:
         atomic_write_text(path.with_suffix(".json"), json.dumps(data, indent=4, ensure_ascii=False) + "\n")
 
 
+def _read_log(log_path: Path, up_to: int) -> tuple[dict[int, dict[str, Any]], dict[int, float]]:
+    """The training log's step rows (step -> row) and validation losses (step -> loss) up to step
+    ``up_to``; a later row of a step wins (a killed run's steps are logged again when it resumes)."""
+    steps: dict[int, dict[str, Any]] = {}
+    checks: dict[int, float] = {}
+    try:
+        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return steps, checks
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        step = row.get("step") if isinstance(row, dict) else None
+        if not isinstance(step, int) or step > up_to:
+            continue
+        if isinstance(row.get("val_loss"), (int, float)):
+            checks[step] = float(row["val_loss"])
+        elif isinstance(row.get("loss"), (int, float)):
+            steps[step] = row
+    return steps, checks
+
+
+def _saved_kind(path: Path, name: str) -> str:
+    """How a file of the run ``name`` was saved (epoch, step, final, stopped): its ``name.json``
+    says; without one, its name."""
+    try:
+        description = json.loads(path.with_suffix(".json").read_text(encoding="utf-8")).get("description", "")
+    except (OSError, ValueError, AttributeError):
+        description = ""
+    match = re.search(r"\((epoch|step|final|stopped) save\)$", str(description))
+    if match:
+        return match.group(1)
+    if path.stem == name:
+        return "final"
+    return "epoch" if re.fullmatch(rf"{re.escape(name)}-\d{{6}}", path.stem) else "step"
+
+
+def run_history(cfg: TrainConfig, session_id: int, position: Position, total_steps: int) -> RunHistory:
+    """What the stopped run resumed at ``position`` did before: its files (same session id, up to that
+    step) with the loss each was saved with (from the log: the moving average at its step, a stop
+    file's last loss), its logged losses and validation losses, and the file holding the weights it
+    continues from."""
+    out, _, log_path = output_paths(cfg)
+    steps, checks = _read_log(log_path, position.step)
+    files: list[SavedFile] = []
+    for lora in list_lora_files(out, cfg.output_name, newest_run_only=False):
+        if lora.session != str(session_id) or lora.step is None or lora.step > position.step:
+            continue
+        kind = _saved_kind(lora.path, cfg.output_name)
+        row = steps.get(lora.step, {})
+        loss = row.get("loss") if kind == "stopped" else row.get("avg_loss", row.get("loss"))
+        files.append(SavedFile(lora.path, lora.epoch or 0, lora.step, float(loss) if loss is not None else None, kind))
+    at_start = [f.path for f in files if f.step == position.step]
+    return RunHistory(
+        epoch=position.epoch, step=position.step, total_steps=total_steps, files=files,
+        losses=[(step, float(row["loss"])) for step, row in sorted(steps.items())],
+        val_losses=sorted(checks.items()), resumed_from=at_start[-1] if at_start else None,
+    )  # fmt: skip
+
+
 # -- training state (stop and resume) ----------------------------------------------------------------
 #
 # The swap: the new state is written complete into ``NAME-state.new`` (state.json last), then
@@ -926,7 +989,14 @@ def train(
     writes files (and holds the lock)."""
     events = events or Events()
     processes = parallel.world_size if parallel else 1
-    plan = plan or prepare(cfg, bundle, events, stop, str(resume) if resume else None, processes)
+    try:
+        plan = plan or prepare(cfg, bundle, events, stop, str(resume) if resume else None, processes)
+    except StopRequested:  # stopped while the dataset was read: nothing trained, nothing written
+        history = _resume_history(cfg, resume) if resume and (parallel is None or parallel.is_main) else None
+        if history is not None:
+            events.resumed(history)
+        events.info(_stopped_before_training(history.resumed_from.name if history and history.resumed_from else None))
+        return TrainResult("stopped", [], history.step if history else 0, None, None, output_paths(cfg)[2], [])
     guard = run_guard(cfg, resume, overwrite, events) if parallel is None or parallel.is_main else None
     with guard or contextlib.nullcontext(Path(resume) if resume else None) as state_folder:
         if parallel:  # the other processes read the state only once rank 0 has the lock (and any repair done)
@@ -1005,6 +1075,11 @@ def _train_locked(
         position = Position(**state["position"])
         session = state["session"]
         events.info(f"resuming at epoch {position.epoch + 1}, step {position.step} of {plan.schedule.total_steps}")
+    history = run_history(cfg, session["id"], position, plan.schedule.total_steps) if state and writes else None
+    if history is not None:
+        events.resumed(history)
+    resumed_from = history.resumed_from.name if history is not None and history.resumed_from else None
+    start = Position(**position.as_dict())
 
     activation = cfg.activation_text if cfg.activation_text is not None else default_activation_text(plan.scan)
     base = _base_metadata(cfg, plan, bundle, network, built.name_for_metadata, session["id"], session["started"])
@@ -1076,6 +1151,8 @@ def _train_locked(
                 raise write_error(log_path, exc) from None
 
         def save_state(pos: Position) -> None:
+            if state and pos == start and _same_path(Path(resume), state_dir):
+                return  # stopped where it resumed: the state it resumed from is that state already
             if writes:
                 with optim.evaluation(built):  # schedule-free: the state holds the eval-mode weights
                     _write_state(state_dir, network, built, scheduler, pos, seed, cfg, session, processes)
@@ -1119,12 +1196,13 @@ def _train_locked(
                 events,
                 parallel.watch(stop) if parallel else stop,
                 position,
+                resumed_from,
             )
         finally:
             log_handle.close()
     except StopRequested:
         # stopped while caching: nothing trained yet, nothing to save
-        events.info("Stopped before training started; nothing was saved.")
+        events.info(_stopped_before_training(resumed_from))
         return TrainResult("stopped", saver.files, 0, None, None, log_path, [])
     finally:
         network.restore()
@@ -1146,6 +1224,24 @@ def _train_locked(
         log_path,
         result.losses,
     )
+
+
+def _stopped_before_training(resumed_from: str | None) -> str:
+    if resumed_from:
+        return (
+            f"Stopped before training started: nothing new was learned since {resumed_from}, which this run "
+            "resumed from, so no new file was written."
+        )
+    return "Stopped before training started; nothing was saved."
+
+
+def _resume_history(cfg: TrainConfig, resume: str | os.PathLike) -> RunHistory | None:
+    """:func:`run_history` of the state ``resume`` (its total steps unknown: 0), or None when it cannot be read."""
+    try:
+        state = _complete_state(find_state(resume)) or {}
+        return run_history(cfg, state["session"]["id"], Position(**state["position"]), 0)
+    except (UserError, KeyError, TypeError):
+        return None
 
 
 def _validation_hook(

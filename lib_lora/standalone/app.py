@@ -21,7 +21,7 @@ from typing import Any
 import gradio as gr
 
 from lib_lora.common.errors import UserError
-from lib_lora.events import Events, StepInfo, StopToken
+from lib_lora.events import Events, StepInfo, StopRequested, StopToken
 from lib_lora.jobs.grid import assemble_grid, save_grid
 from lib_lora.jobs.manager import JobManager
 from lib_lora.standalone.security import AccessPolicy, FolderList, gradio_temp_folder, secure_app
@@ -226,8 +226,9 @@ class StandaloneHost:
         bundle = self.bundle(cfg)
         plan = None
         if cfg.sample_every_n_epochs and not cfg.sample_prompts:
-            plan = prepare(cfg, bundle, events, stop, resume)
-            cfg = cfg.replace(sample_prompts=default_sample_prompt(plan, cfg))
+            with contextlib.suppress(StopRequested):  # stopped already: train() says what it kept
+                plan = prepare(cfg, bundle, events, stop, resume)
+                cfg = cfg.replace(sample_prompts=default_sample_prompt(plan, cfg))
         renderer = training_renderer(bundle, cfg)
         return train(cfg, bundle, events, stop, resume=resume, overwrite=overwrite, renderer=renderer, plan=plan)
 

@@ -352,7 +352,7 @@ class TrainPanel:
             return html.error(status.error or "Training failed.")
         files = ", ".join(f["path"].rsplit("/", 1)[-1] for f in status.files) or "no files"
         if status.state == "stopped":
-            return html.message(f"Stopped at step {status.step}; saved: {files}.", "warning")
+            return stopped_html(status)
         return html.message(f"Training finished: {status.step} steps; saved {files} in {cfg.output_dir}.", "ok")
 
     def stop_training(self) -> str:
@@ -389,7 +389,7 @@ class TrainPanel:
         names = [f["path"].replace("\\", "/").rsplit("/", 1)[-1] for f in status.files]
         files = ", ".join(names) or "no files"
         if status.state == "stopped":
-            return html.message(f"Stopped at step {status.step}; saved: {files}.", "warning")
+            return stopped_html(status)
         folder = os.path.dirname(status.files[-1]["path"]) if status.files else ""
         return html.message(f"Training finished: {status.step} steps; saved {files} in {folder}.", "ok")
 
@@ -408,9 +408,13 @@ class TrainPanel:
         status = self.host.jobs.current("train")
         if status is None:
             return [html.message("No training yet."), html.loss_chart([]), gr.update(), gr.update(), shown_samples]
-        epochs = [(f["step"], f["epoch"]) for f in status.files if f.get("kind") == "epoch"]
-        chart = html.loss_chart(status.losses, status.total_steps or None, epochs, validation=status.val_losses)
-        table = html.table(EPOCH_HEADERS, saved_rows(status.files), empty="No files saved yet.")
+        # a resumed run: the whole run, its earlier session's files and losses (from its log) too
+        files = [*status.earlier_files, *status.files]
+        losses = [*status.earlier_losses, *status.losses]
+        checks = [*status.earlier_val_losses, *status.val_losses]
+        epochs = [(f["step"], f["epoch"]) for f in files if f.get("kind") == "epoch"]
+        chart = html.loss_chart(losses, status.total_steps or None, epochs, validation=checks)
+        table = html.table(EPOCH_HEADERS, saved_rows(files), empty="No files saved yet.")
         samples = list(status.samples)
         if len(samples) != shown_samples:
             # thumbnails live in the temp folder, which Gradio 3 and 4 both serve (the output folder may not be)
@@ -545,6 +549,7 @@ class TrainPanel:
             (self.overwrite, self.start_overwriting, [self.task, *self.run_inputs()]),
             (self.resume_button, self.resume_training, [self.task, self.resume_list, *where]),
         ):
+            button.click(lambda: "", None, [self.result], queue=False, **hidden_progress())  # the last run's line
             poll = button.click(self.poll, [self.sample_count], live, every=1, **hidden_progress())
             run = button.click(self.host.wrap_long_handler(handler, 1), inputs, [self.result], **long)
             run.then(self.poll, [gr.State(-1)], live, cancels=[poll])
@@ -633,6 +638,21 @@ def saved_rows(files: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         loss = "" if f["loss"] is None else f"{f['loss']:.4f}"
         rows[path] = (f["step"] or 0, (name, f["epoch"], f["step"], loss))
     return [row for _, row in sorted(rows.values(), key=lambda item: item[0])]
+
+
+def stopped_html(status: Any) -> str:
+    """How a stopped training ended: what it saved, or (a resumed run stopped before its first new
+    step) that nothing new was learned since the file it resumed from."""
+    names = [f["path"].replace("\\", "/").rsplit("/", 1)[-1] for f in status.files]
+    resumed_from = status.resumed_from
+    if not names and resumed_from:
+        name = resumed_from.replace("\\", "/").rsplit("/", 1)[-1]
+        return html.message(
+            f"Stopped at step {status.step} before any new step: nothing new was learned since {name}, which this "
+            "run resumed from, so no new file was written.",
+            "warning",
+        )
+    return html.message(f"Stopped at step {status.step}; saved: {', '.join(names) or 'no files'}.", "warning")
 
 
 def resume_label(state: dict[str, Any]) -> str:

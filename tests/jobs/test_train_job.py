@@ -280,3 +280,89 @@ def test_nan_text_conditioning_is_named_as_the_cause_not_the_learning_rate(tmp_p
     assert "text encoder's output for the caption" in message and "not from the learning rate" in message
     assert "tag" in message  # the caption is named
     assert (tmp_path / "out" / "t-000001.safetensors").is_file()
+
+
+def test_a_resumed_run_reports_its_earlier_files_with_their_loss_and_a_stop_before_a_new_step_writes_nothing(
+    tmp_path: Path, bundle
+) -> None:
+    """Resume used to tell the front end nothing of the run's earlier session (its files showed no loss,
+    the chart began at the resume), and Stop pressed before the first new step wrote t-stepN again,
+    the same weights as the file it resumed from. Now the resumed run reports its earlier files with
+    the loss each was saved with, its logged losses, and the file it continues from; a stop before any
+    new step (in the loop, or while caching) writes no file, keeps the state and names that file."""
+    small_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+
+    class StopWhen(RecordingEvents):
+        def __init__(
+            self, token: StopToken, after_epoch_file: bool = False, at_text: str = "", on_resume: bool = False
+        ):
+            super().__init__()
+            self.token, self.after_epoch_file, self.at_text, self.on_resume = (
+                token,
+                after_epoch_file,
+                at_text,
+                on_resume,
+            )
+            self.at_step = -1
+
+        def saved(self, info) -> None:
+            super().saved(info)
+            if self.after_epoch_file and info.kind == "epoch":
+                self.at_step = info.step + 1  # one step into epoch 2
+
+        def step(self, info) -> None:
+            super().step(info)
+            if info.step == self.at_step:
+                self.token.request("test stop")
+
+        def message(self, level: str, text: str) -> None:
+            super().message(level, text)
+            if self.at_text and text.startswith(self.at_text):
+                self.token.request("test stop")
+
+        def resumed(self, history) -> None:
+            super().resumed(history)
+            if self.on_resume:
+                self.token.request("test stop")
+
+    cfg = _cfg(tmp_path, max_train_epochs=3)
+    token = StopToken()
+    first_events = StopWhen(token, after_epoch_file=True)
+    first = train(cfg, bundle, first_events, token)
+    assert first.status == "stopped" and first.steps == first_events.at_step
+    assert [(f.path.name, f.kind) for f in first.files] == [
+        ("t-000001.safetensors", "epoch"),
+        (f"t-step{first.steps:08d}.safetensors", "stopped"),
+    ]
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
+    state_json = (out / "t-state" / "state.json").read_bytes()
+    stop_name = f"t-step{first.steps:08d}.safetensors"
+
+    token = StopToken()
+    events = StopWhen(token, at_text="latents:")  # after caching: the loop's first check sees the stop
+    again = train(cfg, bundle, events, token, resume=out / "t-state")
+    assert again.status == "stopped" and again.files == [] and events.saved_files == []
+    (history,) = events.histories
+    assert [(f.path.name, f.epoch, f.step, f.kind, f.loss) for f in history.files] == [
+        (f.path.name, f.epoch, f.step, f.kind, f.loss) for f in first.files
+    ]
+    assert history.losses == [(s.step, s.loss) for s in first_events.steps]
+    assert (history.step, history.epoch, history.resumed_from) == (first.steps, 1, out / stop_name)
+    assert any(f"before any new step: nothing new was learned since {stop_name}" in t for t in events.texts())
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()} == before
+    assert (out / "t-state" / "state.json").read_bytes() == state_json  # the state it resumed from, kept
+
+    token = StopToken()
+    events = StopWhen(token, on_resume=True)  # stopped while caching
+    assert train(cfg, bundle, events, token, resume=out / "t-state").files == []
+    assert any(f"training started: nothing new was learned since {stop_name}" in t for t in events.texts())
+
+    token = StopToken()
+    token.request("test stop")  # stopped while the dataset is read (it was "failed: StopRequested")
+    events = RecordingEvents()
+    early = train(cfg, bundle, events, token, resume=out / "t-state")
+    assert (early.status, early.files, early.steps) == ("stopped", [], first.steps)
+    assert events.histories[0].resumed_from == out / stop_name
+    assert any(f"training started: nothing new was learned since {stop_name}" in t for t in events.texts())
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()} == before

@@ -521,6 +521,67 @@ def test_saved_files_after_a_resume_list_the_runs_earlier_files_too(host: FakeHo
     assert "0.1250" in table
 
 
+def test_after_a_resume_the_saved_files_show_every_loss_and_the_chart_covers_the_whole_run(host: FakeHost, tab) -> None:
+    """After Resume the earlier session's files had a blank loss, and the chart (its curve and its
+    epoch markers) began at the resume. The resumed run reports its earlier files, losses and the file
+    it continues from: the table shows each file's loss, the chart draws the whole run with every
+    epoch's marker. A stop before any new step says nothing new was learned since that file."""
+    from lib_lora.events import RunHistory, SavedFile, StepInfo
+
+    host.out.mkdir(parents=True, exist_ok=True)
+    earlier = [host.out / "mylora-000001.safetensors", host.out / "mylora-step00000004.safetensors"]
+    write_fake_lora(earlier[0], 1, 3, session="run")
+    write_fake_lora(earlier[1], 2, 4, session="run")
+    history = RunHistory(
+        epoch=1, step=4, total_steps=9, resumed_from=earlier[1],
+        files=[SavedFile(earlier[0], 1, 3, 0.25, "epoch"), SavedFile(earlier[1], 2, 4, 0.375, "stopped")],
+        losses=[(1, 0.5), (2, 0.3), (3, 0.2), (4, 0.375)],
+    )  # fmt: skip
+
+    def resumed(events, stop) -> None:
+        events.resumed(history)
+        path = host.out / "mylora-000002.safetensors"
+        write_fake_lora(path, 2, 6, session="run")
+        for step in (5, 6):
+            events.step(StepInfo(2, step, 9, 0.1, 0.15, {}, 1.0, 1.0, 3.0))
+        events.saved(SavedFile(path, 2, 6, 0.125, "epoch"))
+
+    host.jobs.run("train", "Training mylora", resumed)
+    _, chart, table, *_ = tab.train.poll(0)
+    rows = re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S) for row in rows]
+    assert [(c[0], c[3]) for c in cells] == [
+        ("mylora-000001.safetensors", "0.2500"),
+        ("mylora-step00000004.safetensors", "0.3750"),
+        ("mylora-000002.safetensors", "0.1250"),
+    ]
+    assert re.findall(r"<title>epoch (\d+) saved at step (\d+)</title>", chart) == [("1", "3"), ("2", "6")]
+    raw = re.search(r'<polyline points="([^"]+)" class="lt-loss-raw"', chart).group(1)
+    assert len(raw.split()) == 6  # steps 1-4 from the log, 5-6 from this session
+
+    def stopped_at_once(events, stop) -> None:
+        events.resumed(history)
+        stop.request()
+
+    status = host.jobs.run("train", "Training mylora", stopped_at_once)
+    assert status.state == "stopped"
+    outcome = _text(tab.train.outcome_html(status))
+    assert "Stopped at step 4 before any new step: nothing new was learned since mylora-step00000004" in outcome
+
+
+def test_a_stop_before_a_job_has_anything_to_keep_is_a_stop_not_a_failure(host: FakeHost) -> None:
+    """Resume then Stop at once, while the host read the dataset: the job ended "failed" with
+    "Error: StopRequested: stopped by the user". A stop is a stop, whenever it comes."""
+    from lib_lora.events import StopRequested
+
+    def stopped_while_reading(events, stop) -> None:
+        stop.request()
+        raise StopRequested(stop.reason)
+
+    status = host.jobs.run("train", "Training mylora", stopped_while_reading)
+    assert (status.state, status.error) == ("stopped", None)
+
+
 def test_the_output_folder_shows_the_chosen_folders_whole_path(host: FakeHost, tab) -> None:
     """The dropdown cut a label holding the path ("LoRA folder (/tmp/nc-work/lora"): the labels are
     short and the help line under it names the chosen folder in full, following the choice."""
