@@ -46,7 +46,7 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float
                 if response.status == 200:
                     return
         except OSError:
-            time.sleep(0.5)
+            time.sleep(0.1)
     raise RuntimeError(
         f"serve did not answer at {url} within {timeout:.0f} s:\n{log.read_text(errors='replace')[-3000:]}"
     )
