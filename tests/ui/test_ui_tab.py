@@ -108,6 +108,13 @@ def test_bucket_table_follows_resolution_and_batch(tab, dataset: Path) -> None:
     assert "lt-error" in bad and "resolution" in bad
 
 
+def test_demo_dataset_message_keeps_the_folder_name_as_typed(tab, tmp_path: Path) -> None:
+    names = tab.dataset.bucket_names()
+    folder = tmp_path / "My Data" / "Ärger Ñame"
+    _, _, status = tab.dataset.make_demo(str(folder), *subset_args(tab, names))
+    assert f"Wrote 12 images in 3 folders to {folder} (no captions)." in _text(status), status
+
+
 def test_dataset_errors_are_shown_and_change_nothing(tab, tmp_path: Path) -> None:
     names = tab.dataset.bucket_names()
     overview, _, _ = tab.dataset.refresh("", *subset_args(tab, names))
