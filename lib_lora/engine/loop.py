@@ -150,6 +150,23 @@ def _text_divergence_message(step: int, captions: list[str]) -> str:
     )
 
 
+def _base_text_is_finite(bundle: ModelBundle, network: LoRANetwork, batch: Batch, autocast) -> bool:
+    """Whether the model's own text encoder (every LoRA switched off) gives ``batch`` finite
+    conditioning: if so, a NaN with the LoRA on is the training's doing (a learning rate too high
+    can blow up the text-encoder LoRA while its weights stay finite), not the checkpoint's."""
+    if batch.text is not None:  # cached outputs: encoded without any trained LoRA
+        return False
+    enabled = [module.enabled for module in network.loras]
+    network.disable()
+    try:
+        with torch.no_grad(), autocast:
+            text = bundle.encode_text(batch.captions)
+    finally:
+        for module, on in zip(network.loras, enabled):
+            module.enabled = on
+    return all(bool(torch.isfinite(t).all()) for t in (text.context, text.pooled) if t is not None)
+
+
 def run_loop(
     bundle: ModelBundle,
     network: LoRANetwork,
@@ -239,7 +256,10 @@ def run_loop(
                         bundle, batch, loss_settings, generator, autocast_context(device, settings.mixed_precision)
                     )
                 except NonFiniteTextError as exc:
-                    if all(bool(torch.isfinite(p).all()) for p in params):  # the LoRA is sane: the model's doing
+                    sane = all(bool(torch.isfinite(p).all()) for p in params)
+                    if sane and not _base_text_is_finite(
+                        bundle, network, batch, autocast_context(device, settings.mixed_precision)
+                    ):  # the LoRA is finite and the model alone gives NaN: the model's doing
                         raise TrainingDiverged(_text_divergence_message(position.step + 1, exc.captions)) from None
                     raise TrainingDiverged(
                         _divergence_message(position.step + 1, settings.mixed_precision, bundle)
