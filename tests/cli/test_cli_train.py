@@ -233,3 +233,18 @@ def test_config_file_flag_as_sd_scripts_takes_it(tmp_path: Path, capsys) -> None
 
     assert _config_file(["my.toml", "--seed", "3"]) == ("my.toml", ["--seed", "3"])
     assert _config_file(["--seed", "3", "--config_file", "a.toml"]) == ("a.toml", ["--seed", "3"])
+
+
+def test_the_resume_hint_quotes_a_folder_with_spaces(tmp_path: Path, capsys, monkeypatch) -> None:
+    from lib_lora.standalone import models
+
+    small_dataset(tmp_path / "data")
+    out = tmp_path / "my loras"
+    (out / "cli-state").mkdir(parents=True)
+    (out / "cli-step00000004.safetensors").write_bytes(b"its stop file")
+    argv = _train(tmp_path, "--max_train_epochs", "1")
+    argv[argv.index("--output_dir") + 1] = str(out)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f'Add --resume "{out / "cli-state"}" to continue it, --overwrite to replace it' in err, err
