@@ -149,6 +149,17 @@ def test_app_page_wraps_the_tab_and_names_the_demo_model(tmp_path: Path) -> None
     assert app.lora_trainer_tab.train.form.components["resolution"].value == "128"
 
 
+def test_send_to_txt2img_in_the_app_points_at_the_prompt_box_where_it_is(tmp_path: Path) -> None:
+    host = StandaloneHost(None, tmp_path / "lora")
+    app = build_app(host)
+    panel = app.lora_trainer_tab.test
+    prompt, message, *_ = panel.send_to_txt2img("mylora-000002 (epoch 2, step 6)", "redfox\nsolo", "", 0.8)
+    assert prompt == "redfox, <lora:mylora-000002:0.8>"
+    assert "copy the text of &#x27;Prompt for txt2img&#x27; below" in message, message
+    order = [getattr(b, "elem_id", None) for b in app.blocks.values()]
+    assert order.index("lora_trainer_test_result") < order.index("lora_trainer_send_prompt")  # it is below
+
+
 @pytest.mark.slow
 def test_samples_with_an_empty_prompt_box_use_the_activation_tag_and_top_tags(tmp_path: Path) -> None:
     """As in the webui: samples asked for, no prompt given -> a prompt from the dataset, not no samples."""

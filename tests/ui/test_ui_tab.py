@@ -426,6 +426,15 @@ def test_epoch_grid_and_send_to_txt2img(host: FakeHost, tab, dataset: Path) -> N
     assert unchanged(image) and "Pick at least one epoch" in result
 
 
+def test_one_seed_one_file_words_are_singular(host: FakeHost, tab) -> None:
+    host.out.mkdir(parents=True, exist_ok=True)
+    write_fake_lora(host.out / "mylora-000001.safetensors", 1, 3)
+    cost = html.unescape(_text(tab.test.scoring_cost("mylora", "Lora folder", "", "7", "", "")))
+    assert "Scoring renders 1 image per epoch file (1 seed x 1 prompt): 1 image for 1 file" in cost, cost
+    prompt, message, *_ = tab.test.send_to_txt2img("mylora-000001 (epoch 1, step 3)", "redfox", "", 1)
+    assert "Copy the text of 'Prompt for txt2img' below" in html.unescape(_text(message)), message
+
+
 def test_follow_shows_a_running_training_until_it_ends(host: FakeHost, tab, dataset: Path) -> None:
     host.step_delay = 0.2
     worker = threading.Thread(target=lambda: _run(tab, dataset, max_train_epochs=1))
