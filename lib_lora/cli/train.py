@@ -177,6 +177,16 @@ def _run(args: argparse.Namespace, training: list[bool] | None = None) -> int:
     config_file, extra = _config_file(args._extra)
     values = load_toml(config_file) if config_file else {}
     values.update(_overrides(extra))
+    if args.resume:
+        from lib_lora.jobs.train import find_state
+
+        find_state(args.resume)  # a wrong folder is named now, not after the model has loaded
+        if not str(values.get("train_data_dir") or "").strip():
+            raise UserError(
+                "--resume continues a stopped run with the settings it was started with: give the same TOML file "
+                "or --KEY VALUE settings as the first run too, e.g. python -m lib_lora train run.toml --resume "
+                f"{shell_arg(args.resume)}"
+            )
     draft = build_config(values, preset=args.preset, check=False)
     family = _peek_family(draft.pretrained_model_name_or_path, draft.model_family)
     native = native_resolution(family, demo=is_builtin(draft.pretrained_model_name_or_path))
@@ -283,6 +293,8 @@ def _train(args, cfg, device, events, stop, on_sigint, parallel, training) -> in
     for saved in result.files:
         print(f"{saved.kind:>7}: {saved.path}")
     if result.status == "stopped":
-        print(f"stopped at step {result.steps}; resume with: --resume {shell_arg(result.state_dir)}")
+        print(
+            f"stopped at step {result.steps}; resume with the same command and --resume {shell_arg(result.state_dir)}"
+        )
     print(f"log: {result.log_path}")
     return 0
