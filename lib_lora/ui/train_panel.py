@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from lib_lora.common.errors import UserError
+from lib_lora.common.fsutil import check_writable
 from lib_lora.config import (
     NETWORK_TYPE_DEFAULTS,
     PRESETS,
@@ -305,6 +306,10 @@ class TrainPanel:
             overview = dataset_info.overview(folder, cfg.caption_extension)
             if overview.error:
                 parts.append(html.error(overview.error))
+        try:  # the output folder, as Start checks it (a file, a read-only folder)
+            check_writable(cfg.output_dir)
+        except UserError as exc:
+            parts.append(html.error(str(exc)))
         if not parts:
             where = os.path.abspath(cfg.output_dir)
             parts.append(html.message(f"Settings are valid; files go to {where}.", "ok"))

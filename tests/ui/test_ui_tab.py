@@ -382,6 +382,17 @@ def test_presets_and_estimate(tab, dataset: Path) -> None:
     assert "Settings are valid" in text
 
 
+def test_check_settings_refuses_an_output_folder_start_would_refuse(tab, dataset: Path, tmp_path: Path) -> None:
+    (tmp_path / "a file").write_text("mine")
+    where = ("mylora", "Lora folder", str(tmp_path / "a file"))
+    text = html.unescape(_text(tab.train.check(str(dataset), *where, *form_args(tab))))
+    assert f"Cannot write into {tmp_path / 'a file'}: {tmp_path / 'a file'} is a file, not a folder." in text, text
+    assert "Settings are valid" not in text
+    refused = html.unescape(_text(tab.train.start_training("", str(dataset), *where, *form_args(tab))))
+    assert "is a file, not a folder" in refused  # the same words as Start
+    assert (tmp_path / "a file").read_text() == "mine"
+
+
 def test_live_check_lists_every_problem_in_the_labels_words(tab, dataset: Path) -> None:
     args = form_args(tab, max_train_epochs=-2, resolution="100000", train_batch_size=2.5)
     out = tab.train.check(str(dataset), "", "Lora folder", "", *args)
