@@ -256,10 +256,12 @@ class TrainPanel:
             dora=cfg.dora_wd, factor=cfg.factor, decompose_both=cfg.decompose_both, full_matrix=cfg.full_matrix,
             use_tucker=cfg.use_tucker,
         )  # fmt: skip
+        demo = getattr(self.host.model_info(), "demo", False)
         parts.append(
             html.message(
                 f"File size: ~{size.file_bytes(cfg.save_precision) / 2**20:.1f} MiB per saved epoch "
-                f"({size.modules} modules, {size.params / 1e6:.1f} M parameters in {cfg.save_precision}).",
+                f"({size.modules} modules, {size.params / 1e6:.1f} M parameters in {cfg.save_precision})"
+                + (" for a full-size model of this family; the demo model's files are much smaller." if demo else "."),
                 "info",
             )
         )
@@ -267,7 +269,7 @@ class TrainPanel:
         free = vram.gpu_free() if cfg.auto_memory else None
         if free is not None:  # what Start's auto memory would turn on now, and why
             text += " " + " ".join(vram.choose_savers(cfg, self.family, free[1]).lines)
-        if getattr(self.host.model_info(), "demo", False):
+        if demo:
             text += " (Figures for a full-size model of this family; the demo model needs very little.)"
         parts.append(html.message(text, "warning" if estimate.fits is False else "info"))
         return "".join(parts)

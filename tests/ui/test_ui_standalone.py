@@ -149,6 +149,16 @@ def test_app_page_wraps_the_tab_and_names_the_demo_model(tmp_path: Path) -> None
     assert app.lora_trainer_tab.train.form.components["resolution"].value == "128"
 
 
+def test_the_demo_models_estimate_says_its_file_size_is_a_full_size_figure(tmp_path: Path) -> None:
+    host = StandaloneHost(None, tmp_path / "lora")
+    app = build_app(host)
+    tab = app.lora_trainer_tab
+    write_demo_dataset(tmp_path / "data")
+    text = tab.train.check(str(tmp_path / "data"), "mylora", "LoRA folder", "", *form_args(tab))
+    size = next(line for line in text.split("</div>") if "File size" in line)
+    assert "for a full-size model of this family; the demo model&#x27;s files are much smaller." in size, size
+
+
 def test_send_to_txt2img_in_the_app_points_at_the_prompt_box_where_it_is(tmp_path: Path) -> None:
     host = StandaloneHost(None, tmp_path / "lora")
     app = build_app(host)
