@@ -203,7 +203,7 @@ class TrainPanel:
         shrunk = getattr(self.host.settings(), "form_defaults", None) or {}
         if not shrunk:
             return doc
-        shown = ", ".join(f"{label_name(k).lower()} {'default' if v is None else v}" for k, v in shrunk.items())
+        shown = ", ".join(f"{_in_sentence(label_name(k))} {'empty' if v is None else v}" for k, v in shrunk.items())
         return (
             f"{doc} For the demo model the form starts smaller so a run takes minutes on a CPU ({shown}); "
             "choose the preset again to get its full values."
@@ -622,6 +622,12 @@ class TrainPanel:
         values["output_dir"] = str(state["state"].parent)
         cfg = build_config(values, family=info.family if info.family in ("sd1", "sdxl") else self.family)
         return self._run_training(cfg, str(state["state"]), False)
+
+
+def _in_sentence(label: str) -> str:
+    """A form label inside a sentence: "Batch size" -> "batch size"; "CLIP skip" and "Save every N
+    epochs" keep their capitals ("clip skip", "save every n epochs" read as other words)."""
+    return label[:1].lower() + label[1:] if label[1:2].islower() else label
 
 
 def saved_rows(files: list[dict[str, Any]]) -> list[tuple[Any, ...]]:

@@ -159,6 +159,12 @@ def test_the_demo_models_estimate_says_its_file_size_is_a_full_size_figure(tmp_p
     assert "for a full-size model of this family; the demo model&#x27;s files are much smaller." in size, size
 
 
+def test_the_demo_preset_note_keeps_the_labels_capitals(tmp_path: Path) -> None:
+    info = build_app(StandaloneHost(None, tmp_path / "lora")).lora_trainer_tab.train.preset_info("character")
+    assert "resolution 128" in info and "batch size 4" in info  # ordinary words lower-cased
+    assert "save every N epochs 1" in info and "CLIP skip empty" in info, info  # not "save every n", "clip skip"
+
+
 def test_send_to_txt2img_in_the_app_points_at_the_prompt_box_where_it_is(tmp_path: Path) -> None:
     host = StandaloneHost(None, tmp_path / "lora")
     app = build_app(host)
