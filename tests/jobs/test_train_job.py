@@ -268,6 +268,8 @@ def test_a_text_encoder_lora_blown_up_by_the_learning_rate_is_blamed_on_it_not_o
     message = str(caught.value)
     assert "a learning rate that is too high" in message, message
     assert "checkpoint" not in message
+    assert message.endswith("Nothing had been saved yet.")  # not "the last saved epoch is intact"
+    assert not list((tmp_path / "out").glob("*.safetensors"))
 
 
 def test_nan_text_conditioning_is_named_as_the_cause_not_the_learning_rate(tmp_path: Path, bundle, monkeypatch) -> None:
@@ -295,4 +297,5 @@ def test_nan_text_conditioning_is_named_as_the_cause_not_the_learning_rate(tmp_p
     message = str(caught.value)
     assert "text encoder's output for the caption" in message and "not from the learning rate" in message
     assert "tag" in message  # the caption is named
+    assert message.endswith("The last saved epoch is intact.")
     assert (tmp_path / "out" / "t-000001.safetensors").is_file()
