@@ -9,15 +9,25 @@ cd "$(dirname "$0")"
 
 step() { printf '\n==> [%s/4] %s\n' "$1" "$2"; }
 
-PYTHON=${PYTHON:-python3}
-if [ -x .venv/bin/python ]; then
+# Windows (Git Bash) names the interpreter python and puts the venv's scripts in Scripts/
+PYTHON=${PYTHON:-$(command -v python3 || command -v python || true)}
+if [ -x .venv/bin/python ] || [ -x .venv/Scripts/python.exe ]; then
     step 1 "Using the virtual environment in $(pwd)/.venv"
 else
     step 1 "Creating a virtual environment in $(pwd)/.venv"
+    if [ -z "$PYTHON" ]; then
+        echo "No Python found: install Python 3.10 or newer (python.org), then run this again." >&2
+        exit 1
+    fi
+    if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+        echo "Train LoRA needs Python 3.10 or newer; $PYTHON is $("$PYTHON" -V 2>&1). Install Python 3.10+" \
+            "(python.org) and run this again, naming it: PYTHON=python3.10 bash quickstart.sh" >&2
+        exit 1
+    fi
     "$PYTHON" -m venv .venv
 fi
 # shellcheck disable=SC1091
-. .venv/bin/activate
+if [ -f .venv/bin/activate ]; then . .venv/bin/activate; else . .venv/Scripts/activate; fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # torch first (on Linux this wheel carries CUDA; pick another build from pytorch.org if you need one),

@@ -41,3 +41,50 @@ def test_quickstart_prints_a_line_per_step_and_pips_progress(tmp_path: Path) -> 
     pip_calls = [line for line in log.read_text().splitlines() if line.startswith("pip ")]
     assert len(pip_calls) == 2 and all("-q" not in call.split() and "--progress-bar on" in call for call in pip_calls)
     assert log.read_text().splitlines()[-1] == "python -m lib_lora serve"
+
+
+OLD_PYTHON = """#!/usr/bin/env bash
+echo "$(basename "$0") $*" >> "$LOG"
+if [ "$1" = -V ]; then echo "Python 3.8.10"; fi
+if [ "$1" = -c ]; then exit 1; fi  # the version check: too old
+exit 0
+"""
+
+
+def test_quickstart_refuses_a_python_older_than_3_10_before_any_download(tmp_path: Path) -> None:
+    work = tmp_path / "project"
+    work.mkdir()
+    shutil.copy(ROOT / "quickstart.sh", work / "quickstart.sh")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(OLD_PYTHON)
+    (bin_dir / "python3").chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", LOG=str(log), PYTHON="python3")
+    done = subprocess.run(["bash", "quickstart.sh"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "Train LoRA needs Python 3.10 or newer; python3 is Python 3.8.10." in done.stderr, done.stderr
+    assert not (work / ".venv").exists()
+    assert not [line for line in log.read_text().splitlines() if "venv" in line or line.startswith("pip")]
+
+
+def test_quickstart_uses_a_windows_venv_scripts_folder(tmp_path: Path) -> None:
+    # Git Bash on Windows: the venv's python and activate script live in .venv/Scripts
+    work = tmp_path / "project"
+    scripts = work / ".venv" / "Scripts"
+    scripts.mkdir(parents=True)
+    shutil.copy(ROOT / "quickstart.sh", work / "quickstart.sh")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("python", "pip"):
+        (bin_dir / name).write_text(FAKE)
+        (bin_dir / name).chmod(0o755)
+    (scripts / "python.exe").write_text("")
+    (scripts / "python.exe").chmod(0o755)
+    (scripts / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
+    log = tmp_path / "calls.log"
+    env = dict(os.environ, LOG=str(log), BIN=str(bin_dir))
+    done = subprocess.run(["bash", "quickstart.sh"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "==> [1/4] Using the virtual environment" in done.stdout
+    assert log.read_text().splitlines()[-1] == "python -m lib_lora serve"

@@ -35,6 +35,18 @@ VERBS: dict[str, str] = {
 }
 
 
+_SHELL_SPECIAL = set("\"'&|;<>()$`*?[]{}!#^%")
+
+
+def shell_arg(value: object) -> str:
+    """``value`` as one argument to paste into a command line: in double quotes when it holds a space
+    or a character shells treat specially (double quotes work in cmd, PowerShell and POSIX shells)."""
+    text = str(value)
+    if text and not any(c.isspace() or c in _SHELL_SPECIAL for c in text):
+        return text
+    return '"' + text.replace('"', '\\"') + '"'
+
+
 def _available_verbs() -> dict[str, object]:
     modules = {}
     for verb, module_name in VERBS.items():

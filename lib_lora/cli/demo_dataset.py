@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lib_lora.cli import shell_arg
     from lib_lora.data.demo import write_demo_dataset
 
     result = write_demo_dataset(args.folder, captions=args.captions)
@@ -42,5 +43,8 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         print(result.summary())
-        print(f"next: python -m lib_lora tag {result.root}   (or open it in the app: python -m lib_lora serve)")
+        print(
+            f"next: python -m lib_lora tag {shell_arg(result.root)} --model demo-tagger   (the built-in demo "
+            "tagger, no download; or open the folder in the app: python -m lib_lora serve)"
+        )
     return 0

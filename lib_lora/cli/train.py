@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from lib_lora.cli import shell_arg
+
 HELP = """Train a LoRA from a dataset folder (kohya sd-scripts' settings and file format).
 
 Settings come from a kohya-style TOML file, a preset and --KEY VALUE overrides (sd-scripts' names, e.g. --network_dim 16 --learning_rate 1e-4), in that order of
@@ -135,7 +137,7 @@ def _existing_hint(cfg, args: argparse.Namespace) -> str:
     from pathlib import Path
 
     state = Path(cfg.output_dir) / f"{cfg.output_name}-state"
-    resume = f"--resume {state} to continue it, " if state.is_dir() else ""
+    resume = f"--resume {shell_arg(state)} to continue it, " if state.is_dir() else ""
     return f"Add {resume}--overwrite to replace it, or --output_name NEW."
 
 
@@ -175,6 +177,16 @@ def _run(args: argparse.Namespace, training: list[bool] | None = None) -> int:
     config_file, extra = _config_file(args._extra)
     values = load_toml(config_file) if config_file else {}
     values.update(_overrides(extra))
+    if args.resume:
+        from lib_lora.jobs.train import find_state
+
+        find_state(args.resume)  # a wrong folder is named now, not after the model has loaded
+        if not str(values.get("train_data_dir") or "").strip():
+            raise UserError(
+                "--resume continues a stopped run with the settings it was started with: give the same TOML file "
+                "or --KEY VALUE settings as the first run too, e.g. python -m lib_lora train run.toml --resume "
+                f"{shell_arg(args.resume)}"
+            )
     draft = build_config(values, preset=args.preset, check=False)
     family = _peek_family(draft.pretrained_model_name_or_path, draft.model_family)
     native = native_resolution(family, demo=is_builtin(draft.pretrained_model_name_or_path))
@@ -236,7 +248,7 @@ def _run(args: argparse.Namespace, training: list[bool] | None = None) -> int:
         raise UserError(
             "Another process of this run stopped unexpectedly (killed, out of memory, or its own error above), so "
             "every process stopped; resume from the last saved state with the same command and --resume "
-            f"{Path(cfg.output_dir) / (cfg.output_name + '-state')} (saved with each epoch file)."
+            f"{shell_arg(Path(cfg.output_dir) / (cfg.output_name + '-state'))} (saved with each epoch file)."
         ) from None
     finally:
         if parallel:
@@ -281,6 +293,8 @@ def _train(args, cfg, device, events, stop, on_sigint, parallel, training) -> in
     for saved in result.files:
         print(f"{saved.kind:>7}: {saved.path}")
     if result.status == "stopped":
-        print(f"stopped at step {result.steps}; resume with: --resume {result.state_dir}")
+        print(
+            f"stopped at step {result.steps}; resume with the same command and --resume {shell_arg(result.state_dir)}"
+        )
     print(f"log: {result.log_path}")
     return 0

@@ -131,23 +131,44 @@ def _grad_scaler(device: torch.device, mixed_precision: str):
         return torch.cuda.amp.GradScaler()
 
 
-def _divergence_message(step: int, mixed_precision: str, bundle: ModelBundle) -> str:
+def _kept(saved: bool) -> str:
+    return "The last saved epoch is intact." if saved else "Nothing had been saved yet."
+
+
+def _divergence_message(step: int, mixed_precision: str, bundle: ModelBundle, saved: bool = True) -> str:
     causes = []
     if mixed_precision == "fp16":
         causes.append("fp16 overflow (try mixed_precision bf16, or no on GPUs without bf16 such as GTX 16xx)")
     causes.append("a learning rate that is too high")
     if bundle.family == "sdxl":
         causes.append("NaN from SDXL's fp16 VAE (use a fixed fp16 VAE or train with the VAE in fp32)")
-    return f"Training stopped at step {step}: the loss became NaN or infinite. Likely cause: {'; or '.join(causes)}. The last saved epoch is intact."
+    return f"Training stopped at step {step}: the loss became NaN or infinite. Likely cause: {'; or '.join(causes)}. {_kept(saved)}"
 
 
-def _text_divergence_message(step: int, captions: list[str]) -> str:
+def _text_divergence_message(step: int, captions: list[str], saved: bool = True) -> str:
     shown = "; ".join(repr(c[:80]) for c in captions[:2])
     return (
         f"Training stopped at step {step}: the text encoder's output for the caption {shown} is NaN or infinite, "
         "so the loss would be too. This comes from the model's text encoder, not from the learning rate: "
-        "the checkpoint's text encoder may be broken. The last saved epoch is intact."
+        f"the checkpoint's text encoder may be broken. {_kept(saved)}"
     )
+
+
+def _base_text_is_finite(bundle: ModelBundle, network: LoRANetwork, batch: Batch, autocast) -> bool:
+    """Whether the model's own text encoder (every LoRA switched off) gives ``batch`` finite
+    conditioning: if so, a NaN with the LoRA on is the training's doing (a learning rate too high
+    can blow up the text-encoder LoRA while its weights stay finite), not the checkpoint's."""
+    if batch.text is not None:  # cached outputs: encoded without any trained LoRA
+        return False
+    enabled = [module.enabled for module in network.loras]
+    network.disable()
+    try:
+        with torch.no_grad(), autocast:
+            text = bundle.encode_text(batch.captions)
+    finally:
+        for module, on in zip(network.loras, enabled):
+            module.enabled = on
+    return all(bool(torch.isfinite(t).all()) for t in (text.context, text.pooled) if t is not None)
 
 
 def run_loop(
@@ -177,6 +198,10 @@ def run_loop(
     losses: list[float] = []
     last_loss: float | None = None
     saved_at = -1  # the step of the latest epoch/step file: a stop there needs no second file
+    resumed_at = position.step  # a resumed run saved its earlier files in the session before
+
+    def saved_before() -> bool:
+        return saved_at >= 0 or resumed_at > 0
 
     def validate(kind: str, epoch: int) -> None:
         if not hooks.validate:
@@ -244,13 +269,20 @@ def run_loop(
                         bundle, batch, loss_settings, generator, autocast_context(device, settings.mixed_precision)
                     )
                 except NonFiniteTextError as exc:
-                    if all(bool(torch.isfinite(p).all()) for p in params):  # the LoRA is sane: the model's doing
-                        raise TrainingDiverged(_text_divergence_message(position.step + 1, exc.captions)) from None
+                    sane = all(bool(torch.isfinite(p).all()) for p in params)
+                    if sane and not _base_text_is_finite(
+                        bundle, network, batch, autocast_context(device, settings.mixed_precision)
+                    ):  # the LoRA is finite and the model alone gives NaN: the model's doing
+                        raise TrainingDiverged(
+                            _text_divergence_message(position.step + 1, exc.captions, saved_before())
+                        ) from None
                     raise TrainingDiverged(
-                        _divergence_message(position.step + 1, settings.mixed_precision, bundle)
+                        _divergence_message(position.step + 1, settings.mixed_precision, bundle, saved_before())
                     ) from None
                 if not torch.isfinite(loss):
-                    raise TrainingDiverged(_divergence_message(position.step + 1, settings.mixed_precision, bundle))
+                    raise TrainingDiverged(
+                        _divergence_message(position.step + 1, settings.mixed_precision, bundle, saved_before())
+                    )
                 scaled = loss / schedule.accumulation
                 (scaler.scale(scaled) if scaler else scaled).backward()
                 accumulated += float(loss.detach()) / schedule.accumulation

@@ -29,7 +29,8 @@ from lib_lora.engine.noise import (
 
 
 class NonFiniteTextError(ArithmeticError):
-    """The text conditioning of a batch holds NaN or infinite values (a model property, not the lr)."""
+    """The text conditioning of a batch holds NaN or infinite values (the model's own, or a text-encoder
+    LoRA blown up by the learning rate: the loop tells which)."""
 
     def __init__(self, captions: list[str]) -> None:
         super().__init__(captions)

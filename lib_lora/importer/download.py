@@ -114,7 +114,7 @@ class ImportOptions:
         if problem:
             raise UserError(problem)
         name = (self.name or "").strip()
-        if not name or any(c in name for c in "/\\:") or name in (".", "..") or name.startswith("."):
+        if unusable_folder_name(name):
             raise UserError(
                 f"--name '{self.name}' cannot be used as a folder name: give the class tokens, e.g. --name Irene."
             )
@@ -126,6 +126,13 @@ class ImportOptions:
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out} is a file, not a dataset folder.")
         self.filters()  # ratings parse
+
+
+def unusable_folder_name(name: str) -> bool:
+    """True when the class tokens ``name`` cannot be one folder's name (empty, a path separator or
+    drive colon, a leading dot)."""
+    name = (name or "").strip()
+    return not name or any(c in name for c in "/\\:") or name.startswith(".")
 
 
 @dataclass

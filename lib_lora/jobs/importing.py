@@ -10,7 +10,8 @@ from lib_lora.common.errors import UserError
 from lib_lora.events import Events, StopToken
 from lib_lora.importer import dedupe
 from lib_lora.importer.booru_tags import CaptionOptions
-from lib_lora.importer.download import ImportOptions, ImportResult, import_booru
+from lib_lora.importer.clients import normalize_base_url
+from lib_lora.importer.download import ImportOptions, ImportResult, import_booru, unusable_folder_name
 
 SITES = ("danbooru", "gelbooru", "safebooru", "yandere", "konachan", "moebooru")
 RATINGS = ("g", "s", "q", "e")
@@ -55,17 +56,30 @@ class ImportRequest:
             )
         if self.site not in SITES:
             raise UserError(f"Site {self.site!r} is not known; choose one of {', '.join(SITES)}.")
+        # the checks whose ImportOptions wording names command-line options, in the panel's words
+        name = self.name.strip()
+        if unusable_folder_name(name):
+            raise UserError(
+                f"'Import into folder name' {name!r} cannot be a folder name: use the character's name without "
+                "/ \\ : or a leading dot, e.g. mychar."
+            )
+        out = Path(os.path.expanduser(self.dataset.strip()))
+        if out.exists() and not out.is_dir():
+            raise UserError(f"The dataset folder {out} is a file, not a folder: choose a folder in the Dataset tab.")
+        base_url = (self.base_url or "").strip()
+        if base_url:
+            normalize_base_url(base_url, "The base URL")
         options = ImportOptions(
             site=self.site,
             tags=self.tags or "",
-            out=Path(os.path.expanduser(self.dataset.strip())),
-            name=self.name or "",
+            out=out,
+            name=name,
             repeats=_whole(self.repeats, "Repeats"),
             limit=_whole(self.limit, "The number of images"),
             ratings=",".join(self.ratings),
             captions=self.captions,
             caption=CaptionOptions(),
-            base_url=(self.base_url or "").strip() or None,
+            base_url=base_url or None,
             api_key=(self.api_key or "").strip() or None,
             user=(self.user or "").strip() or None,
         )

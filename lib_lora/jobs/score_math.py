@@ -167,6 +167,14 @@ def pick_best(scores: Sequence[EpochScore], sigmas: float = NOISE_SIGMAS, fideli
         if not margin > max(sigmas * error, MIN_MARGIN):
             tied.append(i)
     if seeds < 2:
+        same = [i for i in order if top.score - scores[i].score < MIN_MARGIN]  # equal in the table's 3 decimals
+        if len(same) > 1:
+            names = ", ".join(scores[i].label for i in sorted(same))
+            return Pick(
+                best, False, order,
+                f"No confident pick: with one seed the noise cannot be measured, and {names} score the same "
+                f"({top.score:.3f}; {_describe(top, fidelity_measured)}); score again with more seeds.",
+            )  # fmt: skip
         names = ", ".join(scores[i].label for i in order[:3])
         return Pick(
             best, False, order,

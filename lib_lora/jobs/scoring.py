@@ -34,6 +34,7 @@ from typing import Any
 from lib_lora.captions.model import ranked_counts
 from lib_lora.common.errors import UserError
 from lib_lora.common.tags import split_tags
+from lib_lora.common.text import plural
 from lib_lora.events import Events, StopToken
 from lib_lora.formats.safetensors_io import read_header
 from lib_lora.jobs.epochs import LoraFile, activation_text, list_lora_files
@@ -205,8 +206,9 @@ def score_epochs(
     n_flex = len(settings.flexibility_prompts)
     total = settings.images_per_epoch() * len(files) + settings.base_images()
     events.info(
-        f"Scoring {len(files)} files: {settings.images_per_epoch()} images per file ({len(settings.seeds)} seeds x "
-        f"{len(prompts)} prompts) + {settings.base_images()} of the base model = {total} images."
+        f"Scoring {plural(len(files), 'file')}: {plural(settings.images_per_epoch(), 'image')} per file "
+        f"({plural(len(settings.seeds), 'seed')} x {plural(len(prompts), 'prompt')}) + "
+        f"{settings.base_images()} of the base model = {plural(total, 'image')}."
     )
     started = time.perf_counter()
     done = 0

@@ -297,7 +297,10 @@ class StandaloneHost:
         return None
 
     def send_to_txt2img(self, prompt: str, negative_prompt: str) -> tuple[list[Any], str]:
-        return [], "The standalone app has no txt2img: copy the prompt above into your generator (webui, ComfyUI...)."
+        return [], (
+            "The standalone app has no txt2img: copy the text of 'Prompt for txt2img' below into your generator "
+            "(webui, ComfyUI...)."
+        )
 
 
 def build_app(host: StandaloneHost) -> gr.Blocks:

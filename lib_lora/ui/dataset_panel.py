@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from lib_lora.common.errors import UserError
+from lib_lora.common.text import sentence
 from lib_lora.config import build_config
 from lib_lora.jobs import dataset_info, editor, importing
 from lib_lora.ui import html
@@ -234,7 +235,7 @@ class DatasetPanel:
     def make_demo(self, folder: str, *values: Any) -> list[Any]:
         result = dataset_info.make_demo_dataset(folder)
         dataset_info.forget_scan(folder)
-        return self._view(folder, values, html.message(result.summary().capitalize() + ".", "ok"))
+        return self._view(folder, values, html.message(sentence(result.summary()) + ".", "ok"))
 
     # ------------------------------------------------------------------ handlers: import
     @guarded(1)

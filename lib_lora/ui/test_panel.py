@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from lib_lora.common.errors import UserError
+from lib_lora.common.text import plural
 from lib_lora.jobs import epochs as epoch_files
 from lib_lora.jobs import scoring
 from lib_lora.ui import html
@@ -244,7 +245,7 @@ class TestPanel:
         if status.state == "stopped" or result is None:
             return [gr.update(), html.message("Stopped before the grid was finished.", "warning")]
         saved = f" Saved to {result.saved_to}." if result.saved_to else ""
-        text = f"{len(result.row_labels)} files x {len(result.column_labels)} prompts.{saved}"
+        text = f"{plural(len(result.row_labels), 'file')} x {plural(len(result.column_labels), 'prompt')}.{saved}"
         return [result.grid, html.message(text, "ok") + self._host_note()]
 
     def _host_note(self) -> str:
@@ -265,7 +266,8 @@ class TestPanel:
             prompt = f"{first}, {lora}" if first else lora
             send = hook(self.host, "send_to_txt2img")
             if send is None:
-                return [prompt, html.message("Copy the prompt above into your txt2img prompt."), *[gr.update()] * extra]
+                text = "Copy the text of 'Prompt for txt2img' below into your txt2img prompt."
+                return [prompt, html.message(text), *[gr.update()] * extra]
             updates, text = send(prompt, negative or "")
             return [prompt, html.message(text, "ok"), *list(updates)[:extra], *[gr.update()] * (extra - len(updates))]
         except UserError as exc:
@@ -300,9 +302,9 @@ class TestPanel:
         total = per * len(found) + settings.base_images()
         return (
             html.message(
-                f"Scoring renders {per} images per epoch file ({len(settings.seeds)} seeds x "
-                f"{1 + len(settings.flexibility_prompts) + len(settings.drift_prompts)} prompts)"
-                + (f": {total} images for {len(found)} files" if found else "")
+                f"Scoring renders {plural(per, 'image')} per epoch file ({plural(len(settings.seeds), 'seed')} x "
+                f"{plural(1 + len(settings.flexibility_prompts) + len(settings.drift_prompts), 'prompt')})"
+                + (f": {plural(total, 'image')} for {plural(len(found), 'file')}" if found else "")
                 + " — about as long as a Test grid of that many images. It can be stopped at any time."
             )
             + self._host_note()

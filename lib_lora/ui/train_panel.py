@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from lib_lora.common.errors import UserError
+from lib_lora.common.fsutil import check_writable
 from lib_lora.config import (
     NETWORK_TYPE_DEFAULTS,
     PRESETS,
@@ -202,7 +203,7 @@ class TrainPanel:
         shrunk = getattr(self.host.settings(), "form_defaults", None) or {}
         if not shrunk:
             return doc
-        shown = ", ".join(f"{label_name(k).lower()} {'default' if v is None else v}" for k, v in shrunk.items())
+        shown = ", ".join(f"{_in_sentence(label_name(k))} {'empty' if v is None else v}" for k, v in shrunk.items())
         return (
             f"{doc} For the demo model the form starts smaller so a run takes minutes on a CPU ({shown}); "
             "choose the preset again to get its full values."
@@ -255,10 +256,12 @@ class TrainPanel:
             dora=cfg.dora_wd, factor=cfg.factor, decompose_both=cfg.decompose_both, full_matrix=cfg.full_matrix,
             use_tucker=cfg.use_tucker,
         )  # fmt: skip
+        demo = getattr(self.host.model_info(), "demo", False)
         parts.append(
             html.message(
                 f"File size: ~{size.file_bytes(cfg.save_precision) / 2**20:.1f} MiB per saved epoch "
-                f"({size.modules} modules, {size.params / 1e6:.1f} M parameters in {cfg.save_precision}).",
+                f"({size.modules} modules, {size.params / 1e6:.1f} M parameters in {cfg.save_precision})"
+                + (" for a full-size model of this family; the demo model's files are much smaller." if demo else "."),
                 "info",
             )
         )
@@ -266,7 +269,7 @@ class TrainPanel:
         free = vram.gpu_free() if cfg.auto_memory else None
         if free is not None:  # what Start's auto memory would turn on now, and why
             text += " " + " ".join(vram.choose_savers(cfg, self.family, free[1]).lines)
-        if getattr(self.host.model_info(), "demo", False):
+        if demo:
             text += " (Figures for a full-size model of this family; the demo model needs very little.)"
         parts.append(html.message(text, "warning" if estimate.fits is False else "info"))
         return "".join(parts)
@@ -305,6 +308,10 @@ class TrainPanel:
             overview = dataset_info.overview(folder, cfg.caption_extension)
             if overview.error:
                 parts.append(html.error(overview.error))
+        try:  # the output folder, as Start checks it (a file, a read-only folder)
+            check_writable(cfg.output_dir)
+        except UserError as exc:
+            parts.append(html.error(str(exc)))
         if not parts:
             where = os.path.abspath(cfg.output_dir)
             parts.append(html.message(f"Settings are valid; files go to {where}.", "ok"))
@@ -620,6 +627,12 @@ class TrainPanel:
         values["output_dir"] = str(state["state"].parent)
         cfg = build_config(values, family=info.family if info.family in ("sd1", "sdxl") else self.family)
         return self._run_training(cfg, str(state["state"]), False)
+
+
+def _in_sentence(label: str) -> str:
+    """A form label inside a sentence: "Batch size" -> "batch size"; "CLIP skip" and "Save every N
+    epochs" keep their capitals ("clip skip", "save every n epochs" read as other words)."""
+    return label[:1].lower() + label[1:] if label[1:2].islower() else label
 
 
 def saved_rows(files: list[dict[str, Any]]) -> list[tuple[Any, ...]]:

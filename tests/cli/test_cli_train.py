@@ -88,7 +88,7 @@ def test_ctrl_c_stops_after_the_step_and_saves(tmp_path: Path) -> None:
     assert proc.returncode == 0, output
     saved = list((tmp_path / "out").glob("cli-step*.safetensors"))
     assert len(saved) == 1 and (tmp_path / "out" / "cli-state" / "state.json").is_file()
-    assert "resume with: --resume" in output
+    assert "resume with the same command and --resume" in output
     assert main(["inspect", str(saved[0])]) == 0
 
 
@@ -233,3 +233,39 @@ def test_config_file_flag_as_sd_scripts_takes_it(tmp_path: Path, capsys) -> None
 
     assert _config_file(["my.toml", "--seed", "3"]) == ("my.toml", ["--seed", "3"])
     assert _config_file(["--seed", "3", "--config_file", "a.toml"]) == ("a.toml", ["--seed", "3"])
+
+
+def test_the_resume_hint_quotes_a_folder_with_spaces(tmp_path: Path, capsys, monkeypatch) -> None:
+    from lib_lora.standalone import models
+
+    small_dataset(tmp_path / "data")
+    out = tmp_path / "my loras"
+    (out / "cli-state").mkdir(parents=True)
+    (out / "cli-step00000004.safetensors").write_bytes(b"its stop file")
+    argv = _train(tmp_path, "--max_train_epochs", "1")
+    argv[argv.index("--output_dir") + 1] = str(out)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f'Add --resume "{out / "cli-state"}" to continue it, --overwrite to replace it' in err, err
+
+
+def test_resume_names_a_wrong_folder_or_missing_settings_before_anything_loads(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from lib_lora.standalone import models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
+    small_dataset(tmp_path / "data")
+    assert main(_train(tmp_path, "--resume", str(tmp_path / "nope"))) == 2
+    assert f"{tmp_path / 'nope'}: no such training state folder." in capsys.readouterr().err
+    state = tmp_path / "out" / "cli-state"
+    state.mkdir(parents=True)
+    (state / "state.json").write_text("{}")
+    assert main(_train(tmp_path, "--resume", str(state))) == 2
+    assert "holds no complete training state" in capsys.readouterr().err
+    # the command the stop printed, alone: the run's settings are needed too
+    monkeypatch.setattr("lib_lora.jobs.train.find_state", lambda path: Path(path))
+    assert main(["train", "--resume", str(state)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume continues a stopped run with the settings it was started with"), err

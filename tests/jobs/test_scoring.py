@@ -123,6 +123,16 @@ def test_one_seed_is_never_confident() -> None:
     assert "one seed" in report.pick.reason
 
 
+def test_one_seed_with_equal_scores_says_they_score_the_same_not_that_one_is_highest() -> None:
+    same = [EpochScore(f"e{i}", i, [SeedScore(0.6, 0.4, 0.0)]) for i in range(1, 5)]
+    same[2] = EpochScore("e3", 3, [SeedScore(0.6, 0.4, 0.0001)])  # lower only past the shown decimals
+    reason = pick_best(same).reason
+    assert "e1, e2, e3, e4 score the same (0.618" in reason, reason
+    assert "highest" not in reason and "ahead of" not in reason
+    rising = [EpochScore(f"e{i}", i, [SeedScore(0.1 * i, 0.4, 0.0)]) for i in range(1, 4)]
+    assert "e3 scores highest" in pick_best(rising).reason  # a real difference is still named
+
+
 def test_no_core_tags_shows_fidelity_as_not_measured_not_as_a_perfect_one() -> None:
     """Without core tags fidelity is not measured (a stand-in 1 inside the score): the table and the
     pick's words say "not measured" instead of showing 1.000 as if every trait were there."""

@@ -254,6 +254,24 @@ def test_conv_alpha_defaults_to_one_and_network_args_are_recorded_as_given(tmp_p
     assert json.loads(meta["ss_network_args"]) == {"conv_dim": "4", "dropout": None}  # sd-scripts adds dropout
 
 
+def test_a_text_encoder_lora_blown_up_by_the_learning_rate_is_blamed_on_it_not_on_the_checkpoint(
+    tmp_path: Path, bundle
+) -> None:
+    # a text-encoder learning rate of 1e9: after one step the LoRA's weights are still finite, but the
+    # text encoder's output through them is not; the model's own text encoder is fine
+    from lib_lora.engine.loop import TrainingDiverged
+
+    small_dataset(tmp_path / "data")
+    cfg = _cfg(tmp_path, max_train_epochs=1, unet_lr=1e-6, text_encoder_lr=1e9)
+    with pytest.raises(TrainingDiverged) as caught:
+        train(cfg, bundle, RecordingEvents())
+    message = str(caught.value)
+    assert "a learning rate that is too high" in message, message
+    assert "checkpoint" not in message
+    assert message.endswith("Nothing had been saved yet.")  # not "the last saved epoch is intact"
+    assert not list((tmp_path / "out").glob("*.safetensors"))
+
+
 def test_nan_text_conditioning_is_named_as_the_cause_not_the_learning_rate(tmp_path: Path, bundle, monkeypatch) -> None:
     # e.g. a checkpoint whose CLIP final LayerNorm bias is 0: the webui's "Original" emphasis divides by
     # z.mean() == 0.0 for some captions and returns NaN conditioning while the LoRA is perfectly finite
@@ -279,6 +297,7 @@ def test_nan_text_conditioning_is_named_as_the_cause_not_the_learning_rate(tmp_p
     message = str(caught.value)
     assert "text encoder's output for the caption" in message and "not from the learning rate" in message
     assert "tag" in message  # the caption is named
+    assert message.endswith("The last saved epoch is intact.")
     assert (tmp_path / "out" / "t-000001.safetensors").is_file()
 
 

@@ -55,6 +55,24 @@ def test_import_without_a_folder_name_says_which_field(tab, tmp_path: Path) -> N
     assert not (tmp_path / "data").exists()
 
 
+def test_a_refused_import_names_the_panel_fields_not_command_line_options(tab, tmp_path: Path) -> None:
+    (tmp_path / "a file").write_text("x")
+    cases = [
+        ({3: "../evil"}, "'Import into folder name' '../evil' cannot be a folder name"),
+        ({10: "not a url"}, "The base URL 'not a url' is not a web address"),
+        ({2: str(tmp_path / "a file")}, "is a file, not a folder: choose a folder in the Dataset tab"),
+    ]
+    for change, expected in cases:
+        args = ["danbooru", "hatsune_miku", str(tmp_path / "data"), "miku", 10, 6, [], "booru", "", "", ""]
+        for index, value in change.items():
+            args[index] = value
+        text = html.unescape(_text(tab.dataset.start_import(*args)))
+        assert expected in text, text
+        assert "--" not in text  # the page has no command-line options
+    assert "No import yet" in _text(tab.dataset.poll_import())  # nothing started
+    assert not (tmp_path / "data").exists()
+
+
 def test_duplicate_review_panel(tab, tmp_path: Path) -> None:
     root = tmp_path / "dupes"
     planted = planted_dataset(root)

@@ -69,3 +69,12 @@ def test_cli_demo_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert all(Path(p).is_file() for p in data["images"])
     assert main(["demo-dataset", str(tmp_path / "demo")]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_cli_demo_dataset_next_step_can_be_pasted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a folder with a space and non-ASCII letters: the suggested command quotes it, and it names the
+    # demo tagger (the default WD tagger is a download)
+    folder = tmp_path / "my data" / "Ärger"
+    assert main(["demo-dataset", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert f'next: python -m lib_lora tag "{folder}" --model demo-tagger' in out, out

@@ -149,6 +149,33 @@ def test_app_page_wraps_the_tab_and_names_the_demo_model(tmp_path: Path) -> None
     assert app.lora_trainer_tab.train.form.components["resolution"].value == "128"
 
 
+def test_the_demo_models_estimate_says_its_file_size_is_a_full_size_figure(tmp_path: Path) -> None:
+    host = StandaloneHost(None, tmp_path / "lora")
+    app = build_app(host)
+    tab = app.lora_trainer_tab
+    write_demo_dataset(tmp_path / "data")
+    text = tab.train.check(str(tmp_path / "data"), "mylora", "LoRA folder", "", *form_args(tab))
+    size = next(line for line in text.split("</div>") if "File size" in line)
+    assert "for a full-size model of this family; the demo model&#x27;s files are much smaller." in size, size
+
+
+def test_the_demo_preset_note_keeps_the_labels_capitals(tmp_path: Path) -> None:
+    info = build_app(StandaloneHost(None, tmp_path / "lora")).lora_trainer_tab.train.preset_info("character")
+    assert "resolution 128" in info and "batch size 4" in info  # ordinary words lower-cased
+    assert "save every N epochs 1" in info and "CLIP skip empty" in info, info  # not "save every n", "clip skip"
+
+
+def test_send_to_txt2img_in_the_app_points_at_the_prompt_box_where_it_is(tmp_path: Path) -> None:
+    host = StandaloneHost(None, tmp_path / "lora")
+    app = build_app(host)
+    panel = app.lora_trainer_tab.test
+    prompt, message, *_ = panel.send_to_txt2img("mylora-000002 (epoch 2, step 6)", "redfox\nsolo", "", 0.8)
+    assert prompt == "redfox, <lora:mylora-000002:0.8>"
+    assert "copy the text of &#x27;Prompt for txt2img&#x27; below" in message, message
+    order = [getattr(b, "elem_id", None) for b in app.blocks.values()]
+    assert order.index("lora_trainer_test_result") < order.index("lora_trainer_send_prompt")  # it is below
+
+
 @pytest.mark.slow
 def test_samples_with_an_empty_prompt_box_use_the_activation_tag_and_top_tags(tmp_path: Path) -> None:
     """As in the webui: samples asked for, no prompt given -> a prompt from the dataset, not no samples."""

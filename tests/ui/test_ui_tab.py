@@ -108,6 +108,13 @@ def test_bucket_table_follows_resolution_and_batch(tab, dataset: Path) -> None:
     assert "lt-error" in bad and "resolution" in bad
 
 
+def test_demo_dataset_message_keeps_the_folder_name_as_typed(tab, tmp_path: Path) -> None:
+    names = tab.dataset.bucket_names()
+    folder = tmp_path / "My Data" / "Ärger Ñame"
+    _, _, status = tab.dataset.make_demo(str(folder), *subset_args(tab, names))
+    assert f"Wrote 12 images in 3 folders to {folder} (no captions)." in _text(status), status
+
+
 def test_dataset_errors_are_shown_and_change_nothing(tab, tmp_path: Path) -> None:
     names = tab.dataset.bucket_names()
     overview, _, _ = tab.dataset.refresh("", *subset_args(tab, names))
@@ -375,6 +382,17 @@ def test_presets_and_estimate(tab, dataset: Path) -> None:
     assert "Settings are valid" in text
 
 
+def test_check_settings_refuses_an_output_folder_start_would_refuse(tab, dataset: Path, tmp_path: Path) -> None:
+    (tmp_path / "a file").write_text("mine")
+    where = ("mylora", "Lora folder", str(tmp_path / "a file"))
+    text = html.unescape(_text(tab.train.check(str(dataset), *where, *form_args(tab))))
+    assert f"Cannot write into {tmp_path / 'a file'}: {tmp_path / 'a file'} is a file, not a folder." in text, text
+    assert "Settings are valid" not in text
+    refused = html.unescape(_text(tab.train.start_training("", str(dataset), *where, *form_args(tab))))
+    assert "is a file, not a folder" in refused  # the same words as Start
+    assert (tmp_path / "a file").read_text() == "mine"
+
+
 def test_live_check_lists_every_problem_in_the_labels_words(tab, dataset: Path) -> None:
     args = form_args(tab, max_train_epochs=-2, resolution="100000", train_batch_size=2.5)
     out = tab.train.check(str(dataset), "", "Lora folder", "", *args)
@@ -417,6 +435,15 @@ def test_epoch_grid_and_send_to_txt2img(host: FakeHost, tab, dataset: Path) -> N
     assert prompt == "redfox, <lora:mylora-000002:0.8>"
     image, result = tab.test.render_grid("task(4)", "mylora", "Lora folder", "", [], "x", "", 1, 1, "", "", "", "")
     assert unchanged(image) and "Pick at least one epoch" in result
+
+
+def test_one_seed_one_file_words_are_singular(host: FakeHost, tab) -> None:
+    host.out.mkdir(parents=True, exist_ok=True)
+    write_fake_lora(host.out / "mylora-000001.safetensors", 1, 3)
+    cost = html.unescape(_text(tab.test.scoring_cost("mylora", "Lora folder", "", "7", "", "")))
+    assert "Scoring renders 1 image per epoch file (1 seed x 1 prompt): 1 image for 1 file" in cost, cost
+    prompt, message, *_ = tab.test.send_to_txt2img("mylora-000001 (epoch 1, step 3)", "redfox", "", 1)
+    assert "Copy the text of 'Prompt for txt2img' below" in html.unescape(_text(message)), message
 
 
 def test_follow_shows_a_running_training_until_it_ends(host: FakeHost, tab, dataset: Path) -> None:
