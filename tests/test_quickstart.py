@@ -21,19 +21,29 @@ exit 0
 """
 
 
-def test_quickstart_prints_a_line_per_step_and_pips_progress(tmp_path: Path) -> None:
+def _stage(tmp_path: Path, fakes: dict[str, str]) -> tuple[Path, Path, Path]:
+    """A copy of quickstart.sh in tmp_path/project and a bin folder of stand-in
+    commands (name -> script); returns (work, bin folder, the calls log the stand-ins write)."""
     work = tmp_path / "project"
     work.mkdir()
     shutil.copy(ROOT / "quickstart.sh", work / "quickstart.sh")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in ("python3", "python", "pip"):
-        (bin_dir / name).write_text(FAKE)
+    for name, script in fakes.items():
+        (bin_dir / name).write_text(script)
         (bin_dir / name).chmod(0o755)
-    log = tmp_path / "calls.log"
+    return work, bin_dir, tmp_path / "calls.log"
+
+
+def _run(work: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "quickstart.sh"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_quickstart_prints_a_line_per_step_and_pips_progress(tmp_path: Path) -> None:
+    work, bin_dir, log = _stage(tmp_path, {"python3": FAKE, "python": FAKE, "pip": FAKE})
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", LOG=str(log), BIN=str(bin_dir))
     env.pop("PYTHON", None)
-    done = subprocess.run(["bash", "quickstart.sh"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    done = _run(work, env)
     assert done.returncode == 0, done.stderr
     steps = [line for line in done.stdout.splitlines() if line.startswith("==> ")]
     assert [s.split("]")[0] for s in steps] == ["==> [1/4", "==> [2/4", "==> [3/4", "==> [4/4"], done.stdout
@@ -52,16 +62,9 @@ exit 0
 
 
 def test_quickstart_refuses_a_python_older_than_3_10_before_any_download(tmp_path: Path) -> None:
-    work = tmp_path / "project"
-    work.mkdir()
-    shutil.copy(ROOT / "quickstart.sh", work / "quickstart.sh")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "python3").write_text(OLD_PYTHON)
-    (bin_dir / "python3").chmod(0o755)
-    log = tmp_path / "calls.log"
+    work, bin_dir, log = _stage(tmp_path, {"python3": OLD_PYTHON})
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", LOG=str(log), PYTHON="python3")
-    done = subprocess.run(["bash", "quickstart.sh"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    done = _run(work, env)
     assert done.returncode == 1
     assert "Train LoRA needs Python 3.10 or newer; python3 is Python 3.8.10." in done.stderr, done.stderr
     assert not (work / ".venv").exists()
@@ -70,21 +73,14 @@ def test_quickstart_refuses_a_python_older_than_3_10_before_any_download(tmp_pat
 
 def test_quickstart_uses_a_windows_venv_scripts_folder(tmp_path: Path) -> None:
     # Git Bash on Windows: the venv's python and activate script live in .venv/Scripts
-    work = tmp_path / "project"
+    work, bin_dir, log = _stage(tmp_path, {"python": FAKE, "pip": FAKE})
     scripts = work / ".venv" / "Scripts"
     scripts.mkdir(parents=True)
-    shutil.copy(ROOT / "quickstart.sh", work / "quickstart.sh")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name in ("python", "pip"):
-        (bin_dir / name).write_text(FAKE)
-        (bin_dir / name).chmod(0o755)
     (scripts / "python.exe").write_text("")
     (scripts / "python.exe").chmod(0o755)
     (scripts / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
-    log = tmp_path / "calls.log"
     env = dict(os.environ, LOG=str(log), BIN=str(bin_dir))
-    done = subprocess.run(["bash", "quickstart.sh"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    done = _run(work, env)
     assert done.returncode == 0, done.stderr
     assert "==> [1/4] Using the virtual environment" in done.stdout
     assert log.read_text().splitlines()[-1] == "python -m lib_lora serve"
