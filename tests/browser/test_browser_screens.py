@@ -130,8 +130,10 @@ def test_quick_start_offline_and_no_stale_screens(tmp_path: Path) -> None:
             check(page, "lora_trainer_cfg_enable_bucket", False)
             fill(page, "lora_trainer_cfg_train_batch_size", "8")
             fill(page, "lora_trainer_cfg_network_dim", "2")
-            # long enough (240 steps) to be still running after the progress check, the reload and Stop
-            fill(page, "lora_trainer_cfg_max_train_epochs", "60")
+            # long enough (1760 steps, ~100 s here at 17 it/s) to be still running after the progress check,
+            # the reload and Stop (~40 s) on a machine 2.5x faster; a file every 110 epochs keeps the grid small
+            fill(page, "lora_trainer_cfg_max_train_epochs", "440")
+            fill(page, "lora_trainer_cfg_save_every_n_epochs", "110")
             el(page, "lora_trainer_start").click()
             live = el(page, "lora_trainer_live")
             expect(live).to_contain_text("Training reloaded: running", timeout=60_000)
