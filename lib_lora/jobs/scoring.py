@@ -142,6 +142,11 @@ TABLE_HEADERS = ("file", "epoch", "fidelity", "flexibility", "drift", "score", "
 
 def lora_family(folder: str | os.PathLike, name: str) -> list[LoraFile]:
     """The epoch files and the final file of the newest run of ``name`` (step saves left out)."""
+    path = Path(str(folder or "")).expanduser()
+    if not path.exists():
+        raise UserError(f"The LoRA folder {path.resolve()} does not exist.")
+    if not path.is_dir():
+        raise UserError(f"{path.resolve()} is a file, not a folder: give the folder that holds the LoRA files.")
     found = [f for f in list_lora_files(folder, name) if "-step" not in f.path.stem]
     if not found:
         raise UserError(f"No LoRA files named {name!r} (name-000001.safetensors ... name.safetensors) in {folder}.")

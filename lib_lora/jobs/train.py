@@ -992,11 +992,7 @@ def train(
     try:
         plan = plan or prepare(cfg, bundle, events, stop, str(resume) if resume else None, processes)
     except StopRequested:  # stopped while the dataset was read: nothing trained, nothing written
-        history = _resume_history(cfg, resume) if resume and (parallel is None or parallel.is_main) else None
-        if history is not None:
-            events.resumed(history)
-        events.info(_stopped_before_training(history.resumed_from.name if history and history.resumed_from else None))
-        return TrainResult("stopped", [], history.step if history else 0, None, None, output_paths(cfg)[2], [])
+        return stopped_while_preparing(cfg, events, resume, parallel is None or parallel.is_main)
     guard = run_guard(cfg, resume, overwrite, events) if parallel is None or parallel.is_main else None
     with guard or contextlib.nullcontext(Path(resume) if resume else None) as state_folder:
         if parallel:  # the other processes read the state only once rank 0 has the lock (and any repair done)
@@ -1224,6 +1220,19 @@ def _train_locked(
         log_path,
         result.losses,
     )
+
+
+def stopped_while_preparing(
+    cfg: TrainConfig, events: Events, resume: str | os.PathLike | None = None, report_history: bool = True
+) -> TrainResult:
+    """The result of a run stopped while :func:`prepare` read its dataset: nothing trained, nothing
+    written. A resumed run reports its history and names the file it resumed from (nothing new was
+    learned since). Front ends whose own :func:`prepare` call was stopped end the run with this."""
+    history = _resume_history(cfg, resume) if resume and report_history else None
+    if history is not None:
+        events.resumed(history)
+    events.info(_stopped_before_training(history.resumed_from.name if history and history.resumed_from else None))
+    return TrainResult("stopped", [], history.step if history else 0, None, None, output_paths(cfg)[2], [])
 
 
 def _stopped_before_training(resumed_from: str | None) -> str:

@@ -36,9 +36,11 @@ FAMILY_DEFAULT_SIZE = {"sd1": 512, "sdxl": 1024}
 DEMO_SIZE = 128  # the tiny models' images are noise; keep them quick
 DEFAULT_STEPS = 20
 DEFAULT_CFG = 7.0
-# the form's starting values with the demo model: small and quick on a CPU
+# the form's starting values with the demo model: small and quick on a CPU. 320 px with SD1's
+# 64 px bucket step gives 256x384 / 384x256 buckets, so the demo dataset's 2:3 images keep their shape
+# (at 128 px the only tall bucket was 64x192 and half of each image was cropped away).
 DEMO_FORM = {
-    "resolution": "128", "min_bucket_reso": 64, "max_bucket_reso": 256, "train_batch_size": 4, "network_dim": 8,
+    "resolution": "320", "min_bucket_reso": 64, "max_bucket_reso": 640, "train_batch_size": 4, "network_dim": 8,
     "network_alpha": 4, "max_train_epochs": 4, "save_every_n_epochs": 1, "clip_skip": None,
 }  # fmt: skip
 

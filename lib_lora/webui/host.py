@@ -28,7 +28,7 @@ from typing import Any
 from lib_lora.common.errors import UserError
 from lib_lora.common.memory import release_freed_host_memory
 from lib_lora.config import TrainConfig
-from lib_lora.events import Events, MultiEvents, SampleImage, SavedFile, StopToken
+from lib_lora.events import Events, MultiEvents, SampleImage, SavedFile, StopRequested, StopToken
 from lib_lora.jobs.samples import default_sample_prompt
 from lib_lora.ui.host import GridRequest, GridResult, HostSettings, ModelInfo
 from lib_lora.webui import runtime, settings
@@ -208,13 +208,16 @@ class WebuiHost:
         self, cfg: TrainConfig, events: Events, stop: StopToken, resume: str | None = None, overwrite: bool = False
     ) -> Any:
         """Train on the loaded model (called inside a job). The model is restored whatever happens."""
-        from lib_lora.jobs.train import prepare, train
+        from lib_lora.jobs.train import prepare, stopped_while_preparing, train
         from lib_lora.webui.model_bundle import TrainingSession
 
         token = runtime.interrupt_aware(stop)
         bundle = self.bundle(cfg)  # refusals happen here, before anything changes
         cfg = self.host_config(cfg, bundle, events)
-        plan = prepare(cfg, bundle, events, token, resume)
+        try:
+            plan = prepare(cfg, bundle, events, token, resume)
+        except StopRequested:  # stopped while the dataset was read: a resumed run names the file it resumed from
+            return stopped_while_preparing(cfg, events, resume)
         if cfg.sample_every_n_epochs and not cfg.sample_prompts:
             cfg = cfg.replace(sample_prompts=default_sample_prompt(plan, cfg))
         previews = PreviewWriter()

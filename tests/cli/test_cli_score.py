@@ -49,6 +49,21 @@ def test_score_without_files_is_one_clear_line(tmp_path: Path, capsys) -> None:
     assert "No LoRA files named 'nothing'" in capsys.readouterr().err
 
 
+def test_score_on_a_missing_folder_says_the_folder_does_not_exist(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "nope"
+    assert main(["score", str(missing), "--name", "x"]) == 2
+    err = capsys.readouterr().err
+    assert f"The LoRA folder {missing} does not exist." in err and "No LoRA files" not in err
+
+
+def test_score_on_a_file_says_it_is_not_a_folder(tmp_path: Path, capsys) -> None:
+    file = tmp_path / "x.safetensors"
+    file.write_bytes(b"")
+    assert main(["score", str(file), "--name", "x"]) == 2
+    err = capsys.readouterr().err
+    assert f"{file} is a file, not a folder" in err and "No LoRA files" not in err
+
+
 @pytest.mark.parametrize("seeds", ["1,x", ""])
 def test_bad_seeds(tmp_path: Path, capsys, seeds: str) -> None:
     code = main(["score", str(tmp_path), "--name", "t", "--seeds", seeds])

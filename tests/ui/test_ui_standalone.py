@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 
 from lib_lora.cli import main
 from lib_lora.common.errors import UserError
-from lib_lora.data.demo import write_demo_dataset
+from lib_lora.data.buckets import BucketManager, BucketSettings
+from lib_lora.data.demo import DEMO_SUBSETS, write_demo_dataset
 from lib_lora.events import StepInfo
 from lib_lora.standalone.app import StandaloneHost, build_app
 from support.ui_tab import form_args
@@ -146,7 +147,7 @@ def test_app_page_wraps_the_tab_and_names_the_demo_model(tmp_path: Path) -> None
     output = app.lora_trainer_tab.train.output_choice
     assert output.info == f"Where the LoRA files go: {host.lora_dir}"
     # the demo starts the form small (quick on a CPU)
-    assert app.lora_trainer_tab.train.form.components["resolution"].value == "128"
+    assert app.lora_trainer_tab.train.form.components["resolution"].value == "320"
 
 
 def test_the_demo_models_estimate_says_its_file_size_is_a_full_size_figure(tmp_path: Path) -> None:
@@ -161,7 +162,7 @@ def test_the_demo_models_estimate_says_its_file_size_is_a_full_size_figure(tmp_p
 
 def test_the_demo_preset_note_keeps_the_labels_capitals(tmp_path: Path) -> None:
     info = build_app(StandaloneHost(None, tmp_path / "lora")).lora_trainer_tab.train.preset_info("character")
-    assert "resolution 128" in info and "batch size 4" in info  # ordinary words lower-cased
+    assert "resolution 320" in info and "batch size 4" in info  # ordinary words lower-cased
     assert "save every N epochs 1" in info and "CLIP skip empty" in info, info  # not "save every n", "clip skip"
 
 
@@ -196,3 +197,25 @@ def test_samples_with_an_empty_prompt_box_use_the_activation_tag_and_top_tags(tm
     # the demo's class tokens (its activation text), then its most frequent tags
     assert prompt.startswith("bluebird, greenleaf, redfox, ") and "simple background" in prompt, prompt
     assert Path(events.samples[0].path).is_file()
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_the_demo_forms_buckets_keep_the_demo_images_shape(tmp_path: Path, family: str) -> None:
+    # the demo form's bucket settings, as the app starts them, on the demo dataset's images (real bucket code)
+    values = build_app(StandaloneHost(None, tmp_path / "lora")).lora_trainer_tab.train.form.components
+    resolution = int(values["resolution"].value)
+    settings = BucketSettings(
+        resolution=(resolution, resolution), enable_bucket=bool(values["enable_bucket"].value),
+        min_bucket_reso=int(values["min_bucket_reso"].value), max_bucket_reso=int(values["max_bucket_reso"].value),
+        bucket_reso_steps=int(values["bucket_reso_steps"].value),
+    )  # fmt: skip
+    assert settings.enable_bucket
+    settings.validate(family)  # sd-scripts' step rule for both demo models' families
+    manager = BucketManager(settings)
+    sizes = [size for subset in DEMO_SUBSETS for size in subset.sizes]
+    choices = [manager.select(size) for size in sizes]
+    errors = [abs(choice.ar_error) for choice in choices]
+    assert sum(errors) / len(errors) < 0.1, errors  # the log's "mean ar error"
+    for size, choice in zip(sizes, choices):
+        kept = choice.bucket[0] * choice.bucket[1] / (choice.resized[0] * choice.resized[1])
+        assert kept >= 0.8, f"{size} -> bucket {choice.bucket}: only {kept:.0%} of the image is trained"

@@ -406,3 +406,37 @@ def test_the_grid_renders_under_lowvram_where_training_is_refused(webui, sd1, mo
         "task(grid)", "hutao", "Lora folder", "", list(test.files)[:1], "hutao", "", 1.0, 3, 64, 64, 2, 5.0
     )
     assert "1 files x 1 prompts" in html, html
+
+
+def test_a_stop_while_a_resumed_run_reads_its_dataset_names_the_file_it_resumed_from(webui, sd1) -> None:
+    """The webui host let the StopRequested of reading the dataset end the job with a generic "Stopped
+    before it started"; like the standalone app it now says nothing new was learned since the file the
+    run resumed from, and reports the run's history (the tab's stopped line names that file)."""
+    from lib_lora.config import build_config
+    from lib_lora.events import RecordingEvents, StopToken
+    from lib_lora.webui.host import WebuiHost
+
+    folder = dataset(webui.root / "data", images=2, name="1_hutao")
+    values = {**FAST, "train_data_dir": str(folder), "output_name": "hutao", "sample_every_n_epochs": None}
+    cfg = build_config({**values, "max_train_epochs": 5})
+    token = StopToken()
+
+    class StopAtStep(RecordingEvents):
+        def step(self, info) -> None:
+            super().step(info)
+            if info.step == 3:
+                token.request("test stop")
+
+    first = WebuiHost().train(cfg, StopAtStep(), token)
+    assert first.status == "stopped" and first.steps == 3
+    stop_name = "hutao-step00000003.safetensors"
+    before = {p.name: p.stat().st_mtime_ns for p in webui.lora_dir.iterdir() if p.is_file()}
+
+    token = StopToken()
+    token.request("test stop")  # Stop pressed while the resumed run reads its dataset
+    events = RecordingEvents()
+    again = WebuiHost().train(cfg, events, token, resume=str(webui.lora_dir / "hutao-state"))
+    assert (again.status, again.files, again.steps) == ("stopped", [], 3)
+    assert events.histories[0].resumed_from == webui.lora_dir / stop_name
+    assert any(f"nothing new was learned since {stop_name}, which this run resumed from" in t for t in events.texts())
+    assert {p.name: p.stat().st_mtime_ns for p in webui.lora_dir.iterdir() if p.is_file()} == before
