@@ -389,7 +389,7 @@ def test_the_grid_uses_txt2img_settings_as_they_are_on_screen_now(webui, sd1, mo
     assert sorted(test._live_keys) == sorted(on_screen)  # txt2img's components are inputs of the click
     live = [on_screen[key] for key in test._live_keys]
     _, html = render("task(grid)", "hutao", "Lora folder", "", labels, "hutao", "", 1.0, 3, "", "", "", "", *live)
-    assert "1 files x 1 prompts" in html, html
+    assert "1 file x 1 prompt" in html, html
     assert seen["sizes"] == {(128, 64)}
 
 
@@ -405,7 +405,7 @@ def test_the_grid_renders_under_lowvram_where_training_is_refused(webui, sd1, mo
     _, html = render(
         "task(grid)", "hutao", "Lora folder", "", list(test.files)[:1], "hutao", "", 1.0, 3, 64, 64, 2, 5.0
     )
-    assert "1 files x 1 prompts" in html, html
+    assert "1 file x 1 prompt" in html, html
 
 
 def test_a_stop_while_a_resumed_run_reads_its_dataset_names_the_file_it_resumed_from(webui, sd1) -> None:
