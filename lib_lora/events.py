@@ -85,6 +85,11 @@ class RunHistory:
     resumed_from: Path | None = None
 
 
+def nothing_new_since(file_name: str) -> str:
+    """The end of the line for a resumed run stopped before its first new step (engine, jobs and tab)."""
+    return f"nothing new was learned since {file_name}, which this run resumed from, so no new file was written."
+
+
 @dataclass
 class SampleImage:
     path: Path

@@ -24,7 +24,7 @@ from lib_lora.common.errors import UserError
 from lib_lora.engine.bundle import ModelBundle
 from lib_lora.engine.network import LoRANetwork
 from lib_lora.engine.step import Batch, LossSettings, NonFiniteTextError, batch_loss
-from lib_lora.events import Events, StepInfo, StopToken
+from lib_lora.events import Events, StepInfo, StopToken, nothing_new_since
 
 
 class TrainingDiverged(UserError):
@@ -376,8 +376,8 @@ def _stopped_unchanged(
 ) -> LoopResult:
     """Stopped before the first step of a resumed run: the weights are those of ``start_file``."""
     events.info(
-        f"Stopped ({stop.reason or 'stop requested'}) before any new step: nothing new was learned since "
-        f"{start_file}, which this run resumed from (step {position.step}), so no new file was written."
+        f"Stopped ({stop.reason or 'stop requested'}) at step {position.step} before any new step: "
+        + nothing_new_since(start_file)
     )
     hooks.save_state(position)
     return LoopResult("stopped", position, None, [])

@@ -63,7 +63,16 @@ from lib_lora.engine.savers import Offload, offload_modules
 from lib_lora.engine.step import Batch, LossSettings
 from lib_lora.engine.targets import check_family, select_targets
 from lib_lora.engine.validation import validation_loss
-from lib_lora.events import Events, MultiEvents, RunHistory, SampleImage, SavedFile, StopRequested, StopToken
+from lib_lora.events import (
+    Events,
+    MultiEvents,
+    RunHistory,
+    SampleImage,
+    SavedFile,
+    StopRequested,
+    StopToken,
+    nothing_new_since,
+)
 from lib_lora.formats import metadata as md
 from lib_lora.formats import safetensors_io
 from lib_lora.jobs import vram
@@ -1237,10 +1246,7 @@ def stopped_while_preparing(
 
 def _stopped_before_training(resumed_from: str | None) -> str:
     if resumed_from:
-        return (
-            f"Stopped before training started: nothing new was learned since {resumed_from}, which this run "
-            "resumed from, so no new file was written."
-        )
+        return "Stopped before training started: " + nothing_new_since(resumed_from)
     return "Stopped before training started; nothing was saved."
 
 

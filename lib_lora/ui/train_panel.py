@@ -22,6 +22,7 @@ from lib_lora.config import (
     native_resolution,
     preset_values,
 )
+from lib_lora.events import nothing_new_since
 from lib_lora.jobs import block_table, dataset_info, editor, vram
 from lib_lora.jobs import epochs as epoch_files
 from lib_lora.ui import html
@@ -637,7 +638,8 @@ def _in_sentence(label: str) -> str:
 
 def saved_rows(files: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """The Saved files table: every file of the run in its output folder (a resumed run's earlier
-    epochs too, found by the run's session id), with the loss for the ones this session saved."""
+    epochs too, found by the run's session id), with the loss of each file the status knows (a resumed
+    run's earlier files come with theirs, from the run's log)."""
     by_path = {os.path.normpath(f["path"]): f for f in files}
     found = []
     if files:
@@ -660,11 +662,7 @@ def stopped_html(status: Any) -> str:
     resumed_from = status.resumed_from
     if not names and resumed_from:
         name = resumed_from.replace("\\", "/").rsplit("/", 1)[-1]
-        return html.message(
-            f"Stopped at step {status.step} before any new step: nothing new was learned since {name}, which this "
-            "run resumed from, so no new file was written.",
-            "warning",
-        )
+        return html.message(f"Stopped at step {status.step} before any new step: {nothing_new_since(name)}", "warning")
     return html.message(f"Stopped at step {status.step}; saved: {', '.join(names) or 'no files'}.", "warning")
 
 
