@@ -13,7 +13,7 @@ import pytest
 from playwright import sync_api as playwright
 
 from lib_lora.cli import main
-from support.browser_app import CHROMIUM_ARGS, app_page, check, chromium_path, el, field, fill, open_tab, serve, shot
+from support.browser_app import check, el, field, fill, open_demo_app, open_tab, serve, shot
 from support.train_data import small_dataset
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -25,9 +25,8 @@ def test_picking_lokr_in_the_dropdown_trains_a_lokr(tmp_path: Path) -> None:
     lora = tmp_path / "lora"
     errors: list[str] = []
     with serve(tmp_path, "--lora-dir", str(lora)) as (url, log), playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        browser, page = open_demo_app(pw, url, errors)
         try:
-            page = app_page(browser, url, errors)
             fill(page, "lora_trainer_dataset_folder", str(data))
             open_tab(page, "Train")
             fill(page, "lora_trainer_cfg_resolution", "64")

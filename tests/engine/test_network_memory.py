@@ -30,21 +30,22 @@ def _host(kind: str) -> tuple[nn.Module, torch.Tensor]:
     return host, x.requires_grad_(True)
 
 
-def _module(algo: str, dora: bool, host: nn.Module, kind: str):
+def _applied(algo: str, dora: bool, kind: str):
+    """(host, input, module): a host layer with a trained-looking ``algo`` module applied to it."""
+    host, x = _host(kind)
     module = make_module(algo, "m", host, "linear" if kind == "linear" else "conv", 4, 2.0, dora_wd=dora, factor=4)
     with torch.no_grad():  # a trained state: every factor non-zero, so every gradient is non-trivial
         g = torch.Generator().manual_seed(1)
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.1 + (1.0 if p is module.dora_scale else 0.0))
-    return module
+    module.apply()
+    return host, x, module
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv"])
 @pytest.mark.parametrize(("algo", "dora"), CASES)
 def test_no_full_size_tensor_is_kept_for_backward(algo: str, dora: bool, kind: str) -> None:
-    host, x = _host(kind)
-    module = _module(algo, dora, host, kind)
-    module.apply()
+    host, x, module = _applied(algo, dora, kind)
     kept: list[torch.Tensor] = []
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -63,9 +64,7 @@ def test_no_full_size_tensor_is_kept_for_backward(algo: str, dora: bool, kind: s
 @pytest.mark.parametrize("kind", ["linear", "conv"])
 @pytest.mark.parametrize(("algo", "dora"), CASES)
 def test_gradients_equal_the_merged_weight_form(algo: str, dora: bool, kind: str) -> None:
-    host, x = _host(kind)
-    module = _module(algo, dora, host, kind)
-    module.apply()
+    host, x, module = _applied(algo, dora, kind)
     host(x).square().mean().backward()
     got = [p.grad.clone() for p in module.parameters()] + [x.grad.clone()]
     module.zero_grad()

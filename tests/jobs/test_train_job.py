@@ -14,7 +14,7 @@ from lib_lora.events import RecordingEvents, StopToken
 from lib_lora.formats import safetensors_io
 from lib_lora.formats.metadata import SS_KEYS, sshs_model_hash_of_file
 from lib_lora.jobs.train import train
-from support.train_data import small_dataset, small_run_config
+from support.train_data import StopAtStep, small_dataset, small_run_config
 
 
 def _cfg(tmp_path: Path, **values):
@@ -95,21 +95,11 @@ def test_stop_saves_a_usable_lora_and_resume_equals_an_uninterrupted_run(tmp_pat
     )
     assert straight.status == "done"
 
-    class StopAt(RecordingEvents):
-        def __init__(self, token: StopToken, at: int) -> None:
-            super().__init__()
-            self.token, self.at = token, at
-
-        def step(self, info) -> None:
-            super().step(info)
-            if info.step == self.at:
-                self.token.request("test stop")
-
     token = StopToken()
     cfg = _cfg(
         tmp_path, output_dir=str(tmp_path / "b"), save_precision="float", max_train_epochs=3, save_every_n_epochs=None
     )
-    stopped = train(cfg, bundle, StopAt(token, 5), token)
+    stopped = train(cfg, bundle, StopAtStep(token, 5), token)
     assert stopped.status == "stopped" and stopped.steps == 5
     stop_file = tmp_path / "b" / "t-step00000005.safetensors"
     assert stop_file.is_file() and (tmp_path / "b" / "t-state" / "state.json").is_file()

@@ -11,7 +11,7 @@ from lib_lora.common.errors import UserError
 from lib_lora.events import RecordingEvents, StopToken
 from lib_lora.formats import safetensors_io
 from lib_lora.jobs.train import train
-from support.train_data import small_dataset, small_run_config
+from support.train_data import StopAtStep, small_dataset, small_run_config
 
 TYPES = {
     "lokr-dora": {"algo": "lokr", "factor": 4, "dora_wd": True},
@@ -31,15 +31,8 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path, bundle, kind: str) -
     assert straight.status == "done"
 
     token = StopToken()
-
-    class StopAt(RecordingEvents):
-        def step(self, info) -> None:
-            super().step(info)
-            if info.step == 3:
-                token.request("test stop")
-
     cfg = _cfg(tmp_path, "b", **options)
-    assert train(cfg, bundle, StopAt(), token).status == "stopped"
+    assert train(cfg, bundle, StopAtStep(token, 3), token).status == "stopped"
     state = tmp_path / "b" / "t-state"
     other = "loha" if options["algo"] == "lokr" else "lokr"
     with pytest.raises(UserError, match=r"algo"):

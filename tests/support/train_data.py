@@ -6,6 +6,21 @@ from pathlib import Path
 
 from PIL import Image
 
+from lib_lora.events import RecordingEvents, StopToken
+
+
+class StopAtStep(RecordingEvents):
+    """Records a run's events and asks ``token`` to stop once step ``at`` is done."""
+
+    def __init__(self, token: StopToken, at: int) -> None:
+        super().__init__()
+        self.token, self.at = token, at
+
+    def step(self, info) -> None:
+        super().step(info)
+        if info.step == self.at:
+            self.token.request("test stop")
+
 
 def make_dataset(root: Path, folders: dict[str, list[tuple[int, int]]], captions: bool = True, seed: int = 0) -> Path:
     """``folders``: folder name -> image sizes. Images are smooth colour fields, so latents differ."""

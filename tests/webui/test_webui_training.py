@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from support import webui_models as wm
+from support.train_data import StopAtStep
 from support.webui_env import FAST, dataset, load_model, model_state, outputs, same_outputs, state_differences
 
 
@@ -420,14 +421,7 @@ def test_a_stop_while_a_resumed_run_reads_its_dataset_names_the_file_it_resumed_
     values = {**FAST, "train_data_dir": str(folder), "output_name": "hutao", "sample_every_n_epochs": None}
     cfg = build_config({**values, "max_train_epochs": 5})
     token = StopToken()
-
-    class StopAtStep(RecordingEvents):
-        def step(self, info) -> None:
-            super().step(info)
-            if info.step == 3:
-                token.request("test stop")
-
-    first = WebuiHost().train(cfg, StopAtStep(), token)
+    first = WebuiHost().train(cfg, StopAtStep(token, 3), token)
     assert first.status == "stopped" and first.steps == 3
     stop_name = "hutao-step00000003.safetensors"
     before = {p.name: p.stat().st_mtime_ns for p in webui.lora_dir.iterdir() if p.is_file()}
