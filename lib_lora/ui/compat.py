@@ -113,7 +113,8 @@ def painted_mask(value: Any) -> Any:
     """The painted strokes of a :func:`mask_painter` value as a bool numpy array [H, W] (None when
     there is no image): Gradio 3 sends ``{"image", "mask"}``, Gradio 4 ``{"background", "layers"}``.
     A Gradio 3 mask of another size than its image (strokes painted while the sketch still had the
-    previous image's geometry) is refused with a :class:`UserError`, never stretched over the image."""
+    previous image's geometry) is refused with a :class:`UserError`, never stretched over the image;
+    such a mask with nothing painted on it is no strokes (an empty mask of the image's size)."""
     import numpy as np
 
     if not isinstance(value, dict):
@@ -123,12 +124,15 @@ def painted_mask(value: Any) -> Any:
         if mask is None:
             return None
         mask = np.asarray(mask)
+        painted = (mask.max(axis=-1) if mask.ndim == 3 else mask) > 127
         image = value.get("image")
         if image is not None and np.asarray(image).shape[:2] != mask.shape[:2]:
-            # the sketch sizes its canvas from the image it shows: a mask of another size was
-            # painted while the previous image's geometry was still in place
-            raise UserError(STALE_STROKES)
-        return (mask.max(axis=-1) if mask.ndim == 3 else mask) > 127
+            # the sketch sizes its canvas from the image it shows: a mask of another size comes from
+            # the previous image's geometry. With nothing painted on it, it is simply no strokes.
+            if painted.any():
+                raise UserError(STALE_STROKES)
+            return np.zeros(np.asarray(image).shape[:2], dtype=bool)
+        return painted
     layers = value.get("layers") or []  # pragma: no cover - Gradio 4 only
     background = value.get("background")  # pragma: no cover
     if background is None:  # pragma: no cover

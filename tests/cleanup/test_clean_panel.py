@@ -136,3 +136,19 @@ def test_strokes_of_another_size_than_the_image_are_refused(panel, tmp_path: Pat
     assert is_update(out[0]) and out[0].keys() == {"__type__"}  # the kept mask is left as it is
     preview = panel.preview(view, "5_x/0.png", stale, kept, False, "lama-carve", "")
     assert "before the picked image had finished loading" in preview[-1]
+
+
+def test_an_empty_canvas_of_another_size_is_no_strokes_not_stale_ones(panel, tmp_path: Path) -> None:
+    """Right after Clear mask the painter can still send the previous image's blank canvas: nothing
+    was painted, so Preview says the mask is empty (and Add strokes keeps the kept mask), with no
+    word of strokes in the wrong place."""
+    root = tmp_path / "data"
+    dataset(root)
+    view = panel.load(str(root))[0]
+    blank = strokes((200, 300), (0, 0, 0, 0))
+    blank["mask"] = np.zeros((360, 640, 3), dtype=np.uint8)
+    preview = panel.preview(view, "5_x/0.png", blank, None, False, "lama-carve", "")
+    assert "The mask is empty" in preview[-1] and "finished loading" not in preview[-1]
+    kept = panel.add_strokes(view, "5_x/0.png", strokes((200, 300), (0.6, 0.8, 1.0, 1.0)), None, False)[0]
+    out = panel.add_strokes(view, "5_x/0.png", blank, kept, False)
+    assert np.array_equal(out[0], kept) and "finished loading" not in out[-1]
