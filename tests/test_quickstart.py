@@ -50,6 +50,14 @@ sys.exit(int(os.environ.get("VENV_EXIT", "0")))
 """
 
 
+# runs the script as this Python would if it were another one (`pretend`: the lines that make it so)
+PRETEND = """import runpy, subprocess, sys
+{}
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 class Project:
     """A copy of the quick-start files in tmp_path/project, the stand-ins beside it, and the calls log."""
 
@@ -69,15 +77,14 @@ class Project:
             (self.dir / ".venv" / venv).parent.mkdir(parents=True)
             shutil.copy(self.stand_in, self.dir / ".venv" / venv)
         self.log = tmp_path / "calls.log"
-        self.env = dict(
-            os.environ, LOG=str(self.log), STAND_IN=str(self.stand_in), PYTHONPATH=str(module.parent)
-        )  # fmt: skip
+        self.env = dict(os.environ, LOG=str(self.log), STAND_IN=str(self.stand_in), PYTHONPATH=str(module.parent))
         for name in ("WAIT_AT", "PIP_FAILS", "TORCH_EXIT", "VENV_PROBE", "VENV_EXIT", "PYTHON"):
             self.env.pop(name, None)
 
-    def run(self, *args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    def run(self, *args: str, cwd: Path | None = None, pretend: str = "", **env: str) -> subprocess.CompletedProcess:
+        python = [sys.executable, "-c", PRETEND.format(pretend)] if pretend else [sys.executable]
         return subprocess.run(
-            [sys.executable, str(self.dir / "quickstart.py"), *args], cwd=cwd or self.dir,
+            [*python, str(self.dir / "quickstart.py"), *args], cwd=cwd or self.dir,
             env=dict(self.env, **env), capture_output=True, text=True, timeout=60,
         )  # fmt: skip
 
@@ -130,12 +137,20 @@ def test_a_second_run_reuses_the_venv_and_keeps_an_importable_torch(tmp_path: Pa
 
 def test_a_windows_venv_runs_its_scripts_python_exe(tmp_path: Path) -> None:
     project = Project(tmp_path, venv="Scripts/python.exe")
-    done = project.run("--port", "7872")
+    done = project.run("--port", "7872", pretend='sys.platform = "win32"')  # subprocess is imported first
     assert done.returncode == 0, done.stderr
-    assert "Using the virtual environment" in _steps(done.stdout)[0]
+    steps = _steps(done.stdout)
+    assert "Using the virtual environment" in steps[0] and "Installing torch" in steps[1]
+    # PyPI's Windows torch has no CUDA: the user is told how to keep a GPU build instead
+    assert "PyPI's torch for Windows runs on the CPU only. For an NVIDIA GPU, stop this (Ctrl-C)" in done.stdout
     calls = project.calls()
     assert calls and all(call.startswith("python.exe ") for call in calls), calls
     assert calls[-1] == "python.exe -m lib_lora serve --port 7872"
+
+
+def test_other_systems_get_no_windows_torch_note(tmp_path: Path) -> None:
+    done = Project(tmp_path).run(pretend='sys.platform = "linux"')
+    assert done.returncode == 0 and "Installing torch" in done.stdout and "Windows" not in done.stdout
 
 
 @pytest.mark.parametrize(
@@ -203,19 +218,9 @@ def test_ctrl_c_stops_cleanly(tmp_path: Path, wait_at: str, status: int, said: s
     assert ("Starting the app" in stdout) == (wait_at == "serve")
 
 
-OLD_PYTHON = """import runpy, sys
-sys.version_info = (3, 8, 10, "final", 0)
-sys.argv = [sys.argv[1]]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
-
-
 def test_an_old_python_is_refused_in_one_sentence_before_any_download(tmp_path: Path) -> None:
     project = Project(tmp_path, venv=None)
-    done = subprocess.run(
-        [sys.executable, "-c", OLD_PYTHON, str(project.dir / "quickstart.py")], cwd=project.dir, env=project.env,
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = project.run(pretend='sys.version_info = (3, 8, 10, "final", 0)')
     assert done.returncode == 1
     assert done.stderr.startswith(
         f"Train LoRA needs Python 3.10 or newer, and this is Python 3.8.10 ({sys.executable}): install Python 3.10"
