@@ -70,7 +70,7 @@ def run(command: list[str], cwd: str | None = None) -> int:
         try:
             status = child.wait()
             break
-        except KeyboardInterrupt:  # pressed again while it stops: keep waiting for it
+        except KeyboardInterrupt:  # the command got the same Ctrl-C (maybe twice): wait until it stops
             interrupted = True
     if interrupted:
         raise Interrupted(status)
