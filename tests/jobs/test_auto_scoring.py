@@ -25,7 +25,7 @@ from lib_lora.jobs.lora_files import read_lora_file
 from lib_lora.jobs.scoring import ScoreSettings, core_tags_of, score_finished_run
 from lib_lora.jobs.train import train
 from support.scoring_standins import planted_renderer, planted_tagger
-from support.train_data import small_dataset, small_run_config
+from support.train_data import make_dataset, small_run_config
 
 SETTINGS = ScoreSettings(seeds=(1, 2, 3, 4), flexibility_prompts=("red dress", "beach"), drift_prompts=("scenery",))
 
@@ -33,7 +33,7 @@ SETTINGS = ScoreSettings(seeds=(1, 2, 3, 4), flexibility_prompts=("red dress", "
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, bundle):
     root = tmp_path_factory.mktemp("run")
-    small_dataset(root / "data")
+    make_dataset(root / "data", {"1_alpha": [(64, 64), (64, 64)]})  # one step per epoch
     cfg = small_run_config(root, max_train_epochs=3, activation_text="tchar", score_epochs=True)
     result = train(cfg, bundle)
     assert result.status == "done" and result.scoring is None  # train() itself renders nothing
