@@ -215,6 +215,7 @@ def score_epochs(
         f"({plural(len(settings.seeds), 'seed')} x {plural(len(prompts), 'prompt')}) + "
         f"{settings.base_images()} of the base model = {plural(total, 'image')}."
     )
+    events.progress("scoring", 0, total, f"0/{total} images")
     started = time.perf_counter()
     done = 0
 

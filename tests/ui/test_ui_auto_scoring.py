@@ -5,6 +5,7 @@ recommendation in the final file's metadata, and the Stop button ending the scor
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -37,9 +38,11 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     )
     requests: list = []
     asked: list = []
+    lives: list = []
 
     def render_grid(request, events, stop):  # what the host's sampler would draw, as the planted tagger reads it
         requests.append(request)
+        lives.append(tab.train.poll(0)[0])  # the live view under Start while the scoring runs
         path = request.lora_files[0]
         images = [Fake(epoch_of(path), p, request.weight, request.seed + i) for i, p in enumerate(request.prompts)]
         return GridResult(images, [Path(path).stem], list(request.prompts))
@@ -51,11 +54,11 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr(host, "render_grid", render_grid)
     monkeypatch.setattr(scoring, "load_tag_scorer", load_tagger)
-    return tab, host, data, lora, requests, asked
+    return tab, host, data, lora, requests, asked, lives
 
 
 def test_the_result_names_the_recommended_epoch_and_the_final_file_holds_it(app) -> None:
-    tab, host, data, lora, requests, asked = app
+    tab, host, data, lora, requests, asked, lives = app
     choice = next(iter(host.output_dir_choices()))
     args = form_args(tab, **SETTINGS)
     estimate = tab.train.check(str(data), "mylora", choice, "", *args)
@@ -66,6 +69,10 @@ def test_the_result_names_the_recommended_epoch_and_the_final_file_holds_it(app)
     assert "the scores are written into mylora.safetensors&#x27;s metadata" in result
     assert asked == [host.settings().tagger_model] == ["demo-tagger"]  # the tagger of the host's settings
     assert requests and all(not r.save for r in requests)  # no grid images are assembled or saved
+    # the live view: the cost first, then the images done with the time left, as the Test tab's scoring says
+    assert "Scoring 3 files: 9 images per file (3 seeds x 3 prompts) + 3 of the base model = 30 images." in lives[0]
+    assert "scoring the epochs: 0/30 images" in lives[0] and "scoring 0/30" in lives[0]
+    assert re.search(r"scoring the epochs: 11/30 images, about \d+ s left", lives[5]), lives[5]
     meta = safetensors_io.read_header(lora / "mylora.safetensors").metadata
     assert meta["lora_trainer_recommended_epoch"] == "2"
     assert not any(
@@ -77,7 +84,7 @@ def test_the_result_names_the_recommended_epoch_and_the_final_file_holds_it(app)
 
 
 def test_stop_during_the_scoring_keeps_every_file_and_says_so(app) -> None:
-    tab, host, data, lora, requests, asked = app
+    tab, host, data, lora, requests, asked, lives = app
     choice = next(iter(host.output_dir_choices()))
     inner = host.render_grid
 
