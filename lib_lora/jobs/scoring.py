@@ -363,6 +363,14 @@ def scores_metadata(report: ScoreReport) -> dict[str, str | None]:
     }
 
 
+def written_recommendation(path: str | os.PathLike) -> str | None:
+    """The pick in words that the scoring after training wrote into ``path`` (None: none, or unreadable)."""
+    try:
+        return read_header(path).metadata.get(META_RECOMMENDATION) or None
+    except UserError:
+        return None
+
+
 def _record(final: Path, report: ScoreReport, log_path: Path | None, step: int) -> None:
     """The recommendation into the final file's metadata (atomically, tensors untouched), its
     ``name.json`` notes (the webui's Lora card shows them) and the run's log."""

@@ -185,7 +185,8 @@ class TestPanel:
             gr.update(choices=labels, value=chosen),
             gr.update(choices=labels, value=labels[-1]),
             new_prompts,
-            html.message(text, "ok") + self._host_note(),  # on opening the sub-tab, before any grid or score
+            # on opening the sub-tab, before any grid or score
+            html.message(text, "ok") + _scored_after_training(found, name.strip()) + self._host_note(),
         ]
 
     @guarded(2)
@@ -390,6 +391,13 @@ class TestPanel:
             gr.update(choices=labels, value=labels),
             gr.update(choices=labels, value=labels[-1] if labels else None),
         ]
+
+
+def _scored_after_training(found: list[epoch_files.LoraFile], name: str) -> str:
+    """The pick the scoring after training wrote into the final file (score_epochs), in its words."""
+    final = next((f.path for f in found if f.path.stem == name), None)
+    words = scoring.written_recommendation(final) if final else None
+    return html.message(f"Scored after training: {words}", "info") if words else ""
 
 
 def score_chart(report: scoring.ScoreReport, width: int = 640, height: int = 240) -> str:

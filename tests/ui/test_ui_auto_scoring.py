@@ -81,6 +81,8 @@ def test_the_result_names_the_recommended_epoch_and_the_final_file_holds_it(app)
     assert "mylora-grids" not in {p.name for p in lora.iterdir()}
     status = host.jobs.current("train")
     assert "mylora-000002 is the best epoch" in tab.train.outcome_html(status)  # a reloaded page says the same
+    listing = tab.test.list_epochs("mylora", choice, "", str(data), "")[-1]  # the Test tab, on opening
+    assert "Scored after training: mylora-000002 is the best epoch" in listing, listing
 
 
 def test_stop_during_the_scoring_keeps_every_file_and_says_so(app) -> None:
