@@ -369,6 +369,8 @@ class TrainPanel:
         if job is None or job.state not in ("running", "queued"):
             return html.message("No training is running.")
         self.host.jobs.stop(job.id)
+        if job.stage == "scoring":  # the run is over; only the scoring after it stops (score_epochs)
+            return html.message("Stopping the scoring after the current image; every trained file is kept.", "warning")
         return html.message(
             "Stopping after this step; the LoRA so far is saved, with a state to resume from.", "warning"
         )

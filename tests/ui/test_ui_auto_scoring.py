@@ -92,7 +92,8 @@ def test_stop_during_the_scoring_keeps_every_file_and_says_so(app) -> None:
 
     def render_then_stop(request, events, stop):
         if len(requests) == 2:
-            assert "Stopping" in tab.train.stop_training()  # the Train tab's own Stop button
+            said = tab.train.stop_training()  # the Train tab's own Stop button
+            assert "Stopping the scoring after the current image; every trained file is kept." in said, said
         return inner(request, events, stop)
 
     host.render_grid = render_then_stop
