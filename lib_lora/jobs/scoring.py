@@ -348,7 +348,8 @@ def scores_metadata(report: ScoreReport) -> dict[str, str | None]:
         "images": report.images,
         "epochs": [
             {
-                "file": s.label, "epoch": s.epoch, "fidelity": round(s.fidelity, 4), "flexibility": round(s.flexibility, 4),
+                "file": s.label, "epoch": s.epoch, "fidelity": round(s.fidelity, 4) if report.core_tags else None,
+                "flexibility": round(s.flexibility, 4),
                 "drift": round(s.drift, 4), "score": round(s.score, 4), "noise": round(s.spread, 4),
                 "validation_loss": s.validation_loss,
             }

@@ -73,6 +73,8 @@ def test_the_result_names_the_recommended_epoch_and_the_final_file_holds_it(app)
     assert "Scoring 3 files: 9 images per file (3 seeds x 3 prompts) + 3 of the base model = 30 images." in lives[0]
     assert "scoring the epochs: 0/30 images" in lives[0] and "scoring 0/30" in lives[0]
     assert re.search(r"scoring the epochs: 11/30 images, about \d+ s left", lives[5]), lives[5]
+    after = tab.train.poll(0)[0]  # once it is over: what was done, no time left
+    assert "scoring the epochs: 30/30 images" in after and "30/30 images, about" not in after, after
     meta = safetensors_io.read_header(lora / "mylora.safetensors").metadata
     assert meta["lora_trainer_recommended_epoch"] == "2"
     assert not any(

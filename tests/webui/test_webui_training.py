@@ -449,7 +449,7 @@ def test_scoring_after_training_renders_through_txt2img_and_writes_the_pick(webu
     monkeypatch.setattr(
         scoring,
         "AUTO_SETTINGS",
-        scoring.ScoreSettings(seeds=(1, 2), flexibility_prompts=("beach",), drift_prompts=("sky",)),
+        scoring.ScoreSettings(seeds=(1,), flexibility_prompts=("beach",), drift_prompts=("sky",)),
     )
     monkeypatch.setitem(webui_host.TXT2IMG_FALLBACK, "width", 64)
     monkeypatch.setitem(webui_host.TXT2IMG_FALLBACK, "height", 64)
