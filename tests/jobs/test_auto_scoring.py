@@ -183,6 +183,9 @@ def test_the_cost_before_start_counts_the_files_the_run_will_save() -> None:
     # the setting's help says the same figure as the scoring renders
     help_text = TrainConfig.__dataclass_fields__["score_epochs"].metadata["help"]
     assert f"{scoring.AUTO_SETTINGS.images_per_epoch()} images per epoch file" in help_text
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = " ".join(readme[readme.index("**Score the epochs when training ends**") :].split("\n\n")[0].split())
+    assert f"{scoring.AUTO_SETTINGS.images_per_epoch()} images per epoch file" in section
 
 
 def test_a_damaged_final_file_is_refused_in_one_sentence_and_left_alone(tmp_path: Path) -> None:
