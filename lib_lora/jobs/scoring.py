@@ -17,6 +17,11 @@ confidences. Per epoch and seed:
 :mod:`lib_lora.jobs.score_math` combines them and decides whether one epoch is clearly best.
 :func:`keep_epoch` then makes the chosen file ``name.safetensors`` and moves the others into
 ``archive/`` (moved, never deleted).
+
+:func:`score_finished_run` does the same by itself when a training ends (``score_epochs``; each host
+calls it with its own renderer once its model is restored): the pick in words for the result, and in
+the final file's metadata under our own ``lora_trainer_*`` keys (only the header is rewritten: the
+tensor bytes, and so ``sshs_model_hash``, stay as they were), its ``name.json`` notes and the log.
 """
 
 from __future__ import annotations
