@@ -11,7 +11,14 @@ from lib_lora.events import Events, StopToken
 from lib_lora.importer import dedupe
 from lib_lora.importer.booru_tags import CaptionOptions
 from lib_lora.importer.clients import normalize_base_url
-from lib_lora.importer.download import ImportOptions, ImportResult, import_booru, unusable_folder_name
+from lib_lora.importer.download import (
+    MAX_LIMIT,
+    ImportOptions,
+    ImportResult,
+    import_booru,
+    too_many_images,
+    unusable_folder_name,
+)
 
 SITES = ("danbooru", "gelbooru", "safebooru", "yandere", "konachan", "moebooru")
 RATINGS = ("g", "s", "q", "e")
@@ -26,7 +33,8 @@ def _whole(value: object, what: str, minimum: int = 1) -> int:
     except (TypeError, ValueError):
         number = float("nan")
     if not number.is_integer() or number < minimum:
-        raise UserError(f"{what} must be a whole number of at least {minimum} (got {value!r}).")
+        got = "the box is empty" if value is None or not str(value).strip() else f"got {value}"
+        raise UserError(f"{what} must be a whole number of at least {minimum} ({got}).")
     return int(number)
 
 
@@ -74,8 +82,8 @@ class ImportRequest:
             tags=self.tags or "",
             out=out,
             name=name,
-            repeats=_whole(self.repeats, "Repeats"),
-            limit=_whole(self.limit, "The number of images"),
+            repeats=_whole(self.repeats, "'Import repeats'"),
+            limit=self._limit(),
             ratings=",".join(self.ratings),
             captions=self.captions,
             caption=CaptionOptions(),
@@ -85,6 +93,12 @@ class ImportRequest:
         )
         options.validate()
         return options
+
+    def _limit(self) -> int:
+        limit = _whole(self.limit, "'Number of images'")
+        if limit > MAX_LIMIT:
+            raise UserError(too_many_images(f"'Number of images' {limit:,}"))
+        return limit
 
 
 def run_import(request: ImportRequest, events: Events | None = None, stop: StopToken | None = None) -> ImportResult:

@@ -73,6 +73,27 @@ def test_a_refused_import_names_the_panel_fields_not_command_line_options(tab, t
     assert not (tmp_path / "data").exists()
 
 
+def test_a_bad_number_of_images_is_refused_in_the_fields_words_before_any_request(tab, tmp_path: Path) -> None:
+    cases = [
+        (100000000, "'Number of images' 100,000,000 is more images than one import fetches (at most 10,000)"),
+        (-5, "'Number of images' must be a whole number of at least 1 (got -5)."),
+        (0, "'Number of images' must be a whole number of at least 1 (got 0)."),
+        (None, "'Number of images' must be a whole number of at least 1 (the box is empty)."),
+    ]
+    for limit, expected in cases:
+        # nothing listens at the base address: a request would fail with other words
+        args = ["danbooru", "hatsune_miku", str(tmp_path / "data"), "miku", 10, limit, [], "booru", "", "", "http://127.0.0.1:9/"]  # fmt: skip
+        text = html.unescape(_text(tab.dataset.start_import(*args)))
+        assert expected in text, text
+        assert "--" not in text
+    args = ["danbooru", "hatsune_miku", str(tmp_path / "data"), "miku", None, 6, [], "booru", "", "", ""]
+    assert "'Import repeats' must be a whole number of at least 1 (the box is empty)." in html.unescape(
+        _text(tab.dataset.start_import(*args))
+    )
+    assert "No import yet" in _text(tab.dataset.poll_import())  # nothing started
+    assert not (tmp_path / "data").exists()
+
+
 def test_duplicate_review_panel(tab, tmp_path: Path) -> None:
     root = tmp_path / "dupes"
     planted = planted_dataset(root)
