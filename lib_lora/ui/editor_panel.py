@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from lib_lora.common.errors import UserError
-from lib_lora.common.text import plural
+from lib_lora.common.text import plural, sentence
 from lib_lora.jobs import dataset_info, editor, tagging
 from lib_lora.ui import html
 from lib_lora.ui.common import guarded, host_events, job_html, long_js, number, user_path
@@ -469,12 +469,13 @@ class EditorPanel:
         result = action(session)
         if result is None:
             return self._render(session, view.page, view.per_page, html.message("Nothing to do."), view)
-        text = f"{result.label}: {plural(result.changed, 'caption')} changed"
+        text = sentence(f"{result.label}: {plural(result.changed, 'caption')} changed")
         if result.considered:
             text += f" of {result.considered} shown"
         if result.locked:
             text += f" ({plural(result.locked, 'locked caption')} left alone)"
-        return self._render(session, view.page, view.per_page, html.message(text + ". Not saved yet.", "ok"), view)
+        text += ". Not saved yet." if result.changed else "."
+        return self._render(session, view.page, view.per_page, html.message(text, "ok"), view)
 
     # ------------------------------------------------------------------ editor handlers
     @guarded(N_EDITOR_OUTPUTS, status=STATUS)
@@ -524,6 +525,11 @@ class EditorPanel:
 
     @guarded(N_EDITOR_OUTPUTS, status=STATUS)
     def discard(self, *args):
+        view = View.of(args)
+        if not self._session(view.state).dirty_count:
+            return self._render(
+                view.state, view.page, view.per_page, html.message("No unsaved changes to discard."), view
+            )
         return self._edit(args, lambda s: s.discard_changes())
 
     @guarded(N_EDITOR_OUTPUTS, status=STATUS)
@@ -604,7 +610,7 @@ class EditorPanel:
             )
         result = session.save(on_conflict=choice or "ask")
         dataset_info.forget_scan(session.root)
-        parts = [html.message(editor.summary_line(result) + ".", "ok" if result.ok else "warning")]
+        parts = [html.message(sentence(editor.summary_line(result)) + ".", "ok" if result.ok else "warning")]
         for conflict in result.unresolved[:10]:
             parts.append(
                 html.message(

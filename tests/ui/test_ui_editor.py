@@ -179,3 +179,33 @@ def test_choosing_a_mask_source_on_the_train_tab_refreshes_the_gallery(tab, data
     session = ed.load(*_view(None), str(dataset), ".txt")[0]
     out = ed.refresh_marks(*_view(session, conditioning_data_dir=str(tmp_path / "none")))
     assert "0 of the" in _text(out[2])
+
+
+def test_every_editor_message_is_a_sentence(tab, dataset: Path) -> None:
+    """Each batch operation, undo, redo, discard and save answers with a capital letter first, as the rest
+    of the app does ("Add at the front: mychar: 12 captions changed", not "add at the front: ...")."""
+    ed = tab.editor
+    session = ed.load(*_view(None), str(dataset), ".txt")[0]
+    steps = [
+        ("add", lambda: ed.add_tags(*_view(session), "mychar", "front"), "Add at the front: mychar: 12 captions"),
+        ("remove", lambda: ed.remove_tags(*_view(session), "redfox"), "Remove: redfox: 5 captions"),
+        ("replace", lambda: ed.replace(*_view(session), "mychar", "hero", False, False), None),
+        ("front", lambda: ed.move_to_front(*_view(session), "hero"), "Move to front: hero:"),
+        ("sort", lambda: ed.sort_tags(*_view(session), "alpha", 1), None),
+        ("spaces", lambda: ed.underscores(*_view(session)), None),
+        ("dedupe", lambda: ed.dedupe(*_view(session)), None),
+        ("undo", lambda: ed.undo(*_view(session)), "Undo "),
+        ("redo", lambda: ed.redo(*_view(session)), "Redo "),
+        ("save", lambda: ed.save(*_view(session), "ask"), "Saved 12 captions"),
+        ("nothing to discard", lambda: ed.discard(*_view(session)), "No unsaved changes to discard."),
+        ("remove a missing tag", lambda: ed.remove_tags(*_view(session), "nowhere"), "Remove: nowhere: 0 captions"),
+        ("edit again", lambda: ed.add_tags(*_view(session), "extra", "end"), "Add at the end: extra: 12 captions"),
+        ("discard", lambda: ed.discard(*_view(session)), "Discard unsaved changes: 12 captions changed"),
+    ]
+    for name, step, expected in steps:
+        status = " ".join(_text(step()[STATUS]).split())
+        assert status[:1].isupper(), f"{name}: {status!r}"
+        if expected:
+            assert status.startswith(expected), f"{name}: {status!r}"
+        if ": 0 captions changed" in status or status.startswith("No "):
+            assert "Not saved yet" not in status, f"{name}: {status!r}"  # nothing was changed

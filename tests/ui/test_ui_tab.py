@@ -168,7 +168,7 @@ def test_editor_batch_edit_undo_redo_save(tab, dataset: Path) -> None:
     out = ed.redo(*_view(tab, session))
     assert session.dirty_count == 5
     out = ed.save(*_view(tab, session), "ask")
-    assert "saved 5 captions" in _text(out[7])
+    assert "Saved 5 captions" in _text(out[7])
     text = (dataset / "3_redfox" / "redfox_01.txt").read_text(encoding="utf-8")
     assert text.startswith("mychar, redfox")
     assert (dataset / "2_bluebird" / "bluebird_01.txt").read_text(encoding="utf-8").startswith("bluebird")
