@@ -79,7 +79,7 @@ def test_caption_box_follows_batch_edits_and_undo(page, tmp_path: Path) -> None:
     # a per-image edit made from the refreshed box keeps the batch edit
     box.fill(f"mychar, {original}, my edit")
     _el(page, "lora_trainer_caption_apply").click()
-    expect(_el(page, "lora_trainer_editor_status")).to_contain_text("edit caption: 1 caption changed")
+    expect(_el(page, "lora_trainer_editor_status")).to_contain_text("Edit caption: 1 caption changed")
     expect(box).to_have_value(f"mychar, {original}, my edit")
     _el(page, "lora_trainer_editor_undo").click()
     expect(box).to_have_value(f"mychar, {original}")  # undo of the per-image edit
