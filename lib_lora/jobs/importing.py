@@ -101,8 +101,34 @@ class ImportRequest:
         return limit
 
 
+# The importer's refusals name the command line's options; the panel has fields with other labels.
+# Whole phrases first (the page has no --min-score, --min-width or --exclude), then the options.
+_PAGE_WORDS = (
+    (
+        "use --rating, --min-score, --min-width/--min-height and --exclude instead of extra tags, or log in with "
+        "--user and --api-key",
+        "tick Ratings instead of adding rating: tags, or log in with 'Login / user ID (optional)' and "
+        "'API key (optional)'",
+    ),
+    ("pass --api-key KEY --user ID", "fill in 'API key (optional)' and 'Login / user ID (optional)'"),
+    ("--user", "'Login / user ID (optional)'"),
+    ("--api-key", "'API key (optional)'"),
+    ("--base-url", "'Base URL (mirror, optional)'"),
+)
+
+
+def page_words(text: str) -> str:
+    """``text`` with the import options' command-line names replaced by the panel's field labels."""
+    for old, new in _PAGE_WORDS:
+        text = text.replace(old, new)
+    return text
+
+
 def run_import(request: ImportRequest, events: Events | None = None, stop: StopToken | None = None) -> ImportResult:
-    return import_booru(request.options(), events, stop)
+    try:
+        return import_booru(request.options(), events, stop)
+    except UserError as exc:
+        raise UserError(page_words(exc.message), page_words(exc.hint) if exc.hint else None) from exc
 
 
 def import_summary(result: ImportResult) -> str:

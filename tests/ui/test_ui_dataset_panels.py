@@ -94,6 +94,33 @@ def test_a_bad_number_of_images_is_refused_in_the_fields_words_before_any_reques
     assert not (tmp_path / "data").exists()
 
 
+def test_the_sites_refusals_name_the_panels_fields_not_command_line_options(
+    tab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Danbooru's 2-tag limit said 'use --rating, --min-score ... or log in with --user and --api-key' on the
+    page, which has none of those options."""
+    patch_sleep(monkeypatch)
+    posts, _ = irene_posts()
+    root = tmp_path / "data"
+    with FakeBooru("danbooru", posts, credentials={"me": "secret"}) as booru:
+        cases = [
+            # site, tags, user, key, base URL, words the page must show
+            ("danbooru", "a b c", "", "", booru.base_url, "tick Ratings instead of adding rating: tags, or log in "
+             "with 'Login / user ID (optional)' and 'API key (optional)'"),
+            ("danbooru", IRENE, "me", "", booru.base_url, "Danbooru needs both 'Login / user ID (optional)' (your "
+             "user name) and 'API key (optional)'"),
+            ("danbooru", IRENE, "me", "wrong", booru.base_url, "check 'Login / user ID (optional)' (your user name"),
+            ("gelbooru", IRENE, "", "", "", "fill in 'API key (optional)' and 'Login / user ID (optional)'"),
+            ("gelbooru", IRENE, "me", "key", "", "Gelbooru wants the numeric user ID for 'Login / user ID (optional)'"),
+        ]  # fmt: skip
+        for site, tags, user, key, base_url, expected in cases:
+            args = [site, tags, str(root), "irene", 10, 6, [], "booru", user, key, base_url]
+            text = html.unescape(_text(tab.dataset.start_import(*args)))
+            assert expected in text, text
+            assert "--" not in text, text
+    assert not list(root.rglob("*.png"))
+
+
 def test_duplicate_review_panel(tab, tmp_path: Path) -> None:
     root = tmp_path / "dupes"
     planted = planted_dataset(root)
