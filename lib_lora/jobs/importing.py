@@ -148,9 +148,15 @@ def scan_duplicates(
     text = str(folder or "").strip()
     if not text:
         raise UserError("No dataset folder chosen: choose it in the Dataset tab first.")
-    distance = _whole(distance, "The distance", 0)
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        where = path.absolute()
+        raise UserError(
+            f"Dataset folder {where} " + ("is a file, not a folder." if where.exists() else "does not exist.")
+        )
+    distance = _whole(distance, "'Duplicate distance'", 0)
     options = dedupe.DedupeOptions(distance=distance, auto_distance=min(dedupe.AUTO_DISTANCE, distance))
-    return dedupe.scan(Path(text).expanduser(), options, events, stop)
+    return dedupe.scan(path, options, events, stop)
 
 
 def move_exact_duplicates(scan: dedupe.DedupeScan, events: Events | None = None) -> dedupe.DedupeResult:

@@ -10,7 +10,7 @@ import pytest
 
 from lib_lora.ui.tab import build_tab
 from support.importer_fakebooru import IRENE, FakeBooru, irene_posts, patch_sleep
-from support.importer_images import planted_dataset
+from support.importer_images import planted_dataset, smooth_image
 from support.ui_host import FakeHost
 
 pytestmark = pytest.mark.ui
@@ -151,6 +151,21 @@ def test_duplicate_review_panel(tab, tmp_path: Path) -> None:
     # no scan yet: a message, same number of outputs
     out = tab.dataset.keep_pair(None)
     assert len(out) == 5 and "scan for duplicates first" in out[1].lower()
+
+
+def test_duplicate_scan_words_one_pair_and_a_missing_folder(tab, tmp_path: Path) -> None:
+    """'1 similar pairs to review', and 'nowhere is not a folder' for a folder that does not exist."""
+    folder = tmp_path / "data" / "5_x"
+    folder.mkdir(parents=True)
+    picture = smooth_image(7, (256, 256), shapes=8)
+    picture.save(folder / "a.png")
+    picture.save(folder / "b.png")  # identical pixels: one certain duplicate
+    (folder / "broken.png").write_bytes(b"not a picture")
+    summary = " ".join(_text(tab.dataset.scan_duplicates(str(tmp_path / "data"), 4)[1]).split())
+    assert "2 images scanned: 1 certain duplicate in 1 group; 0 similar pairs to review (0 left)." in summary
+    assert "1 unreadable image was skipped." in summary
+    missing = _text(tab.dataset.scan_duplicates(str(tmp_path / "nowhere"), 4)[1])
+    assert f"Dataset folder {tmp_path / 'nowhere'} does not exist." in missing, missing
 
 
 def test_bucket_table_still_shows_beside_a_stray_folder_marked_not_used(tab, tmp_path: Path) -> None:
