@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from lib_lora.common.errors import UserError
-from lib_lora.common.text import plural, sentence
+from lib_lora.common.text import plural, plural_word, sentence
 from lib_lora.jobs import dataset_info, editor, tagging
 from lib_lora.ui import html
 from lib_lora.ui.common import guarded, host_events, job_html, long_js, number, user_path
@@ -474,7 +474,7 @@ class EditorPanel:
             text += f" of {result.considered} shown"
         if result.locked:
             text += f" ({plural(result.locked, 'locked caption')} left alone)"
-        text += ". Not saved yet." if result.changed else "."
+        text += ". Not saved yet." if result.changed and session.dirty_count else "."
         return self._render(session, view.page, view.per_page, html.message(text, "ok"), view)
 
     # ------------------------------------------------------------------ editor handlers
@@ -484,9 +484,12 @@ class EditorPanel:
         state = view.state
         if state is not None and state.dirty_count:
             changed = state.changed_on_disk()
+            asked = user_path(folder) if str(folder or "").strip() else None
+            other = f" before loading {asked}" if asked is not None and asked != user_path(state.root) else ""
             text = (
-                f"{plural(state.dirty_count, 'unsaved caption change')} "
-                f"{'is' if state.dirty_count == 1 else 'are'} kept (save or discard them first to reload)."
+                f"{plural(state.dirty_count, 'unsaved caption change')} in {state.root} "
+                f"{plural_word(state.dirty_count, 'is')} kept: save or discard "
+                f"{'it' if state.dirty_count == 1 else 'them'}{other or ' to reload'}."
             ) + (
                 f" {plural(len(changed), 'caption')} changed on disk meanwhile; saving reports them." if changed else ""
             )

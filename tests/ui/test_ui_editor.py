@@ -209,3 +209,28 @@ def test_every_editor_message_is_a_sentence(tab, dataset: Path) -> None:
             assert status.startswith(expected), f"{name}: {status!r}"
         if ": 0 captions changed" in status or status.startswith("No "):
             assert "Not saved yet" not in status, f"{name}: {status!r}"  # nothing was changed
+
+
+def test_discard_is_not_followed_by_not_saved_yet(tab, dataset: Path) -> None:
+    """'Discard unsaved changes: 12 captions changed of 12 shown. Not saved yet.' after a discard, when
+    nothing is left to save."""
+    ed = tab.editor
+    session = ed.load(*_view(None), str(dataset), ".txt")[0]
+    ed.add_tags(*_view(session), "mychar", "front")
+    status = " ".join(_text(ed.discard(*_view(session))[STATUS]).split())
+    assert status.startswith("Discard unsaved changes: 12 captions changed") and "Not saved yet" not in status
+    assert session.dirty_count == 0
+
+
+def test_loading_another_folder_with_unsaved_changes_names_both_folders(tab, dataset: Path, tmp_path: Path) -> None:
+    ed = tab.editor
+    session = ed.load(*_view(None), str(dataset), ".txt")[0]
+    ed.add_tags(*_view(session, include="redfox"), "mychar", "front")
+    other = tmp_path / "other"
+    other.mkdir()
+    status = " ".join(_text(ed.load(*_view(session), str(other), ".txt")[STATUS]).split())
+    assert f"5 unsaved caption changes in {dataset} are kept: save or discard them before loading {other}." in status
+    ed.discard(*_view(session))
+    ed.edit_caption(*_view(session, selected=session.items[0].rel, shown_caption=session.items[0].caption), "x")
+    status = " ".join(_text(ed.load(*_view(session), str(dataset), ".txt")[STATUS]).split())
+    assert f"1 unsaved caption change in {dataset} is kept: save or discard it to reload." in status, status
