@@ -99,6 +99,7 @@ class TagRequest:
     exclude_tags: str = ""  # comma-separated
     batch_size: int = 8
     device: str = "auto"
+    caption_extension: str = ".txt"  # the Train tab's "Caption file extension": where training reads captions
 
     def options(self) -> TagFolderOptions:
         folder = (self.folder or "").strip()
@@ -127,6 +128,7 @@ class TagRequest:
             batch_size=int(self.batch_size),
             confidences=True,
             device=self.device,
+            caption_extension=self.caption_extension,
         )
 
 

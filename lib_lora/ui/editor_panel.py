@@ -221,9 +221,10 @@ class EditorPanel:
         out, view = self.outputs(), self.view_inputs()
         self.model.change(self.describe_model, [self.model], [self.model], **hidden_progress())
 
-        tag_inputs = [
+        self.tag_start_inputs = tag_inputs = [
             self.tag_task, folder, self.model, self.local_model, self.general_threshold, self.character_threshold,
             self.general_mcut, self.character_mcut, self.existing, self.activation_tag, self.exclude_tags, self.tag_batch,
+            self.tab.caption_extension_input(),  # the captions go where training and the editor read them
         ]  # fmt: skip
         poll = self.tag_start.click(self.poll_tagging, None, [self.tag_progress], every=1, **hidden_progress())
         run = self.tag_start.click(
@@ -284,12 +285,14 @@ class EditorPanel:
     def start_tagging(
         self, task_id: str, folder: str, model: str, local_model: str, general: float, character: float,
         general_mcut: bool, character_mcut: bool, existing: str, activation: str, exclude: str, batch: Any,
+        caption_extension: str = ".txt",
     ) -> str:  # fmt: skip
         request = tagging.TagRequest(
             folder=folder, model=model, local_model=local_model, general_threshold=general,
             character_threshold=character, general_mcut=general_mcut, character_mcut=character_mcut,
             existing=existing, activation_tag=activation, exclude_tags=exclude,
             batch_size=int(number(batch, "The tagger batch size", 1, integer=True) or 8),
+            caption_extension=(caption_extension or ".txt").strip() or ".txt",
         )  # fmt: skip
         request.options()  # every setting checked before the job starts
         status = self.host.jobs.run(

@@ -271,6 +271,18 @@ def test_offline_tagger_error_is_one_sentence_shown_once(tab, tmp_path: Path, mo
     assert "red theme" in (data / "3_redfox" / "redfox_01.txt").read_text(encoding="utf-8")
 
 
+def test_tagging_writes_the_caption_extension_the_train_tab_names(tab, tmp_path: Path) -> None:
+    """With 'Caption file extension' .caption on the Train tab, tagging wrote .txt files that neither the
+    editor (Load captions) nor training read."""
+    data = write_demo_dataset(tmp_path / "untagged").root
+    assert tab.caption_extension_input() in tab.editor.tag_start_inputs
+    args = ["task(1)", str(data), "demo-tagger", "", 0.35, 0.85, False, False, "skip", "", "", 4, ".caption"]
+    assert "12 captions written" in _text(tab.editor.start_tagging(*args))
+    assert len(list(data.rglob("*.caption"))) == 12 and not list(data.rglob("*.txt"))
+    args[-1] = ".png"
+    assert "The caption file extension .png is an image type" in html.unescape(tab.editor.start_tagging(*args))
+
+
 # -- Train ------------------------------------------------------------------------------------------
 
 
