@@ -535,3 +535,10 @@ def test_an_absurd_limit_is_refused_before_any_request_and_nothing_is_created(
 def test_the_largest_allowed_limit_is_accepted(tmp_path: Path) -> None:
     options = ImportOptions(site="danbooru", tags=IRENE, out=tmp_path / "data", name="Irene", limit=download.MAX_LIMIT)
     options.validate()  # no refusal at the cap itself
+
+
+def test_empty_tags_are_named_as_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`import danbooru "" --out data` said 'Give the subfolder's class tokens with --name'."""
+    code, _, err = _run(["import", "danbooru", "  ", "--out", str(tmp_path / "data")], capsys)
+    assert code == 2 and err.strip() == 'error: No tags to search for: give the booru tags, e.g. "irene_(kanniiepan)".'
+    assert not (tmp_path / "data").exists()
