@@ -105,6 +105,7 @@ def test_one_mask_for_a_whole_folder(tmp_path: Path, model: Path) -> None:
         ("empty-mask", "is empty"),
         ("read-only", "is read-only; nothing was changed"),
         ("no-mask", "Give the mask"),
+        ("mask-folder", "is a folder, not an image: give one mask image."),
     ],
 )
 def test_bad_input_is_one_line_and_changes_nothing(
@@ -134,6 +135,8 @@ def test_bad_input_is_one_line_and_changes_nothing(
         Image.new("L", (200, 160), 0).save(mask)
     elif case == "read-only":
         image.chmod(0o444)
+    elif case == "mask-folder":
+        argv[3] = str(tmp_path)
     elif case == "no-mask":
         argv = ["clean", str(image), "--model", str(model)]
     before = snapshot(tmp_path / "data")
