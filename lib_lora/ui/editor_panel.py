@@ -244,9 +244,11 @@ class EditorPanel:
         self.redo_button.click(self.redo, view, out)
         for trigger in (self.filter_button.click, self.include.submit, self.exclude.submit, self.search.submit):
             trigger(self.first_page, None, [self.page]).then(self.show, view, out)
-        self.prev_page.click(self.turn_page, [self.page, gr.State(-1)], [self.page]).then(self.show, view, out)
-        self.next_page.click(self.turn_page, [self.page, gr.State(1)], [self.page]).then(self.show, view, out)
-        self.page.submit(self.show, view, out)
+        # the Page box never runs past the pages there are (Next on the last page stays there)
+        paging = [self.state, self.per_page]
+        self.prev_page.click(self.turn_page, [self.page, gr.State(-1), *paging], [self.page]).then(self.show, view, out)
+        self.next_page.click(self.turn_page, [self.page, gr.State(1), *paging], [self.page]).then(self.show, view, out)
+        self.page.submit(self.turn_page, [self.page, gr.State(0), *paging], [self.page]).then(self.show, view, out)
         form = self.tab.train.form.components
         for name in ("conditioning_data_dir", "alpha_mask"):  # a mask source chosen on the Train tab: new marks
             if name in form:
@@ -523,11 +525,19 @@ class EditorPanel:
     def first_page(self) -> int:
         return 1
 
-    def turn_page(self, page: Any, delta: int) -> int:
+    def turn_page(self, page: Any, delta: int, state: Any = None, per_page: Any = None) -> int:
+        """The page ``delta`` pages from ``page``, within the pages the loaded captions fill."""
         try:
-            return max(1, int(float(page or 1)) + int(delta))
-        except (TypeError, ValueError):
+            wanted = max(1, int(float(page or 1)) + int(delta))
+        except (TypeError, ValueError, OverflowError):
             return 1
+        if state is None:
+            return wanted
+        try:
+            size = max(1, int(float(per_page or 48)))
+        except (TypeError, ValueError, OverflowError):
+            size = 48
+        return min(wanted, max(1, math.ceil(len(state.visible()) / size)))
 
     @guarded(N_EDITOR_OUTPUTS, status=STATUS)
     def discard(self, *args):

@@ -234,3 +234,16 @@ def test_loading_another_folder_with_unsaved_changes_names_both_folders(tab, dat
     ed.edit_caption(*_view(session, selected=session.items[0].rel, shown_caption=session.items[0].caption), "x")
     status = " ".join(_text(ed.load(*_view(session), str(dataset), ".txt")[STATUS]).split())
     assert f"1 unsaved caption change in {dataset} is kept: save or discard it to reload." in status, status
+
+
+def test_the_page_box_never_runs_past_the_last_page(tab, dataset: Path) -> None:
+    """Next page on 'Page 1 of 1' put 2, 3, 4 ... in the Page box (the gallery stayed on page 1), so
+    Previous page then seemed to do nothing; a typed 999 stayed in the box beside 'Page 1 of 1'."""
+    ed = tab.editor
+    session = ed.load(*_view(None), str(dataset), ".txt")[0]
+    assert ed.turn_page(1, 1, session, 48) == 1  # 12 images: one page of 48
+    assert ed.turn_page(999, 0, session, 48) == 1  # a typed page number, clamped
+    assert ed.turn_page(3, 1, session, 4) == 3 and ed.turn_page(3, -1, session, 4) == 2  # 3 pages of 4
+    ed.show(*_view(session, include="redfox"))  # 5 images shown: 2 pages of 4
+    assert ed.turn_page(2, 1, session, 4) == 2
+    assert ed.turn_page("abc", 1, session, 4) == 1
