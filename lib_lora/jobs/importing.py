@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lib_lora.common.errors import UserError
+from lib_lora.common.layout import too_many_repeats
 from lib_lora.events import Events, StopToken
 from lib_lora.importer import dedupe
 from lib_lora.importer.booru_tags import CaptionOptions
@@ -82,7 +83,7 @@ class ImportRequest:
             tags=self.tags or "",
             out=out,
             name=name,
-            repeats=_whole(self.repeats, "'Import repeats'"),
+            repeats=self._repeats(),
             limit=self._limit(),
             ratings=",".join(self.ratings),
             captions=self.captions,
@@ -93,6 +94,13 @@ class ImportRequest:
         )
         options.validate()
         return options
+
+    def _repeats(self) -> int:
+        repeats = _whole(self.repeats, "'Import repeats'")
+        problem = too_many_repeats(repeats)
+        if problem:  # the folder name N_name would make an epoch training refuses
+            raise UserError(problem.replace("Repeats", "'Import repeats'", 1))
+        return repeats
 
     def _limit(self) -> int:
         limit = _whole(self.limit, "'Number of images'")

@@ -90,6 +90,10 @@ def test_a_bad_number_of_images_is_refused_in_the_fields_words_before_any_reques
     assert "'Import repeats' must be a whole number of at least 1 (the box is empty)." in html.unescape(
         _text(tab.dataset.start_import(*args))
     )
+    args[4] = 1000000000
+    assert "'Import repeats' 1,000,000,000 is too many: training refuses an epoch" in html.unescape(
+        _text(tab.dataset.start_import(*args))
+    )
     assert "No import yet" in _text(tab.dataset.poll_import())  # nothing started
     assert not (tmp_path / "data").exists()
 
