@@ -22,6 +22,7 @@ from lib_lora.common.errors import UserError
 from lib_lora.common.fsutil import SMALL_FILE_LIMIT, read_small_file
 from lib_lora.common.layout import (
     TAGGER_SIDECAR_SUFFIX,
+    caption_extension_problem,
     caption_path,
     iter_image_files,
     parse_subset_name,
@@ -91,9 +92,9 @@ class LoadOptions:
     read_confidences: bool = True  # read the tagger's scores (``.tagger/scores.json``, old sidecars)
 
     def __post_init__(self) -> None:
-        ext = self.caption_extension
-        if not ext or not ext.startswith(".") or len(ext) < 2 or "/" in ext or "\\" in ext:
-            raise UserError(f"Caption extension {ext!r} is not valid: it must look like '.txt'.")
+        problem = caption_extension_problem(self.caption_extension)
+        if problem:
+            raise UserError(problem)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ def mask_from_image(image: Image.Image) -> np.ndarray:
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
+    if path.is_dir():  # checked first: Windows answers "permission denied" for a folder
+        raise UserError(f"The mask {path} is a folder, not an image: give one mask image.")
     try:
         with Image.open(path) as image:
             image.load()

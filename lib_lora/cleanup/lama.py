@@ -220,6 +220,7 @@ def mask_boxes(mask: np.ndarray, margin: int = DEFAULT_MARGIN, min_side: tuple[i
     closer than about ``2 * margin`` share a box), grown towards ``min_side`` (width, height) where
     the image allows, so a small hole is not upscaled for a fixed-size model. Boxes never overlap."""
     height, width = mask.shape
+    margin = max(0, min(int(margin), max(height, width)))  # more context than the whole image adds nothing
     cell = 16
     gh, gw = -(-height // cell), -(-width // cell)
     padded = np.zeros((gh * cell, gw * cell), dtype=bool)

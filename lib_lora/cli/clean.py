@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("Give the mask: --mask MASK.png (or --masks DIR for a folder).")
     if target.is_file() and args.masks:
         raise UserError("--masks takes a folder of masks for a dataset folder; for one image use --mask.")
+    if args.margin < 0:
+        raise UserError(f"--margin is the context in pixels around each mask area: 0 or more, not {args.margin}.")
     mask = read_mask(args.mask) if args.mask else None
     if mask is not None and not mask.any():
         raise UserError(f"The mask {args.mask} is empty (no white or painted pixels); nothing was changed.")

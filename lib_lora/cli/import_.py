@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     from lib_lora.importer.booru_tags import CaptionOptions
     from lib_lora.importer.download import ImportOptions, import_booru, search
 
+    if not args.tags.strip():  # said first: without tags there is no default --name either
+        raise UserError('No tags to search for: give the booru tags, e.g. "irene_(kanniiepan)".')
     name = args.name if args.name is not None else default_name(args.tags)
     if not name:
         raise UserError("Give the subfolder's class tokens with --name (e.g. --name Irene).")

@@ -82,6 +82,19 @@ def caption_path(image: str | os.PathLike, caption_extension: str = ".txt") -> P
     return image.with_name(image.stem + caption_extension)
 
 
+def caption_extension_problem(extension: str) -> str | None:
+    """Why ``extension`` cannot name caption files (one sentence), or None: it must look like ``.txt``,
+    and never be an image type (a caption written as ``a.png`` would overwrite or pose as an image)."""
+    if not extension or not extension.startswith(".") or len(extension) < 2 or "/" in extension or "\\" in extension:
+        return f"The caption file extension must look like .txt (got {extension!r})."
+    if extension.lower() in IMAGE_EXTENSIONS:
+        return (
+            f"The caption file extension {extension} is an image type: captions saved as {extension} files would "
+            "overwrite images or be taken for them; use .txt (or .caption)."
+        )
+    return None
+
+
 def too_many_repeats(repeats: int) -> str | None:
     """The sentence refusing ``repeats`` that even one image would turn into an epoch training
     refuses (more than MAX_STEPS steps); None when the number is usable."""

@@ -607,6 +607,9 @@ def scan(
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root} is not a folder.")
+    # absolute: the images' paths must not depend on the current folder (the moves take a relative
+    # path as relative to the dataset folder, and would put a relative folder in front twice)
+    root = root.absolute()
     result = DedupeScan(root=root, options=options)
     paths = list_images(root)
     events.progress("hashing", 0, len(paths), "")

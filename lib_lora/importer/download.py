@@ -60,6 +60,9 @@ _ARCHIVE_EVERY = 20  # archive writes: every 20 new files and at the end (the fi
 SIZE_SLACK_RATIO = 0.10
 SIZE_SLACK_BYTES = 1 << 20
 MAX_FILE_BYTES = 256 << 20
+# the most posts one import fetches: a LoRA dataset is tens to a few hundred images, and a typo such as
+# 100000000 would otherwise search page after page for hours (and strain the site) before anyone noticed
+MAX_LIMIT = 10_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,6 +111,8 @@ class ImportOptions:
             raise UserError('No tags to search for: give the booru tags, e.g. "irene_(kanniiepan)".')
         if not isinstance(self.limit, int) or self.limit < 1:
             raise UserError(f"--limit must be a whole number of posts of at least 1, not {self.limit!r}.")
+        if self.limit > MAX_LIMIT:
+            raise UserError(too_many_images(f"--limit {self.limit:,}"))
         if not isinstance(self.repeats, int) or self.repeats < 1:
             raise UserError(f"--repeats must be a whole number of at least 1, not {self.repeats!r}.")
         problem = too_many_repeats(self.repeats)
@@ -126,6 +131,14 @@ class ImportOptions:
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out} is a file, not a dataset folder.")
         self.filters()  # ratings parse
+
+
+def too_many_images(what: str) -> str:
+    """The sentence refusing an image count over :data:`MAX_LIMIT`; ``what`` names the field and its value."""
+    return (
+        f"{what} is more images than one import fetches (at most {MAX_LIMIT:,}): a LoRA usually needs "
+        "20 to 300 good images; ask for fewer."
+    )
 
 
 def unusable_folder_name(name: str) -> bool:

@@ -62,9 +62,11 @@ def dataset_root(folder: str) -> Path:
     text = (folder or "").strip()
     if not text:
         raise UserError("No dataset folder chosen: choose it in the Dataset tab first.")
-    root = Path(os.path.expanduser(text))
+    root = Path(os.path.abspath(os.path.expanduser(text)))  # absolute: messages say which folder is meant
     if not root.is_dir():
-        raise UserError(f"The dataset folder {root} does not exist.")
+        raise UserError(
+            f"The dataset folder {root} " + ("is a file, not a folder." if root.exists() else "does not exist.")
+        )
     return root
 
 

@@ -7,11 +7,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lib_lora.common.errors import UserError
+from lib_lora.common.layout import too_many_repeats
 from lib_lora.events import Events, StopToken
 from lib_lora.importer import dedupe
 from lib_lora.importer.booru_tags import CaptionOptions
 from lib_lora.importer.clients import normalize_base_url
-from lib_lora.importer.download import ImportOptions, ImportResult, import_booru, unusable_folder_name
+from lib_lora.importer.download import (
+    MAX_LIMIT,
+    ImportOptions,
+    ImportResult,
+    import_booru,
+    too_many_images,
+    unusable_folder_name,
+)
 
 SITES = ("danbooru", "gelbooru", "safebooru", "yandere", "konachan", "moebooru")
 RATINGS = ("g", "s", "q", "e")
@@ -26,7 +34,8 @@ def _whole(value: object, what: str, minimum: int = 1) -> int:
     except (TypeError, ValueError):
         number = float("nan")
     if not number.is_integer() or number < minimum:
-        raise UserError(f"{what} must be a whole number of at least {minimum} (got {value!r}).")
+        got = "the box is empty" if value is None or not str(value).strip() else f"got {value}"
+        raise UserError(f"{what} must be a whole number of at least {minimum} ({got}).")
     return int(number)
 
 
@@ -74,8 +83,8 @@ class ImportRequest:
             tags=self.tags or "",
             out=out,
             name=name,
-            repeats=_whole(self.repeats, "Repeats"),
-            limit=_whole(self.limit, "The number of images"),
+            repeats=self._repeats(),
+            limit=self._limit(),
             ratings=",".join(self.ratings),
             captions=self.captions,
             caption=CaptionOptions(),
@@ -86,9 +95,48 @@ class ImportRequest:
         options.validate()
         return options
 
+    def _repeats(self) -> int:
+        repeats = _whole(self.repeats, "'Import repeats'")
+        problem = too_many_repeats(repeats)
+        if problem:  # the folder name N_name would make an epoch training refuses
+            raise UserError(problem.replace("Repeats", "'Import repeats'", 1))
+        return repeats
+
+    def _limit(self) -> int:
+        limit = _whole(self.limit, "'Number of images'")
+        if limit > MAX_LIMIT:
+            raise UserError(too_many_images(f"'Number of images' {limit:,}"))
+        return limit
+
+
+# The importer's refusals name the command line's options; the panel has fields with other labels.
+# Whole phrases first (the page has no --min-score, --min-width or --exclude), then the options.
+_PAGE_WORDS = (
+    (
+        "use --rating, --min-score, --min-width/--min-height and --exclude instead of extra tags, or log in with "
+        "--user and --api-key",
+        "tick Ratings instead of adding rating: tags, or log in with 'Login / user ID (optional)' and "
+        "'API key (optional)'",
+    ),
+    ("pass --api-key KEY --user ID", "fill in 'API key (optional)' and 'Login / user ID (optional)'"),
+    ("--user", "'Login / user ID (optional)'"),
+    ("--api-key", "'API key (optional)'"),
+    ("--base-url", "'Base URL (mirror, optional)'"),
+)
+
+
+def page_words(text: str) -> str:
+    """``text`` with the import options' command-line names replaced by the panel's field labels."""
+    for old, new in _PAGE_WORDS:
+        text = text.replace(old, new)
+    return text
+
 
 def run_import(request: ImportRequest, events: Events | None = None, stop: StopToken | None = None) -> ImportResult:
-    return import_booru(request.options(), events, stop)
+    try:
+        return import_booru(request.options(), events, stop)
+    except UserError as exc:
+        raise UserError(page_words(exc.message), page_words(exc.hint) if exc.hint else None) from exc
 
 
 def import_summary(result: ImportResult) -> str:
@@ -108,9 +156,15 @@ def scan_duplicates(
     text = str(folder or "").strip()
     if not text:
         raise UserError("No dataset folder chosen: choose it in the Dataset tab first.")
-    distance = _whole(distance, "The distance", 0)
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        where = path.absolute()
+        raise UserError(
+            f"Dataset folder {where} " + ("is a file, not a folder." if where.exists() else "does not exist.")
+        )
+    distance = _whole(distance, "'Duplicate distance'", 0)
     options = dedupe.DedupeOptions(distance=distance, auto_distance=min(dedupe.AUTO_DISTANCE, distance))
-    return dedupe.scan(Path(text).expanduser(), options, events, stop)
+    return dedupe.scan(path, options, events, stop)
 
 
 def move_exact_duplicates(scan: dedupe.DedupeScan, events: Events | None = None) -> dedupe.DedupeResult:

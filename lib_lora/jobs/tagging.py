@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from lib_lora.common.errors import UserError
+from lib_lora.common.text import plural, plural_word
 from lib_lora.events import Events, StopToken
 from lib_lora.tagger import (
     DEFAULT_MODEL,
@@ -98,6 +99,7 @@ class TagRequest:
     exclude_tags: str = ""  # comma-separated
     batch_size: int = 8
     device: str = "auto"
+    caption_extension: str = ".txt"  # the Train tab's "Caption file extension": where training reads captions
 
     def options(self) -> TagFolderOptions:
         folder = (self.folder or "").strip()
@@ -126,6 +128,7 @@ class TagRequest:
             batch_size=int(self.batch_size),
             confidences=True,
             device=self.device,
+            caption_extension=self.caption_extension,
         )
 
 
@@ -134,16 +137,39 @@ def run_tagging(request: TagRequest, events: Events | None = None, stop: StopTok
 
 
 def summary(result: TagFolderResult) -> str:
-    parts = [f"{result.written} captions written"]
+    if not result.images:
+        return f"No images found in {result.folder}: nothing to tag."
+    skipped = (
+        f"{plural(len(result.failed), 'image')} skipped ({result.failed[0].path.name}: {result.failed[0].reason})"
+        if result.failed
+        else ""
+    )
+    if not result.model:  # nothing was left to tag: the model was not even loaded
+        reasons = [skipped] if skipped else []
+        if result.kept:
+            which = (
+                "the only image already has"
+                if result.images == 1
+                else f"all {result.images} images already have"
+                if result.kept == result.images
+                else f"{plural(result.kept, 'image')} already {plural_word(result.kept, 'has')}"
+            )
+            reasons.insert(
+                0,
+                f"{which} a caption, kept as 'Existing captions: skip' says "
+                "(choose overwrite, append or prepend to tag again)",
+            )
+        return f"Nothing to tag in {result.folder}: " + "; ".join(reasons) + "."
+    parts = [f"{plural(result.written, 'caption')} written"]
     if result.unchanged:
         parts.append(f"{result.unchanged} unchanged")
     if result.kept:
-        parts.append(f"{result.kept} existing captions kept")
-    if result.failed:
-        parts.append(f"{len(result.failed)} images skipped ({result.failed[0].path.name}: {result.failed[0].reason})")
+        parts.append(f"{plural(result.kept, 'existing caption')} kept")
+    if skipped:
+        parts.append(skipped)
     if result.stopped:
         parts.append("stopped before the end")
     where = f" with {result.model} on {result.device}" if result.model else ""
     # the images that could not be read were not tagged: "Tagged 13 of 15", never "Tagged 15 ... 2 skipped"
     done = f"{result.images - len(result.failed)} of {result.images}" if result.failed else str(result.images)
-    return f"Tagged {done} images{where}: " + ", ".join(parts) + "."
+    return f"Tagged {done} {plural_word(result.images, 'image')}{where}: " + ", ".join(parts) + "."

@@ -24,7 +24,13 @@ import numpy as np
 
 from lib_lora.common.errors import UserError
 from lib_lora.common.fsutil import atomic_write_text, is_read_only, read_small_file
-from lib_lora.common.layout import TAGGER_SIDECAR_SUFFIX, caption_path, iter_image_files, tagger_scores_path
+from lib_lora.common.layout import (
+    TAGGER_SIDECAR_SUFFIX,
+    caption_extension_problem,
+    caption_path,
+    iter_image_files,
+    tagger_scores_path,
+)
 from lib_lora.common.tags import join_tags, split_tags
 from lib_lora.common.text import plural
 from lib_lora.events import Events, StopToken
@@ -42,6 +48,8 @@ from lib_lora.tagger.session import Tagger, load_tagger
 
 CONFIDENCES_SUFFIX = TAGGER_SIDECAR_SUFFIX  # older versions: <stem>.tagger.json beside every image (still read)
 SCORES_LIMIT = 64 << 20
+MAX_BATCH_SIZE = 256  # images per inference call: more only fills memory (and 2x this many are decoded ahead)
+MAX_THREADS = 256
 _SCORES_EVERY = 256  # images between two writes of the scores files (and at the end)
 
 
@@ -140,8 +148,19 @@ class TagFolderOptions:
             )
         if self.batch_size < 0:
             raise UserError(f"The batch size must be at least 1, or 0 for automatic (got {self.batch_size}).")
-        if not self.caption_extension.startswith(".") or len(self.caption_extension) < 2:
-            raise UserError(f"The caption extension must look like .txt (got {self.caption_extension!r}).")
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise UserError(
+                f"The tagger batch size {self.batch_size:,} is too large: at most {MAX_BATCH_SIZE} images at once "
+                "(8 to 16 suit most graphics cards; 0 chooses automatically)."
+            )
+        for value, what in ((self.workers, "decode threads"), (self.threads, "tagger threads")):
+            if not 0 <= value <= MAX_THREADS:
+                raise UserError(
+                    f"The number of {what} must be between 0 (automatic) and {MAX_THREADS} (got {value:,})."
+                )
+        problem = caption_extension_problem(self.caption_extension)
+        if problem:
+            raise UserError(problem)
 
 
 @dataclass(frozen=True)
@@ -370,7 +389,7 @@ def tag_folder(
                 result.failed.append(FailedImage(image, str(exc)))
 
     try:
-        for _ in range(2 * batch_size + workers):
+        for _ in range(min(2 * batch_size + workers, total)):
             submit_next()
         items: list[tuple[Path, Path]] = []
         arrays: list[np.ndarray] = []

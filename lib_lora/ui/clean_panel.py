@@ -15,6 +15,7 @@ import gradio as gr
 import numpy as np
 
 from lib_lora.common.errors import UserError
+from lib_lora.common.text import plural
 from lib_lora.jobs import cleaning, dataset_info, editor
 from lib_lora.ui import html
 from lib_lora.ui.common import guarded, host_events
@@ -162,7 +163,7 @@ class CleanPanel:
 
     def _summary(self, view: cleaning.CleanView) -> str:
         more = f" (the first {GALLERY_LIMIT} shown)" if len(view.images) > GALLERY_LIMIT else ""
-        return f"{len(view.images)} images in {view.root}{more}; {len(view.cleaned)} cleaned."
+        return f"{plural(len(view.images), 'image')} in {view.root}{more}; {len(view.cleaned)} cleaned."
 
     def _working_copy(self, view: cleaning.CleanView, rel: str) -> Any:
         """The working copy of ``rel``; the last one is kept (while the file is unchanged), so a pick
@@ -194,8 +195,10 @@ class CleanPanel:
     @guarded(4)
     def load(self, folder: str) -> list[Any]:
         view = cleaning.scan(folder)
-        level = "ok" if view.images else "warning"
-        return [*self._listing(view), html.message(self._summary(view) + " Pick an image to paint its mask.", level)]
+        if not view.images:
+            text = f"No images found in {view.root}: put the training images in its N_name folders first."
+            return [*self._listing(view), html.message(text, "warning")]
+        return [*self._listing(view), html.message(self._summary(view) + " Pick an image to paint its mask.", "ok")]
 
     def select(self, view: Any, evt: gr.SelectData) -> list[Any]:
         try:
@@ -292,7 +295,9 @@ class CleanPanel:
         view = self._view(view)
         count, refused = cleaning.restore_all(view)
         view = cleaning.scan(str(view.root))
-        text = f"Restored {count} originals."
+        text = f"Restored {plural(count, 'original')}."
+        if not count and not refused:
+            text = f"Nothing to restore: no image in {view.root} has been cleaned."
         parts = [html.message(text, "ok" if not refused else "warning")] + [
             html.message(r, "warning") for r in refused[:5]
         ]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from lib_lora.common.errors import UserError
-from lib_lora.common.text import sentence
+from lib_lora.common.text import plural, plural_word, sentence
 from lib_lora.config import build_config
 from lib_lora.jobs import dataset_info, editor, importing
 from lib_lora.ui import html
@@ -280,13 +280,17 @@ class DatasetPanel:
         certain = len(scan.duplicates)
         pending = [i for i, _ in enumerate(scan.review) if i not in state["done"]]
         summary = (
-            f"{len(scan.images)} images scanned: {certain} certain duplicates in {groups} groups"
+            f"{plural(len(scan.images), 'image')} scanned: {plural(certain, 'certain duplicate')} in "
+            f"{plural(groups, 'group')}"
             + (" (moved)" if state.get("moved") else "")
-            + f"; {len(scan.review)} similar pairs to review ({len(pending)} left)."
+            + f"; {plural(len(scan.review), 'similar pair')} to review ({len(pending)} left)."
         )
         parts = [status, html.message(summary, "ok")]
         if scan.skipped:
-            parts.append(html.message(f"{len(scan.skipped)} unreadable images were skipped.", "warning"))
+            skipped = len(scan.skipped)
+            parts.append(
+                html.message(f"{plural(skipped, 'unreadable image')} {plural_word(skipped, 'was')} skipped.", "warning")
+            )
         if not scan.review:
             return [state, "".join(parts), None, None, html.message("No pairs to review.")]
         index = state["index"] % len(scan.review)

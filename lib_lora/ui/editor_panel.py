@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from lib_lora.common.errors import UserError
-from lib_lora.common.text import plural
+from lib_lora.common.text import plural, plural_word, sentence
 from lib_lora.jobs import dataset_info, editor, tagging
 from lib_lora.ui import html
 from lib_lora.ui.common import guarded, host_events, job_html, long_js, number, user_path
@@ -221,9 +221,10 @@ class EditorPanel:
         out, view = self.outputs(), self.view_inputs()
         self.model.change(self.describe_model, [self.model], [self.model], **hidden_progress())
 
-        tag_inputs = [
+        self.tag_start_inputs = tag_inputs = [
             self.tag_task, folder, self.model, self.local_model, self.general_threshold, self.character_threshold,
             self.general_mcut, self.character_mcut, self.existing, self.activation_tag, self.exclude_tags, self.tag_batch,
+            self.tab.caption_extension_input(),  # the captions go where training and the editor read them
         ]  # fmt: skip
         poll = self.tag_start.click(self.poll_tagging, None, [self.tag_progress], every=1, **hidden_progress())
         run = self.tag_start.click(
@@ -243,9 +244,11 @@ class EditorPanel:
         self.redo_button.click(self.redo, view, out)
         for trigger in (self.filter_button.click, self.include.submit, self.exclude.submit, self.search.submit):
             trigger(self.first_page, None, [self.page]).then(self.show, view, out)
-        self.prev_page.click(self.turn_page, [self.page, gr.State(-1)], [self.page]).then(self.show, view, out)
-        self.next_page.click(self.turn_page, [self.page, gr.State(1)], [self.page]).then(self.show, view, out)
-        self.page.submit(self.show, view, out)
+        # the Page box never runs past the pages there are (Next on the last page stays there)
+        paging = [self.state, self.per_page]
+        self.prev_page.click(self.turn_page, [self.page, gr.State(-1), *paging], [self.page]).then(self.show, view, out)
+        self.next_page.click(self.turn_page, [self.page, gr.State(1), *paging], [self.page]).then(self.show, view, out)
+        self.page.submit(self.turn_page, [self.page, gr.State(0), *paging], [self.page]).then(self.show, view, out)
         form = self.tab.train.form.components
         for name in ("conditioning_data_dir", "alpha_mask"):  # a mask source chosen on the Train tab: new marks
             if name in form:
@@ -284,12 +287,14 @@ class EditorPanel:
     def start_tagging(
         self, task_id: str, folder: str, model: str, local_model: str, general: float, character: float,
         general_mcut: bool, character_mcut: bool, existing: str, activation: str, exclude: str, batch: Any,
+        caption_extension: str = ".txt",
     ) -> str:  # fmt: skip
         request = tagging.TagRequest(
             folder=folder, model=model, local_model=local_model, general_threshold=general,
             character_threshold=character, general_mcut=general_mcut, character_mcut=character_mcut,
             existing=existing, activation_tag=activation, exclude_tags=exclude,
             batch_size=int(number(batch, "The tagger batch size", 1, integer=True) or 8),
+            caption_extension=(caption_extension or ".txt").strip() or ".txt",
         )  # fmt: skip
         request.options()  # every setting checked before the job starts
         status = self.host.jobs.run(
@@ -469,12 +474,13 @@ class EditorPanel:
         result = action(session)
         if result is None:
             return self._render(session, view.page, view.per_page, html.message("Nothing to do."), view)
-        text = f"{result.label}: {plural(result.changed, 'caption')} changed"
+        text = sentence(f"{result.label}: {plural(result.changed, 'caption')} changed")
         if result.considered:
             text += f" of {result.considered} shown"
         if result.locked:
             text += f" ({plural(result.locked, 'locked caption')} left alone)"
-        return self._render(session, view.page, view.per_page, html.message(text + ". Not saved yet.", "ok"), view)
+        text += ". Not saved yet." if result.changed and session.dirty_count else "."
+        return self._render(session, view.page, view.per_page, html.message(text, "ok"), view)
 
     # ------------------------------------------------------------------ editor handlers
     @guarded(N_EDITOR_OUTPUTS, status=STATUS)
@@ -483,9 +489,12 @@ class EditorPanel:
         state = view.state
         if state is not None and state.dirty_count:
             changed = state.changed_on_disk()
+            asked = user_path(folder) if str(folder or "").strip() else None
+            other = f" before loading {asked}" if asked is not None and asked != user_path(state.root) else ""
             text = (
-                f"{plural(state.dirty_count, 'unsaved caption change')} "
-                f"{'is' if state.dirty_count == 1 else 'are'} kept (save or discard them first to reload)."
+                f"{plural(state.dirty_count, 'unsaved caption change')} in {state.root} "
+                f"{plural_word(state.dirty_count, 'is')} kept: save or discard "
+                f"{'it' if state.dirty_count == 1 else 'them'}{other or ' to reload'}."
             ) + (
                 f" {plural(len(changed), 'caption')} changed on disk meanwhile; saving reports them." if changed else ""
             )
@@ -516,14 +525,27 @@ class EditorPanel:
     def first_page(self) -> int:
         return 1
 
-    def turn_page(self, page: Any, delta: int) -> int:
+    def turn_page(self, page: Any, delta: int, state: Any = None, per_page: Any = None) -> int:
+        """The page ``delta`` pages from ``page``, within the pages the loaded captions fill."""
         try:
-            return max(1, int(float(page or 1)) + int(delta))
-        except (TypeError, ValueError):
+            wanted = max(1, int(float(page or 1)) + int(delta))
+        except (TypeError, ValueError, OverflowError):
             return 1
+        if state is None:
+            return wanted
+        try:
+            size = max(1, int(float(per_page or 48)))
+        except (TypeError, ValueError, OverflowError):
+            size = 48
+        return min(wanted, max(1, math.ceil(len(state.visible()) / size)))
 
     @guarded(N_EDITOR_OUTPUTS, status=STATUS)
     def discard(self, *args):
+        view = View.of(args)
+        if not self._session(view.state).dirty_count:
+            return self._render(
+                view.state, view.page, view.per_page, html.message("No unsaved changes to discard."), view
+            )
         return self._edit(args, lambda s: s.discard_changes())
 
     @guarded(N_EDITOR_OUTPUTS, status=STATUS)
@@ -604,7 +626,7 @@ class EditorPanel:
             )
         result = session.save(on_conflict=choice or "ask")
         dataset_info.forget_scan(session.root)
-        parts = [html.message(editor.summary_line(result) + ".", "ok" if result.ok else "warning")]
+        parts = [html.message(sentence(editor.summary_line(result)) + ".", "ok" if result.ok else "warning")]
         for conflict in result.unresolved[:10]:
             parts.append(
                 html.message(

@@ -79,7 +79,7 @@ def test_caption_box_follows_batch_edits_and_undo(page, tmp_path: Path) -> None:
     # a per-image edit made from the refreshed box keeps the batch edit
     box.fill(f"mychar, {original}, my edit")
     _el(page, "lora_trainer_caption_apply").click()
-    expect(_el(page, "lora_trainer_editor_status")).to_contain_text("edit caption: 1 caption changed")
+    expect(_el(page, "lora_trainer_editor_status")).to_contain_text("Edit caption: 1 caption changed")
     expect(box).to_have_value(f"mychar, {original}, my edit")
     _el(page, "lora_trainer_editor_undo").click()
     expect(box).to_have_value(f"mychar, {original}")  # undo of the per-image edit
@@ -104,7 +104,7 @@ def test_suggestions_never_put_the_activation_tag_in_the_remove_box(page, tmp_pa
     expect(remove).to_have_value("red theme, simple background")
     _el(page, "lora_trainer_remove").click()
     expect(_el(page, "lora_trainer_editor_status")).to_contain_text(
-        "remove: red theme, simple background: 5 captions changed"
+        "Remove: red theme, simple background: 5 captions changed"
     )
     expect(_el(page, "lora_trainer_tag_list")).to_contain_text("demochar")
     _shot(page, "editor-suggestions-spare-activation-tag")

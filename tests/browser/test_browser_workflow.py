@@ -82,9 +82,9 @@ def test_whole_workflow_in_the_browser(tmp_path: Path) -> None:
             expect(_el(page, "lora_trainer_selected_info")).to_contain_text("2_bluebird/bluebird_01.png")
             caption_box.fill("demochar, blue theme, demo style")
             _el(page, "lora_trainer_caption_apply").click()
-            expect(_el(page, "lora_trainer_editor_status")).to_contain_text("edit caption: 1 caption changed")
+            expect(_el(page, "lora_trainer_editor_status")).to_contain_text("Edit caption: 1 caption changed")
             _el(page, "lora_trainer_save").click()
-            expect(_el(page, "lora_trainer_editor_status")).to_contain_text("saved 12 captions")
+            expect(_el(page, "lora_trainer_editor_status")).to_contain_text("Saved 12 captions")
             caption = (data / "3_redfox" / "redfox_01.txt").read_text(encoding="utf-8")
             assert caption.startswith("demochar, ") and caption.rstrip().endswith("demo style"), caption
             edited = (data / "2_bluebird" / "bluebird_01.txt").read_text(encoding="utf-8")

@@ -190,12 +190,24 @@ def test_invalid_regex_is_one_clear_error_and_changes_nothing(tagged: Path, caps
         ([], "Nothing to do"),
         (["--regex", "--dedupe"], "--regex and --whole-caption only apply to --replace"),
         (["--add-front", " , "], "--add-front holds no tags"),
-        (["--caption-extension", "txt", "--dedupe"], "Caption extension 'txt' is not valid"),
+        (["--caption-extension", "txt", "--dedupe"], "The caption file extension must look like .txt (got 'txt')."),
     ],
 )
 def test_usage_errors(tagged: Path, capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
     assert run_cli(str(tagged), *args) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extension", [".jpg", ".PNG"])
+def test_an_image_type_as_caption_extension_is_refused_and_changes_nothing(
+    tagged: Path, capsys: pytest.CaptureFixture, extension: str
+) -> None:
+    """--caption-extension .jpg wrote the captions of the PNG images as text files named 01.jpg (taken for
+    broken images by training); with .PNG on Windows, where names ignore case, it would overwrite the images."""
+    before = snapshot(tagged)
+    assert run_cli(str(tagged), "--caption-extension", extension, "--add-front", "irene") == 2
+    assert f"The caption file extension {extension} is an image type" in capsys.readouterr().err
+    assert snapshot(tagged) == before
 
 
 def test_missing_or_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

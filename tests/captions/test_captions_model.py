@@ -72,7 +72,13 @@ def test_load_not_recursive_and_other_caption_extension(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("ext", ["txt", "", "."])
 def test_bad_caption_extension_is_a_user_error(ext: str) -> None:
-    with pytest.raises(UserError, match="Caption extension"):
+    with pytest.raises(UserError, match="The caption file extension must look like .txt"):
+        LoadOptions(caption_extension=ext)
+
+
+@pytest.mark.parametrize("ext", [".png", ".JPEG", ".webp", ".bmp"])
+def test_an_image_type_is_no_caption_extension(ext: str) -> None:
+    with pytest.raises(UserError, match=f"The caption file extension \\{ext} is an image type"):
         LoadOptions(caption_extension=ext)
 
 

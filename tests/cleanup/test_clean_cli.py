@@ -55,6 +55,22 @@ def test_one_image_then_undo(tmp_path: Path, model: Path, capsys: pytest.Capture
     assert image.read_bytes() == original
 
 
+def test_a_margin_larger_than_the_image_takes_the_whole_image_and_a_negative_one_is_refused(
+    tmp_path: Path, model: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--margin 1000000000 failed with 'unexpected MemoryError: Unable to allocate 55.5 PiB'."""
+    image = picture(tmp_path / "a.png")
+    mask = corner_mask(tmp_path / "masks" / "a.png")
+    argv = ["clean", str(image), "--mask", str(mask), "--model", str(model), "--device", "cpu", "--margin"]
+    original = image.read_bytes()
+    assert main([*argv, "-5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --margin is the context in pixels around each mask area: 0 or more, not -5.", err
+    assert image.read_bytes() == original
+    assert main([*argv, "1000000000"]) == 0, capsys.readouterr().err
+    assert "cleaned" in capsys.readouterr().out and not has_red(image)
+
+
 def test_folder_with_masks_folder_then_restore(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture) -> None:
     data = tmp_path / "data"
     images = [picture(data / "10_x" / f"{n}.png") for n in ("a", "b", "c")]
@@ -89,6 +105,7 @@ def test_one_mask_for_a_whole_folder(tmp_path: Path, model: Path) -> None:
         ("empty-mask", "is empty"),
         ("read-only", "is read-only; nothing was changed"),
         ("no-mask", "Give the mask"),
+        ("mask-folder", "is a folder, not an image: give one mask image."),
     ],
 )
 def test_bad_input_is_one_line_and_changes_nothing(
@@ -118,6 +135,8 @@ def test_bad_input_is_one_line_and_changes_nothing(
         Image.new("L", (200, 160), 0).save(mask)
     elif case == "read-only":
         image.chmod(0o444)
+    elif case == "mask-folder":
+        argv[3] = str(tmp_path)
     elif case == "no-mask":
         argv = ["clean", str(image), "--model", str(model)]
     before = snapshot(tmp_path / "data")

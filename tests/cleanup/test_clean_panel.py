@@ -89,7 +89,7 @@ def test_paint_preview_accept_undo_restore_and_batch(panel, tmp_path: Path, mode
     out = panel.restore(view, "5_x/1.png")
     assert (root / "5_x" / "1.png").read_bytes() == originals["1.png"]
     out = panel.restore_all(out[0])
-    assert "Restored 1 originals" in out[-1]
+    assert "Restored 1 original." in out[-1]
     assert {p.name: p.read_bytes() for p in (root / "5_x").iterdir()} == originals
 
 
@@ -152,3 +152,18 @@ def test_an_empty_canvas_of_another_size_is_no_strokes_not_stale_ones(panel, tmp
     kept = panel.add_strokes(view, "5_x/0.png", strokes((200, 300), (0.6, 0.8, 1.0, 1.0)), None, False)[0]
     out = panel.add_strokes(view, "5_x/0.png", blank, kept, False)
     assert np.array_equal(out[0], kept) and "finished loading" not in out[-1]
+
+
+def test_an_empty_or_missing_folder_and_nothing_to_restore_are_said_plainly(
+    panel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'0 images in empty; 0 cleaned. Pick an image to paint its mask.' and 'Restored 0 originals.'"""
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)  # a folder typed relative to where the app was started
+    out = panel.load("empty")
+    assert f"No images found in {tmp_path / 'empty'}: put the training images in its N_name folders" in out[-1]
+    assert "Pick an image" not in out[-1]
+    assert f"The dataset folder {tmp_path / 'nowhere'} does not exist." in panel.load("nowhere")[-1]
+    dataset(tmp_path / "data")
+    view = panel.load(str(tmp_path / "data"))[0]
+    assert f"Nothing to restore: no image in {tmp_path / 'data'} has been cleaned." in panel.restore_all(view)[-1]

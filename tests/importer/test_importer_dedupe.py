@@ -231,6 +231,22 @@ def test_cli_dedupe_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "to review" in out and "6 duplicates moved, 3 pairs to review" in err
 
 
+def test_cli_dedupe_moves_with_a_folder_given_relative_to_the_current_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m lib_lora dedupe datasets/irene` (the README's way) moved nothing and said
+    'datasets/irene/datasets/irene/... does not exist': the folder was put in front of each path twice."""
+    expected = planted_dataset(tmp_path / "datasets" / "irene")
+    monkeypatch.chdir(tmp_path)
+    code = main(["dedupe", "datasets/irene"])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    moved = tmp_path / "datasets" / "irene" / DUPLICATES_DIR
+    images = {p.relative_to(moved).as_posix() for p in moved.rglob("*") if p.suffix in (".png", ".jpg", ".bmp")}
+    assert images == expected["moved"]
+    assert "6 duplicates moved" in err
+
+
 def test_cli_dedupe_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["dedupe", str(tmp_path / "nope")])
     _, err = capsys.readouterr()

@@ -516,3 +516,29 @@ def test_absurd_repeats_are_refused_before_any_request_and_nothing_is_created(
     assert code != 0 and "Repeats 1,000,000,000 is too many" in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("limit", ["100000000", "10001"])
+def test_an_absurd_limit_is_refused_before_any_request_and_nothing_is_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], limit: str
+) -> None:
+    """A typo such as --limit 100000000 would search page after page for hours before anyone noticed."""
+    # nothing listens at the base address: a request would fail with another message
+    argv = ["import", "danbooru", IRENE, "--out", str(tmp_path / "data"), "--limit", limit,
+            "--base-url", "http://127.0.0.1:9/"]  # fmt: skip
+    code, out, err = _run(argv, capsys)
+    assert code != 0 and f"--limit {int(limit):,} is more images than one import fetches (at most 10,000)" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "data").exists()
+
+
+def test_the_largest_allowed_limit_is_accepted(tmp_path: Path) -> None:
+    options = ImportOptions(site="danbooru", tags=IRENE, out=tmp_path / "data", name="Irene", limit=download.MAX_LIMIT)
+    options.validate()  # no refusal at the cap itself
+
+
+def test_empty_tags_are_named_as_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`import danbooru "" --out data` said 'Give the subfolder's class tokens with --name'."""
+    code, _, err = _run(["import", "danbooru", "  ", "--out", str(tmp_path / "data")], capsys)
+    assert code == 2 and err.strip() == 'error: No tags to search for: give the booru tags, e.g. "irene_(kanniiepan)".'
+    assert not (tmp_path / "data").exists()

@@ -263,3 +263,42 @@ def test_list_models(capsys: pytest.CaptureFixture) -> None:
     assert main(["tag", "--list-models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 10 and [r["name"] for r in rows if r["default"]] == ["wd-v1-4-swinv2-tagger-v2"]
+
+
+@pytest.mark.parametrize("extension", [".png", ".JPG", ".webp"])
+def test_an_image_type_as_caption_extension_is_refused_and_writes_nothing(
+    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture, extension: str
+) -> None:
+    """--caption-extension .png wrote each JPEG's caption as a text file named like an image (a.png),
+    which training then took for a broken image."""
+    folder = tmp_path / "data" / "10_irene"
+    folder.mkdir(parents=True)
+    solid("red").save(folder / "a.jpg")
+    solid("blue").save(folder / "b.bmp")
+    before = snapshot(tmp_path / "data")
+    code = main(["tag", str(tmp_path / "data"), "--model", str(tiny_model), "--caption-extension", extension])
+    err = capsys.readouterr().err
+    assert code == 2 and f"The caption file extension {extension} is an image type" in err, err
+    assert snapshot(tmp_path / "data") == before
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [
+        ("--batch-size", "100000", "The tagger batch size 100,000 is too large: at most 256 images at once"),
+        ("--workers", "100000", "The number of decode threads must be between 0 (automatic) and 256 (got 100,000)."),
+        ("--threads", "-2", "The number of tagger threads must be between 0 (automatic) and 256 (got -2)."),
+    ],
+)
+def test_absurd_batch_and_thread_counts_are_refused_before_tagging(
+    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture, flag: str, value: str, words: str
+) -> None:
+    """--batch-size 1000000000 ran for minutes on 17 images (it queued two billion decode slots) and
+    then printed 'batch 1000000000' as if that were a setting."""
+    folder = tmp_path / "data" / "10_irene"
+    folder.mkdir(parents=True)
+    solid("red").save(folder / "a.png")
+    code = main(["tag", str(tmp_path / "data"), "--model", str(tiny_model), flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err, err
+    assert not (folder / "a.txt").exists()

@@ -10,7 +10,7 @@ import pytest
 
 from lib_lora.ui.tab import build_tab
 from support.importer_fakebooru import IRENE, FakeBooru, irene_posts, patch_sleep
-from support.importer_images import planted_dataset
+from support.importer_images import planted_dataset, smooth_image
 from support.ui_host import FakeHost
 
 pytestmark = pytest.mark.ui
@@ -73,6 +73,58 @@ def test_a_refused_import_names_the_panel_fields_not_command_line_options(tab, t
     assert not (tmp_path / "data").exists()
 
 
+def test_a_bad_number_of_images_is_refused_in_the_fields_words_before_any_request(tab, tmp_path: Path) -> None:
+    cases = [
+        (100000000, "'Number of images' 100,000,000 is more images than one import fetches (at most 10,000)"),
+        (-5, "'Number of images' must be a whole number of at least 1 (got -5)."),
+        (0, "'Number of images' must be a whole number of at least 1 (got 0)."),
+        (None, "'Number of images' must be a whole number of at least 1 (the box is empty)."),
+    ]
+    for limit, expected in cases:
+        # nothing listens at the base address: a request would fail with other words
+        args = ["danbooru", "hatsune_miku", str(tmp_path / "data"), "miku", 10, limit, [], "booru", "", "", "http://127.0.0.1:9/"]  # fmt: skip
+        text = html.unescape(_text(tab.dataset.start_import(*args)))
+        assert expected in text, text
+        assert "--" not in text
+    args = ["danbooru", "hatsune_miku", str(tmp_path / "data"), "miku", None, 6, [], "booru", "", "", ""]
+    assert "'Import repeats' must be a whole number of at least 1 (the box is empty)." in html.unescape(
+        _text(tab.dataset.start_import(*args))
+    )
+    args[4] = 1000000000
+    assert "'Import repeats' 1,000,000,000 is too many: training refuses an epoch" in html.unescape(
+        _text(tab.dataset.start_import(*args))
+    )
+    assert "No import yet" in _text(tab.dataset.poll_import())  # nothing started
+    assert not (tmp_path / "data").exists()
+
+
+def test_the_sites_refusals_name_the_panels_fields_not_command_line_options(
+    tab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Danbooru's 2-tag limit said 'use --rating, --min-score ... or log in with --user and --api-key' on the
+    page, which has none of those options."""
+    patch_sleep(monkeypatch)
+    posts, _ = irene_posts()
+    root = tmp_path / "data"
+    with FakeBooru("danbooru", posts, credentials={"me": "secret"}) as booru:
+        cases = [
+            # site, tags, user, key, base URL, words the page must show
+            ("danbooru", "a b c", "", "", booru.base_url, "tick Ratings instead of adding rating: tags, or log in "
+             "with 'Login / user ID (optional)' and 'API key (optional)'"),
+            ("danbooru", IRENE, "me", "", booru.base_url, "Danbooru needs both 'Login / user ID (optional)' (your "
+             "user name) and 'API key (optional)'"),
+            ("danbooru", IRENE, "me", "wrong", booru.base_url, "check 'Login / user ID (optional)' (your user name"),
+            ("gelbooru", IRENE, "", "", "", "fill in 'API key (optional)' and 'Login / user ID (optional)'"),
+            ("gelbooru", IRENE, "me", "key", "", "Gelbooru wants the numeric user ID for 'Login / user ID (optional)'"),
+        ]  # fmt: skip
+        for site, tags, user, key, base_url, expected in cases:
+            args = [site, tags, str(root), "irene", 10, 6, [], "booru", user, key, base_url]
+            text = html.unescape(_text(tab.dataset.start_import(*args)))
+            assert expected in text, text
+            assert "--" not in text, text
+    assert not list(root.rglob("*.png"))
+
+
 def test_duplicate_review_panel(tab, tmp_path: Path) -> None:
     root = tmp_path / "dupes"
     planted = planted_dataset(root)
@@ -103,6 +155,21 @@ def test_duplicate_review_panel(tab, tmp_path: Path) -> None:
     # no scan yet: a message, same number of outputs
     out = tab.dataset.keep_pair(None)
     assert len(out) == 5 and "scan for duplicates first" in out[1].lower()
+
+
+def test_duplicate_scan_words_one_pair_and_a_missing_folder(tab, tmp_path: Path) -> None:
+    """'1 similar pairs to review', and 'nowhere is not a folder' for a folder that does not exist."""
+    folder = tmp_path / "data" / "5_x"
+    folder.mkdir(parents=True)
+    picture = smooth_image(7, (256, 256), shapes=8)
+    picture.save(folder / "a.png")
+    picture.save(folder / "b.png")  # identical pixels: one certain duplicate
+    (folder / "broken.png").write_bytes(b"not a picture")
+    summary = " ".join(_text(tab.dataset.scan_duplicates(str(tmp_path / "data"), 4)[1]).split())
+    assert "2 images scanned: 1 certain duplicate in 1 group; 0 similar pairs to review (0 left)." in summary
+    assert "1 unreadable image was skipped." in summary
+    missing = _text(tab.dataset.scan_duplicates(str(tmp_path / "nowhere"), 4)[1])
+    assert f"Dataset folder {tmp_path / 'nowhere'} does not exist." in missing, missing
 
 
 def test_bucket_table_still_shows_beside_a_stray_folder_marked_not_used(tab, tmp_path: Path) -> None:

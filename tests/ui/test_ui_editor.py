@@ -179,3 +179,71 @@ def test_choosing_a_mask_source_on_the_train_tab_refreshes_the_gallery(tab, data
     session = ed.load(*_view(None), str(dataset), ".txt")[0]
     out = ed.refresh_marks(*_view(session, conditioning_data_dir=str(tmp_path / "none")))
     assert "0 of the" in _text(out[2])
+
+
+def test_every_editor_message_is_a_sentence(tab, dataset: Path) -> None:
+    """Each batch operation, undo, redo, discard and save answers with a capital letter first, as the rest
+    of the app does ("Add at the front: mychar: 12 captions changed", not "add at the front: ...")."""
+    ed = tab.editor
+    session = ed.load(*_view(None), str(dataset), ".txt")[0]
+    steps = [
+        ("add", lambda: ed.add_tags(*_view(session), "mychar", "front"), "Add at the front: mychar: 12 captions"),
+        ("remove", lambda: ed.remove_tags(*_view(session), "redfox"), "Remove: redfox: 5 captions"),
+        ("replace", lambda: ed.replace(*_view(session), "mychar", "hero", False, False), None),
+        ("front", lambda: ed.move_to_front(*_view(session), "hero"), "Move to front: hero:"),
+        ("sort", lambda: ed.sort_tags(*_view(session), "alpha", 1), None),
+        ("spaces", lambda: ed.underscores(*_view(session)), None),
+        ("dedupe", lambda: ed.dedupe(*_view(session)), None),
+        ("undo", lambda: ed.undo(*_view(session)), "Undo "),
+        ("redo", lambda: ed.redo(*_view(session)), "Redo "),
+        ("save", lambda: ed.save(*_view(session), "ask"), "Saved 12 captions"),
+        ("nothing to discard", lambda: ed.discard(*_view(session)), "No unsaved changes to discard."),
+        ("remove a missing tag", lambda: ed.remove_tags(*_view(session), "nowhere"), "Remove: nowhere: 0 captions"),
+        ("edit again", lambda: ed.add_tags(*_view(session), "extra", "end"), "Add at the end: extra: 12 captions"),
+        ("discard", lambda: ed.discard(*_view(session)), "Discard unsaved changes: 12 captions changed"),
+    ]
+    for name, step, expected in steps:
+        status = " ".join(_text(step()[STATUS]).split())
+        assert status[:1].isupper(), f"{name}: {status!r}"
+        if expected:
+            assert status.startswith(expected), f"{name}: {status!r}"
+        if ": 0 captions changed" in status or status.startswith("No "):
+            assert "Not saved yet" not in status, f"{name}: {status!r}"  # nothing was changed
+
+
+def test_discard_is_not_followed_by_not_saved_yet(tab, dataset: Path) -> None:
+    """'Discard unsaved changes: 12 captions changed of 12 shown. Not saved yet.' after a discard, when
+    nothing is left to save."""
+    ed = tab.editor
+    session = ed.load(*_view(None), str(dataset), ".txt")[0]
+    ed.add_tags(*_view(session), "mychar", "front")
+    status = " ".join(_text(ed.discard(*_view(session))[STATUS]).split())
+    assert status.startswith("Discard unsaved changes: 12 captions changed") and "Not saved yet" not in status
+    assert session.dirty_count == 0
+
+
+def test_loading_another_folder_with_unsaved_changes_names_both_folders(tab, dataset: Path, tmp_path: Path) -> None:
+    ed = tab.editor
+    session = ed.load(*_view(None), str(dataset), ".txt")[0]
+    ed.add_tags(*_view(session, include="redfox"), "mychar", "front")
+    other = tmp_path / "other"
+    other.mkdir()
+    status = " ".join(_text(ed.load(*_view(session), str(other), ".txt")[STATUS]).split())
+    assert f"5 unsaved caption changes in {dataset} are kept: save or discard them before loading {other}." in status
+    ed.discard(*_view(session))
+    ed.edit_caption(*_view(session, selected=session.items[0].rel, shown_caption=session.items[0].caption), "x")
+    status = " ".join(_text(ed.load(*_view(session), str(dataset), ".txt")[STATUS]).split())
+    assert f"1 unsaved caption change in {dataset} is kept: save or discard it to reload." in status, status
+
+
+def test_the_page_box_never_runs_past_the_last_page(tab, dataset: Path) -> None:
+    """Next page on 'Page 1 of 1' put 2, 3, 4 ... in the Page box (the gallery stayed on page 1), so
+    Previous page then seemed to do nothing; a typed 999 stayed in the box beside 'Page 1 of 1'."""
+    ed = tab.editor
+    session = ed.load(*_view(None), str(dataset), ".txt")[0]
+    assert ed.turn_page(1, 1, session, 48) == 1  # 12 images: one page of 48
+    assert ed.turn_page(999, 0, session, 48) == 1  # a typed page number, clamped
+    assert ed.turn_page(3, 1, session, 4) == 3 and ed.turn_page(3, -1, session, 4) == 2  # 3 pages of 4
+    ed.show(*_view(session, include="redfox"))  # 5 images shown: 2 pages of 4
+    assert ed.turn_page(2, 1, session, 4) == 2
+    assert ed.turn_page("abc", 1, session, 4) == 1

@@ -199,6 +199,25 @@ def test_tagging_summary_counts_only_the_images_it_tagged(tmp_path: Path) -> Non
     assert tagging.summary(TagFolderResult(tmp_path, "demo-tagger", "CPU", images=4)).startswith("Tagged 4 images ")
 
 
+def test_tagging_summary_when_nothing_was_tagged(tmp_path: Path) -> None:
+    """An empty folder said "Tagged 0 images: 0 captions written." and a fully captioned one "Tagged 12 images:
+    0 captions written, 12 existing captions kept" (nothing was tagged); one caption said "1 captions written"."""
+    from lib_lora.tagger.batch import FailedImage, TagFolderResult, TaggedImage
+
+    assert tagging.summary(TagFolderResult(tmp_path)) == f"No images found in {tmp_path}: nothing to tag."
+    text = tagging.summary(TagFolderResult(tmp_path, images=12, kept=12))
+    assert text.startswith(f"Nothing to tag in {tmp_path}: all 12 images already have a caption, kept as "), text
+    assert "'Existing captions: skip'" in text and "choose overwrite, append or prepend" in text
+    broken = [FailedImage(tmp_path / "b.png", "not an image Pillow can read")]
+    text = tagging.summary(TagFolderResult(tmp_path, images=3, kept=2, failed=broken))
+    assert "2 images already have a caption" in text and text.endswith(
+        "; 1 image skipped (b.png: not an image Pillow can read)."
+    )
+    one = [TaggedImage(tmp_path / "a.png", tmp_path / "a.txt", ["x"], "written")]
+    text = tagging.summary(TagFolderResult(tmp_path, "demo-tagger", "CPU", images=1, tagged=one))
+    assert text == "Tagged 1 image with demo-tagger on CPU: 1 caption written.", text
+
+
 def test_the_live_line_says_which_average_its_loss_is() -> None:
     """The status said "(avg 1.1326)" beside a chart captioned "average of the last 10 steps 1.1484":
     two different averages under one word. The status names its window."""

@@ -168,7 +168,7 @@ def test_editor_batch_edit_undo_redo_save(tab, dataset: Path) -> None:
     out = ed.redo(*_view(tab, session))
     assert session.dirty_count == 5
     out = ed.save(*_view(tab, session), "ask")
-    assert "saved 5 captions" in _text(out[7])
+    assert "Saved 5 captions" in _text(out[7])
     text = (dataset / "3_redfox" / "redfox_01.txt").read_text(encoding="utf-8")
     assert text.startswith("mychar, redfox")
     assert (dataset / "2_bluebird" / "bluebird_01.txt").read_text(encoding="utf-8").startswith("bluebird")
@@ -269,6 +269,18 @@ def test_offline_tagger_error_is_one_sentence_shown_once(tab, tmp_path: Path, mo
     args[2] = "demo-tagger"
     assert "12 captions written" in _text(tab.editor.start_tagging(*args))
     assert "red theme" in (data / "3_redfox" / "redfox_01.txt").read_text(encoding="utf-8")
+
+
+def test_tagging_writes_the_caption_extension_the_train_tab_names(tab, tmp_path: Path) -> None:
+    """With 'Caption file extension' .caption on the Train tab, tagging wrote .txt files that neither the
+    editor (Load captions) nor training read."""
+    data = write_demo_dataset(tmp_path / "untagged").root
+    assert tab.caption_extension_input() in tab.editor.tag_start_inputs
+    args = ["task(1)", str(data), "demo-tagger", "", 0.35, 0.85, False, False, "skip", "", "", 4, ".caption"]
+    assert "12 captions written" in _text(tab.editor.start_tagging(*args))
+    assert len(list(data.rglob("*.caption"))) == 12 and not list(data.rglob("*.txt"))
+    args[-1] = ".png"
+    assert "The caption file extension .png is an image type" in html.unescape(tab.editor.start_tagging(*args))
 
 
 # -- Train ------------------------------------------------------------------------------------------
