@@ -764,6 +764,26 @@ class TrainConfig:
         in_metadata=False,
         label="Suggested weight",
     )
+    score_epochs: bool = setting(
+        False,
+        "When training ends, score every saved epoch file as the Test tab's 'Score epochs' does (rendered at "
+        "fixed seeds, read by the WD tagger) and name the best one; the pick and the scores go into the final "
+        "file's metadata. It renders 27 images per epoch file; Stop ends it and keeps every file. Not after a Stop.",
+        group="saving",
+        kohya=False,
+        in_metadata=False,
+        label="Score the epochs when training ends",
+    )
+    score_tagger: str | None = setting(
+        None,
+        "The WD tagger that reads the scoring images: a model name or a folder holding model.onnx (empty = the "
+        "tagger chosen in the settings; it must be downloaded already when offline).",
+        group="saving",
+        advanced=True,
+        kohya=False,
+        in_metadata=False,
+        label="Scoring tagger",
+    )
 
     # -- samples -----------------------------------------------------------------------------------
     sample_every_n_epochs: int | None = setting(

@@ -20,6 +20,9 @@ def test_quick_start_is_two_commands_that_exist() -> None:
     commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
     assert commands == ["bash quickstart.sh", "bash .ci/run"]
     assert (ROOT / "quickstart.sh").is_file() and (ROOT / ".ci" / "run").is_file()
+    # Windows users, mostly without bash, are told how to run the first one
+    assert "`py quickstart.py`" in section and "`quickstart.bat`" in section
+    assert (ROOT / "quickstart.py").is_file() and (ROOT / "quickstart.bat").is_file()
     assert "python -m pytest" in (ROOT / ".ci" / "run").read_text()
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 HELP = """Score every epoch file of a LoRA (name-000001.safetensors ... name.safetensors) and recommend one.
 
@@ -51,11 +53,44 @@ def _prompts(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split("|") if p.strip())
 
 
+def sampler_renderer(
+    bundle: Any, model: str, width: int | None = None, height: int | None = None, steps: int = 20
+) -> Callable[..., list[Any]]:
+    """The scoring's renderer on the standalone sampler: 128 px for the demo models, else the family's
+    size (512 / 1024), ``steps`` sampling steps, the LoRA files applied at the given weight."""
+    from pathlib import Path
+
+    from lib_lora.standalone.models import is_builtin
+    from lib_lora.standalone.sampler import generate
+
+    size = 128 if is_builtin(model) else (1024 if bundle.family == "sdxl" else 512)
+
+    def render(paths, prompts, weight, seed, events, stop) -> list[Any]:
+        return generate(
+            bundle, list(prompts), seed=seed, steps=steps, width=width or size, height=height or size,
+            lora=[(Path(p), weight) for p in paths], stop=stop,
+        )  # fmt: skip
+
+    return render
+
+
+def print_report(report: Any) -> None:
+    """The score table, the core tags and the pick in words."""
+    from lib_lora.jobs import scoring
+
+    rows = [list(scoring.TABLE_HEADERS), *report.table_rows()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print(f"core tags: {', '.join(report.core_tags) or '(none)'}")
+    print(report.pick.reason)
+    print(f"{report.images} images in {report.seconds:.0f} s")
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import signal
     import sys
-    from pathlib import Path
 
     import torch
 
@@ -63,8 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from lib_lora.events import Events, StopToken
     from lib_lora.jobs import scoring
     from lib_lora.jobs.score_math import DEFAULT_BETA
-    from lib_lora.standalone.models import is_builtin, load_model
-    from lib_lora.standalone.sampler import generate
+    from lib_lora.standalone.models import load_model
 
     try:
         seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
@@ -93,14 +127,8 @@ def run(args: argparse.Namespace) -> int:
     events = CliEvents()
     stop = StopToken()
     bundle = load_model(args.model, device=device)
-    size = 128 if is_builtin(args.model) else (1024 if bundle.family == "sdxl" else 512)
     tagger = scoring.load_tag_scorer(args.tagger, events)
-
-    def render(paths, prompts, weight, seed, ev, st):
-        return generate(
-            bundle, list(prompts), seed=seed, steps=args.steps, width=args.width or size, height=args.height or size,
-            lora=[(Path(p), weight) for p in paths], stop=st,
-        )  # fmt: skip
+    render = sampler_renderer(bundle, args.model, args.width, args.height, args.steps)
 
     def on_sigint(signum, frame) -> None:
         if stop.requested:
@@ -126,13 +154,7 @@ def run(args: argparse.Namespace) -> int:
             }
         print(json.dumps(data, indent=1))
         return 0
-    rows = [list(scoring.TABLE_HEADERS), *report.table_rows()]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    print(f"core tags: {', '.join(report.core_tags) or '(none)'}")
-    print(report.pick.reason)
-    print(f"{report.images} images in {report.seconds:.0f} s")
+    print_report(report)
     if kept is not None:
         print(
             f"kept {kept.source.name} as {kept.kept.name}; the other files are in {kept.kept.parent / scoring.ARCHIVE_DIR}"

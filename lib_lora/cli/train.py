@@ -17,6 +17,7 @@ Examples:
   python -m lib_lora train --config_file my.toml   (sd-scripts' way of giving the file)
   python -m lib_lora train my.toml --resume output/mylora-state
   python -m lib_lora train my.toml --overwrite
+  python -m lib_lora train my.toml --score_epochs   (then score the epochs and name the best one)
 
 A run whose name already has files in the output folder is refused unless --resume continues it or
 --overwrite replaces it (its files move to <output_dir>/.trash/, nothing is deleted). Two trainings
@@ -284,6 +285,8 @@ def _train(args, cfg, device, events, stop, on_sigint, parallel, training) -> in
             plan=plan,
             parallel=parallel,
         )
+        if cfg.score_epochs and (parallel is None or parallel.rank == 0):
+            _score(cfg, bundle, result, events, stop)
     finally:
         signal.signal(signal.SIGINT, previous)
         if getattr(events, "bar", None):
@@ -297,4 +300,32 @@ def _train(args, cfg, device, events, stop, on_sigint, parallel, training) -> in
             f"stopped at step {result.steps}; resume with the same command and --resume {shell_arg(result.state_dir)}"
         )
     print(f"log: {result.log_path}")
+    if result.scoring is not None and result.scoring.report is not None:  # a skipped scoring was said above
+        from lib_lora.cli.score import print_report
+
+        print_report(result.scoring.report)
+        print(f"recommendation written into {result.scoring.final}'s metadata")
     return 0
+
+
+def _score(cfg, bundle, result, events, stop) -> None:
+    """``--score_epochs``: the run's epochs scored on the standalone sampler (as the ``score`` verb
+    does with its defaults); Ctrl-C stops the scoring and keeps every file."""
+    import signal
+
+    from lib_lora.cli.score import sampler_renderer
+    from lib_lora.jobs.scoring import score_finished_run
+
+    if getattr(events, "bar", None):
+        events.bar.close()
+        events.bar = None
+
+    def on_sigint(signum, frame) -> None:
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.request("Ctrl-C")
+        events.message("info", "Stopping the scoring after this image; every trained file is kept...")
+
+    signal.signal(signal.SIGINT, on_sigint)
+    render = sampler_renderer(bundle, cfg.pretrained_model_name_or_path)
+    result.scoring = score_finished_run(cfg, result, render, None, events, stop)

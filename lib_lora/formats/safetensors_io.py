@@ -57,6 +57,31 @@ def save_lora(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadat
     return model_hash, legacy_hash
 
 
+def update_metadata(path: str | os.PathLike, changes: dict[str, str | None]) -> None:
+    """Change only the ``__metadata__`` of a safetensors file (a value None removes its key), atomically.
+    The tensor bytes are copied exactly as they are, so ``sshs_model_hash`` (their sha256) stays true;
+    ``sshs_legacy_hash`` is computed over a copy with only the ``ss_*`` keys, so a non-``ss_`` key
+    changes it neither. The tensors' order and offsets in the header are kept."""
+    bad = [k for k, v in changes.items() if v is not None and not isinstance(v, str)]
+    if bad:
+        raise ValueError(f"metadata values must be strings: {bad[:3]}")
+    info = read_header(path)  # a damaged file is refused here, in one sentence
+    with open(path, "rb") as handle:
+        blob = handle.read()
+    if len(blob) != info.file_size:
+        raise UserError(f"{path} changed while its metadata was being updated; try again.")
+    header = json.loads(blob[8 : 8 + info.header_size].decode("utf-8"))
+    metadata = dict(header.pop("__metadata__", None) or {})
+    for key, value in changes.items():
+        if value is None:
+            metadata.pop(key, None)
+        else:
+            metadata[key] = value
+    raw = json.dumps({"__metadata__": metadata, **header}, separators=(",", ":"), ensure_ascii=False).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    atomic_write_bytes(path, struct.pack("<Q", len(raw)) + raw + blob[8 + info.header_size :])
+
+
 def read_header(path: str | os.PathLike) -> SafetensorsHeader:
     """Parse and validate a safetensors header; UserError for anything that is not a complete file."""
     path = Path(path)

@@ -41,6 +41,7 @@ class JobStatus:
     stage: str = ""
     done: int = 0
     total: int = 0
+    stage_text: str = ""  # the stage's own words for its progress (e.g. "12/30 images, about 40 s left")
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) for the chart
     val_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss) for the chart
     files: list[dict[str, Any]] = field(default_factory=list)  # saved LoRA files
@@ -85,7 +86,7 @@ class StatusEvents(Events):
 
     def progress(self, stage: str, done: int, total: int, text: str = "") -> None:
         s = self.status
-        s.stage, s.done, s.total = stage, done, total
+        s.stage, s.done, s.total, s.stage_text = stage, done, total, text
         if self.inner:
             self.inner.progress(stage, done, total, text)
 

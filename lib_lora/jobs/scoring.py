@@ -17,6 +17,11 @@ confidences. Per epoch and seed:
 :mod:`lib_lora.jobs.score_math` combines them and decides whether one epoch is clearly best.
 :func:`keep_epoch` then makes the chosen file ``name.safetensors`` and moves the others into
 ``archive/`` (moved, never deleted).
+
+:func:`score_finished_run` does the same by itself when a training ends (``score_epochs``; each host
+calls it with its own renderer once its model is restored): the pick in words for the result, and in
+the final file's metadata under our own ``lora_trainer_*`` keys (only the header is rewritten: the
+tensor bytes, and so ``sshs_model_hash``, stay as they were), its ``name.json`` notes and the log.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from lib_lora.captions.model import ranked_counts
 from lib_lora.common.errors import UserError
 from lib_lora.common.tags import split_tags
 from lib_lora.common.text import plural
-from lib_lora.events import Events, StopToken
+from lib_lora.events import Events, StopRequested, StopToken
 from lib_lora.formats.safetensors_io import read_header
 from lib_lora.jobs.epochs import LoraFile, activation_text, list_lora_files
 from lib_lora.jobs.score_math import (
@@ -215,6 +220,7 @@ def score_epochs(
         f"({plural(len(settings.seeds), 'seed')} x {plural(len(prompts), 'prompt')}) + "
         f"{settings.base_images()} of the base model = {plural(total, 'image')}."
     )
+    events.progress("scoring", 0, total, f"0/{total} images")
     started = time.perf_counter()
     done = 0
 
@@ -283,6 +289,185 @@ def tagger_scorer(tagger: Any, minimum: float = 0.05) -> TagScorer:
         return out
 
     return score
+
+
+# -- after training ----------------------------------------------------------------------------------
+
+# what the automatic scoring after training uses: the Test sub-tab's defaults (tests shrink it)
+AUTO_SETTINGS = ScoreSettings()
+# our own keys beside sd-scripts' ss_* (never ss_-prefixed: no sd-scripts tool should take them for its own)
+META_RECOMMENDATION = "lora_trainer_recommendation"  # the pick in words, as the Test sub-tab says it
+META_RECOMMENDED_EPOCH = "lora_trainer_recommended_epoch"  # only for a confident pick
+META_RECOMMENDED_FILE = "lora_trainer_recommended_file"  # the file's stem (only for a confident pick)
+META_SCORES = "lora_trainer_scores"  # the score table as JSON (file names, not paths)
+
+
+@dataclass
+class AutoScore:
+    """How the scoring after a training went: ``state`` done | skipped | stopped | failed, and one
+    sentence for the result line (the pick in words when done)."""
+
+    state: str
+    sentence: str
+    report: ScoreReport | None = None
+    final: Path | None = None  # the file whose metadata holds the recommendation
+
+
+def auto_cost(cfg: Any, epochs: int) -> tuple[int, int]:
+    """(files, images) the scoring after a run of ``epochs`` epochs renders with :data:`AUTO_SETTINGS`."""
+    files = 1
+    if cfg.save_every_n_epochs:
+        saved = max(0, (epochs - 1) // cfg.save_every_n_epochs)
+        files += min(saved, cfg.save_last_n_epochs) if cfg.save_last_n_epochs else saved
+    settings = AUTO_SETTINGS
+    return files, settings.images_per_epoch() * files + settings.base_images()
+
+
+def auto_cost_sentence(cfg: Any, epochs: int) -> str:
+    """What the Train tab says of the scoring before Start (only when it is on)."""
+    files, images = auto_cost(cfg, epochs)
+    if files < 2:
+        return (
+            "Scoring after training needs two saved files or more to compare: set Save every N epochs "
+            "(otherwise only the final file is saved, and it is not scored)."
+        )
+    per = AUTO_SETTINGS.images_per_epoch()
+    return (
+        f"After training, scoring renders {plural(per, 'image')} per epoch file: {plural(images, 'image')} for "
+        f"{plural(files, 'file')} (about as long as a Test grid of that many images); Stop ends it and keeps every file."
+    )
+
+
+def scores_metadata(report: ScoreReport) -> dict[str, str | None]:
+    """Our metadata keys for the final file: the recommendation in words, the recommended epoch and
+    file (a confident pick only; else removed), and the score table as JSON."""
+    best = report.best if report.pick.confident else None
+    table = {
+        "confident": report.pick.confident,
+        "recommended": None if best is None else best.label,
+        "tied": [report.scores[i].label for i in report.pick.tied],
+        "reason": report.pick.reason,
+        "core_tags": report.core_tags,
+        "fidelity_measured": bool(report.core_tags),
+        "activation": report.activation,
+        "images": report.images,
+        "epochs": [
+            {
+                "file": s.label, "epoch": s.epoch, "fidelity": round(s.fidelity, 4) if report.core_tags else None,
+                "flexibility": round(s.flexibility, 4),
+                "drift": round(s.drift, 4), "score": round(s.score, 4), "noise": round(s.spread, 4),
+                "validation_loss": s.validation_loss,
+            }
+            for s in report.scores
+        ],
+    }  # fmt: skip
+    return {
+        META_RECOMMENDATION: report.pick.reason,
+        META_RECOMMENDED_EPOCH: None if best is None or best.epoch is None else str(best.epoch),
+        META_RECOMMENDED_FILE: None if best is None else best.label,
+        META_SCORES: json.dumps(table, ensure_ascii=False),
+    }
+
+
+def written_recommendation(path: str | os.PathLike) -> str | None:
+    """The pick in words that the scoring after training wrote into ``path`` (None: none, or unreadable)."""
+    try:
+        return read_header(path).metadata.get(META_RECOMMENDATION) or None
+    except UserError:
+        return None
+
+
+def _record(final: Path, report: ScoreReport, log_path: Path | None, step: int) -> None:
+    """The recommendation into the final file's metadata (atomically, tensors untouched), its
+    ``name.json`` notes (the webui's Lora card shows them) and the run's log."""
+    from lib_lora.common.fsutil import atomic_write_text
+    from lib_lora.formats.safetensors_io import update_metadata
+
+    values = scores_metadata(report)
+    update_metadata(final, values)
+    side = final.with_suffix(".json")
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    if isinstance(data, dict):
+        notes = str(data.get("notes") or "").split(" Scored after training:")[0]
+        data["notes"] = f"{notes} Scored after training: {report.pick.reason}".strip()
+        atomic_write_text(side, json.dumps(data, indent=4, ensure_ascii=False) + "\n")
+    if log_path is not None:
+        row = {"step": step, "scores": json.loads(values[META_SCORES])}
+        with open(log_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def score_finished_run(
+    cfg: Any,
+    result: Any,
+    renderer: Renderer,
+    tagger_model: str | None,
+    events: Events | None = None,
+    stop: StopToken | None = None,
+    *,
+    load_tagger: Callable[[str | None, Events | None], TagScorer] | None = None,
+    settings: ScoreSettings | None = None,
+) -> AutoScore | None:
+    """Score the epoch files of a finished run (``cfg.score_epochs``) with the host's ``renderer``
+    and write the pick into the final file's metadata. None when the setting is off. The trained
+    files stand whatever happens here: a run that was stopped is not scored, and a scoring that
+    cannot run, is stopped or fails says so in one sentence and changes no file."""
+    if not getattr(cfg, "score_epochs", False) or result is None:
+        return None
+    events = events or Events()
+    stop = stop or StopToken()
+    load_tagger = load_tagger or load_tag_scorer
+
+    def skipped(reason: str, state: str = "skipped") -> AutoScore:
+        score = AutoScore(state, reason)
+        events.warning(reason)
+        return score
+
+    if result.status != "done":
+        return skipped(
+            "The epochs were not scored: the run was stopped (resume it to the end to score them, or score the "
+            "files in the Test tab)."
+        )
+    try:
+        files = lora_family(cfg.output_dir, cfg.output_name)
+    except UserError as exc:
+        return skipped(f"The epochs were not scored: {exc}")
+    final = next((f.path for f in files if f.path.stem == cfg.output_name), None)
+    if final is None:
+        return skipped(f"The epochs were not scored: {cfg.output_name}.safetensors, the final file, is missing.")
+    if len(files) < 2:
+        return skipped(
+            f"The epochs were not scored: the run saved only {final.name}, nothing to compare it with "
+            "(set Save every N epochs to save epoch files)."
+        )
+    try:
+        tagger = load_tagger(cfg.score_tagger or tagger_model, events)
+        report = score_epochs(files, renderer, tagger, settings or AUTO_SETTINGS, events, stop)
+    except StopRequested:
+        return skipped(STOPPED_SCORING, "stopped")
+    except UserError as exc:
+        if stop.requested:
+            return skipped(STOPPED_SCORING, "stopped")
+        return skipped(
+            f"The epochs were not scored: {exc} The trained files are kept; score them later in the Test tab."
+        )
+    except Exception as exc:  # a bug or a host failure must not cost the finished training
+        return skipped(f"Scoring failed ({type(exc).__name__}: {exc}); the trained files are kept.", "failed")
+    try:
+        _record(final, report, getattr(result, "log_path", None), getattr(result, "steps", 0))
+    except (UserError, OSError) as exc:
+        return skipped(
+            f"The recommendation could not be written into {final.name}: {exc} {report.pick.reason}", "failed"
+        )
+    events.info(report.pick.reason)
+    events.info(f"The recommendation and the scores are in {final.name}'s metadata ({META_SCORES}).")
+    return AutoScore("done", report.pick.reason, report, final)
+
+
+STOPPED_SCORING = "Scoring was stopped before it finished: every trained file is kept, and no epoch was recommended."
 
 
 # -- keep one ----------------------------------------------------------------------------------------

@@ -187,6 +187,7 @@ class TrainResult:
     state_dir: Path | None
     log_path: Path
     losses: list[float]
+    scoring: Any = None  # jobs.scoring.AutoScore: the epochs scored after the run (score_epochs), else None
 
 
 def caption_options(cfg: TrainConfig) -> CaptionOptions:

@@ -27,7 +27,7 @@ from lib_lora.jobs.manager import JobManager
 from lib_lora.standalone.security import AccessPolicy, FolderList, gradio_temp_folder, secure_app
 from lib_lora.tagger.models import DEMO_MODEL as DEMO_TAGGER
 from lib_lora.ui.compat import queue_kwargs
-from lib_lora.ui.host import GridRequest, GridResult, HostSettings, ModelInfo
+from lib_lora.ui.host import GridRequest, GridResult, HostSettings, ModelInfo, grid_renderer
 from lib_lora.ui.tab import TITLE, build_tab, stylesheet
 
 DEMO_MODEL = "tiny-sd15"
@@ -232,7 +232,17 @@ class StandaloneHost:
                 plan = prepare(cfg, bundle, events, stop, resume)
                 cfg = cfg.replace(sample_prompts=default_sample_prompt(plan, cfg))
         renderer = training_renderer(bundle, cfg)
-        return train(cfg, bundle, events, stop, resume=resume, overwrite=overwrite, renderer=renderer, plan=plan)
+        result = train(cfg, bundle, events, stop, resume=resume, overwrite=overwrite, renderer=renderer, plan=plan)
+        return self.score_run(cfg, result, events, stop)
+
+    def score_run(self, cfg: Any, result: Any, events: Events, stop: StopToken) -> Any:
+        """With ``score_epochs`` on: the run's epochs scored as the Test tab scores them (this sampler at
+        the Test tab's default image settings); the outcome in ``result.scoring``."""
+        from lib_lora.jobs.scoring import score_finished_run
+
+        render = grid_renderer(self.render_grid, save=False, quiet=True)
+        result.scoring = score_finished_run(cfg, result, render, self._settings.tagger_model, events, stop)
+        return result
 
     def render_grid(self, request: GridRequest, events: Events, stop: StopToken) -> GridResult:
         from lib_lora.standalone.sampler import generate
@@ -258,6 +268,8 @@ class StandaloneHost:
                 raise UserError("Stopped before the grid was finished.")
             images += row_images
         rows = [Path(p).stem for p in request.lora_files]
+        if not request.save:
+            return GridResult(images, rows, list(request.prompts))
         grid = assemble_grid(images, rows, list(request.prompts))
         name = rows[0].rsplit("-", 1)[0] if "-" in rows[0] else rows[0]
         saved = save_grid(grid, Path(request.lora_files[0]).parent, name)

@@ -78,6 +78,9 @@ def resolve_output_dir(host: Any, choice: str | None, custom: str | None) -> str
 
 
 def job_line(status: JobStatus) -> str:
+    if status.kind == "train" and status.stage == "scoring":  # the epochs scored after the run (score_epochs)
+        done = status.stage_text if status.state == "running" else f"{status.done}/{status.total} images"
+        return f"trained {status.step}/{status.total_steps} steps · scoring the epochs: {done}"
     if status.kind == "train" and status.total_steps:
         parts = [f"epoch {status.epoch}", f"step {status.step}/{status.total_steps}"]
         if status.loss is not None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lib_lora.events import Events, StopToken
 from lib_lora.jobs.manager import JobManager
+
+if TYPE_CHECKING:
+    from lib_lora.jobs.scoring import Renderer
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class GridRequest:
     # the host's own image settings as they are on screen now (webui: txt2img's sampler, steps, size...);
     # used where the fields above are None
     host_values: dict[str, Any] = field(default_factory=dict)
+    save: bool = True  # assemble and save the grid image (False: only the images, e.g. for scoring)
 
 
 @dataclass
@@ -66,6 +70,36 @@ class GridResult:
     grid: Any = None  # the assembled grid image
     saved_to: Path | None = None
     infotexts: list[str] = field(default_factory=list)
+
+
+def grid_renderer(
+    render_grid: Callable[[GridRequest, Events, StopToken], GridResult],
+    *,
+    save: bool = True,
+    quiet: bool = False,
+    **sizes: Any,
+) -> Renderer:
+    """A host's ``render_grid`` as the scoring's renderer (one row per call; ``sizes``: width, height,
+    steps, cfg_scale, None = the host's own). ``save`` False: no grid image is assembled or saved;
+    ``quiet``: the render's own progress is not passed on (the scoring reports images done)."""
+
+    def render(paths, prompts, weight, seed, events, stop) -> list[Any]:
+        request = GridRequest(
+            lora_files=list(paths), prompts=list(prompts), weight=float(weight), seed=int(seed), save=save, **sizes
+        )
+        return list(render_grid(request, _Messages(events) if quiet else events, stop).images)
+
+    return render
+
+
+class _Messages(Events):
+    """Passes on messages only."""
+
+    def __init__(self, inner: Events) -> None:
+        self.inner = inner
+
+    def message(self, level: str, text: str) -> None:
+        self.inner.message(level, text)
 
 
 class UIHost(Protocol):

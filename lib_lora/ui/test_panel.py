@@ -17,7 +17,7 @@ from lib_lora.jobs import scoring
 from lib_lora.ui import html
 from lib_lora.ui.common import guarded, hook, host_events, long_js, number, resolve_output_dir
 from lib_lora.ui.compat import js_kwargs
-from lib_lora.ui.host import GridRequest
+from lib_lora.ui.host import GridRequest, grid_renderer
 
 if TYPE_CHECKING:
     from lib_lora.ui.tab import TrainerTab
@@ -185,7 +185,8 @@ class TestPanel:
             gr.update(choices=labels, value=chosen),
             gr.update(choices=labels, value=labels[-1]),
             new_prompts,
-            html.message(text, "ok") + self._host_note(),  # on opening the sub-tab, before any grid or score
+            # on opening the sub-tab, before any grid or score
+            html.message(text, "ok") + _scored_after_training(found, name.strip()) + self._host_note(),
         ]
 
     @guarded(2)
@@ -312,18 +313,11 @@ class TestPanel:
 
     def _renderer(self, width: Any, height: Any, steps: Any, cfg: Any) -> scoring.Renderer:
         """The host's Test-grid renderer, one LoRA file at a time, with the Test image settings."""
-        sizes = {
-            "width": number(width, "The width", 64, integer=True), "height": number(height, "The height", 64, integer=True),
-            "steps": number(steps, "The sampling steps", 1, integer=True), "cfg_scale": number(cfg, "The CFG scale", 0),
-        }  # fmt: skip
-
-        def render(paths, prompts, weight, seed, events, stop) -> list[Any]:
-            request = GridRequest(
-                lora_files=list(paths), prompts=list(prompts), weight=float(weight), seed=int(seed), **sizes
-            )
-            return list(self.host.render_grid(request, events, stop).images)
-
-        return render
+        return grid_renderer(
+            self.host.render_grid, width=number(width, "The width", 64, integer=True),
+            height=number(height, "The height", 64, integer=True),
+            steps=number(steps, "The sampling steps", 1, integer=True), cfg_scale=number(cfg, "The CFG scale", 0),
+        )  # fmt: skip
 
     # a refusal goes where the report would be (the user looks there) and in the cost line (the
     # webui appends its "Time taken" to the last output, which must stay HTML)
@@ -397,6 +391,13 @@ class TestPanel:
             gr.update(choices=labels, value=labels),
             gr.update(choices=labels, value=labels[-1] if labels else None),
         ]
+
+
+def _scored_after_training(found: list[epoch_files.LoraFile], name: str) -> str:
+    """The pick the scoring after training wrote into the final file (score_epochs), in its words."""
+    final = next((f.path for f in found if f.path.stem == name), None)
+    words = scoring.written_recommendation(final) if final else None
+    return html.message(f"Scored after training: {words}", "info") if words else ""
 
 
 def score_chart(report: scoring.ScoreReport, width: int = 640, height: int = 240) -> str:

@@ -29,6 +29,7 @@ from lib_lora.ui import html
 from lib_lora.ui.common import guarded, hook, host_events, job_html, long_js, resolve_output_dir, user_path
 from lib_lora.ui.compat import hidden_progress, js_kwargs, table_kwargs
 from lib_lora.ui.forms import Section, SettingsForm, build_field, build_settings_form, to_component_value
+from lib_lora.ui.test_panel import score_report_html
 
 if TYPE_CHECKING:
     from lib_lora.ui.host import ModelInfo
@@ -246,6 +247,11 @@ class TrainPanel:
                     "info",
                 )
             )
+            if cfg.score_epochs:
+                from lib_lora.jobs.scoring import auto_cost, auto_cost_sentence
+
+                enough = auto_cost(cfg, summary.epochs)[0] >= 2
+                parts.append(html.message(auto_cost_sentence(cfg, summary.epochs), "info" if enough else "warning"))
         else:
             parts.append(html.message("Total steps: choose a dataset folder with images (Dataset tab)."))
         gpu = vram.gpu_memory()
@@ -356,18 +362,15 @@ class TrainPanel:
         )  # fmt: skip
         if status.files:
             self.host.refresh_loras()
-        if status.state == "failed":
-            return html.error(status.error or "Training failed.")
-        files = ", ".join(f["path"].rsplit("/", 1)[-1] for f in status.files) or "no files"
-        if status.state == "stopped":
-            return stopped_html(status)
-        return html.message(f"Training finished: {status.step} steps; saved {files} in {cfg.output_dir}.", "ok")
+        return self.outcome_html(status, cfg.output_dir)
 
     def stop_training(self) -> str:
         job = self.host.jobs.current("train")
         if job is None or job.state not in ("running", "queued"):
             return html.message("No training is running.")
         self.host.jobs.stop(job.id)
+        if job.stage == "scoring":  # the run is over; only the scoring after it stops (score_epochs)
+            return html.message("Stopping the scoring after the current image; every trained file is kept.", "warning")
         return html.message(
             "Stopping after this step; the LoRA so far is saved, with a state to resume from.", "warning"
         )
@@ -390,16 +393,21 @@ class TrainPanel:
         yield [*self.poll(-1), self.outcome_html(status) if was_running and status is not None else gr.update()]
 
     @staticmethod
-    def outcome_html(status: Any) -> str:
-        """How a training ended, as the status line under Start says it."""
+    def outcome_html(status: Any, folder: str | None = None) -> str:
+        """How a training ended, as the status line under Start says it; with the epochs scored after
+        it, the pick in words (the Test tab's sentence), its chart and table."""
         if status.state == "failed":
             return html.error(status.error or "Training failed.")
         names = [f["path"].replace("\\", "/").rsplit("/", 1)[-1] for f in status.files]
         files = ", ".join(names) or "no files"
-        if status.state == "stopped":
-            return stopped_html(status)
-        folder = os.path.dirname(status.files[-1]["path"]) if status.files else ""
-        return html.message(f"Training finished: {status.step} steps; saved {files} in {folder}.", "ok")
+        scored = getattr(status.result, "scoring", None)
+        finished = getattr(status.result, "status", None) == "done"  # a Stop during the scoring keeps it finished
+        if status.state == "stopped" and not finished:
+            return stopped_html(status) + (html.message(scored.sentence, "warning") if scored else "")
+        if folder is None:
+            folder = os.path.dirname(status.files[-1]["path"]) if status.files else ""
+        done = html.message(f"Training finished: {status.step} steps; saved {files} in {folder}.", "ok")
+        return done + scoring_html(scored)
 
     def output_folder_info(self, choice: str | None) -> str:
         """The Output folder's help line: the chosen folder's whole path (a label that held it was cut
@@ -664,6 +672,20 @@ def stopped_html(status: Any) -> str:
         name = resumed_from.replace("\\", "/").rsplit("/", 1)[-1]
         return html.message(f"Stopped at step {status.step} before any new step: {nothing_new_since(name)}", "warning")
     return html.message(f"Stopped at step {status.step}; saved: {', '.join(names) or 'no files'}.", "warning")
+
+
+def scoring_html(scored: Any) -> str:
+    """The scoring after training (jobs.scoring.AutoScore): the Test tab's report (chart, the pick in
+    words, table) and where it was written; a skipped or stopped scoring in one sentence."""
+    if scored is None:
+        return ""
+    if scored.report is None:
+        return html.message(scored.sentence, "warning")
+    where = html.message(
+        f"Scored after training: the recommendation and the scores are written into {scored.final.name}'s metadata.",
+        "info",
+    )
+    return score_report_html(scored.report) + where
 
 
 def resume_label(state: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from lib_lora.common.memory import release_freed_host_memory
 from lib_lora.config import TrainConfig
 from lib_lora.events import Events, MultiEvents, SampleImage, SavedFile, StopRequested, StopToken
 from lib_lora.jobs.samples import default_sample_prompt
-from lib_lora.ui.host import GridRequest, GridResult, HostSettings, ModelInfo
+from lib_lora.ui.host import GridRequest, GridResult, HostSettings, ModelInfo, grid_renderer
 from lib_lora.webui import runtime, settings
 
 FAMILY_LABELS = {"sd1": "SD1.x", "sdxl": "SDXL", "sd2": "SD2.x", "sd3": "SD3", "flux": "Flux"}
@@ -248,6 +248,12 @@ class WebuiHost:
         if error is not None:
             raise error
         self.refresh_loras()
+        if cfg.score_epochs:  # on the restored model, through txt2img as the Test tab scores
+            from lib_lora.jobs.scoring import score_finished_run
+
+            render = grid_renderer(self.render_grid, save=False, quiet=True)
+            result.scoring = score_finished_run(cfg, result, render, self.settings().tagger_model, listeners, token)
+            self.refresh_loras()  # the final file's metadata changed
         return result
 
     def _sample_renderer(self, session: Any, cfg: TrainConfig, events: Events, previews: PreviewWriter) -> Callable:
@@ -378,7 +384,7 @@ class WebuiHost:
                         events.progress("grid", len(images), total, path.stem)
         row_labels = [p.stem for p in files]
         result = GridResult(images=images, row_labels=row_labels, column_labels=prompts, infotexts=infotexts)
-        if not images:
+        if not images or not request.save:
             return result
         while len(images) < total:  # stopped part-way: fill the grid's empty cells
             images.append(_blank_image(*images[0].size))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,62 +14,11 @@ from lib_lora.formats import safetensors_io
 from lib_lora.jobs.epochs import LoraFile
 from lib_lora.jobs.score_math import EpochScore, SeedScore, cosine_drift, f_beta, pick_best
 from lib_lora.jobs.scoring import TABLE_HEADERS, ScoreSettings, core_tags_of, keep_epoch, lora_family, score_epochs
-
-CORE = ["blue hair", "red eyes", "ahoge"]
-
-
-@dataclass(frozen=True)
-class Fake:
-    """What the stand-in renderer "draws": the tagger stand-in reads it back."""
-
-    epoch: int
-    prompt: str
-    weight: float
-    seed: int
-
-
-def _noise(*parts: object, size: float) -> float:
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return (int.from_bytes(digest[:4], "little") / 2**32 - 0.5) * 2 * size
+from support.scoring_standins import CORE, Fake, planted_renderer, planted_tagger
 
 
 def _files(n: int) -> list[LoraFile]:
     return [LoraFile(Path(f"/nowhere/t-{e:06d}.safetensors"), e, e * 10, "s", float(e)) for e in range(1, n + 1)]
-
-
-def _renderer(log: list):
-    def render(paths, prompts, weight, seed, events, stop):
-        log.append((len(paths), len(prompts)))
-        epoch = int(Path(paths[0]).stem.rsplit("-", 1)[-1])
-        return [Fake(epoch, p, weight, seed + i) for i, p in enumerate(prompts)]
-
-    return render
-
-
-def _planted_tagger(fidelity, flexibility, drift, noise: float):
-    """Core tags' confidence follows ``fidelity(epoch)``; a prompt's own tags ``flexibility(epoch)``;
-    with the LoRA, the trigger-less prompts gain a foreign tag of weight ``drift(epoch)``."""
-
-    def tag(images):
-        out = []
-        for im in images:
-            e = im.epoch
-            jitter = _noise(e, im.seed, im.prompt, size=noise)
-            scores = {}
-            if im.weight == 0:  # the base model
-                scores = {"scenery": 0.9, "sky": 0.8}
-            elif im.prompt.startswith("tchar"):
-                for t in CORE:
-                    scores[t] = min(1.0, max(0.0, fidelity(e) + jitter))
-                extra = [t.strip() for t in im.prompt.split(",")[1:]]
-                for t in extra:
-                    scores[t] = min(1.0, max(0.0, flexibility(e) + jitter))
-            else:
-                scores = {"scenery": 0.9, "sky": 0.8, "blue hair": min(1.0, max(0.0, drift(e) + jitter))}
-            out.append(scores)
-        return out
-
-    return tag
 
 
 SETTINGS = ScoreSettings(seeds=(1, 2, 3, 4), flexibility_prompts=("red dress", "beach"), drift_prompts=("scenery",))
@@ -85,7 +32,7 @@ def test_fidelity_rises_then_flexibility_falls_picks_the_known_epoch() -> None:
     log: list = []
     events = RecordingEvents()
     report = score_epochs(
-        _files(8), _renderer(log), _planted_tagger(fidelity, flexibility, drift, noise=0.01), SETTINGS, events,
+        _files(8), planted_renderer(log), planted_tagger(fidelity, flexibility, drift, jitter=0.01), SETTINGS, events,
         activation="tchar", core_tags=CORE,
     )  # fmt: skip
     assert report.best.epoch == 5 and report.pick.confident
@@ -104,7 +51,7 @@ def test_fidelity_rises_then_flexibility_falls_picks_the_known_epoch() -> None:
 def test_noise_only_gives_no_confident_pick_in_words() -> None:
     flat = lambda e: 0.6  # noqa: E731
     report = score_epochs(
-        _files(5), _renderer([]), _planted_tagger(flat, flat, lambda e: 0.1, noise=0.15), SETTINGS,
+        _files(5), planted_renderer([]), planted_tagger(flat, flat, lambda e: 0.1, jitter=0.15), SETTINGS,
         activation="tchar", core_tags=CORE,
     )  # fmt: skip
     assert not report.pick.confident
@@ -115,7 +62,7 @@ def test_noise_only_gives_no_confident_pick_in_words() -> None:
 def test_one_seed_is_never_confident() -> None:
     rising = lambda e: 0.1 * e  # noqa: E731
     report = score_epochs(
-        _files(3), _renderer([]), _planted_tagger(rising, rising, lambda e: 0.0, noise=0.0),
+        _files(3), planted_renderer([]), planted_tagger(rising, rising, lambda e: 0.0, jitter=0.0),
         ScoreSettings(seeds=(7,), flexibility_prompts=("beach",), drift_prompts=("scenery",)),
         activation="tchar", core_tags=CORE,
     )  # fmt: skip
@@ -138,7 +85,7 @@ def test_no_core_tags_shows_fidelity_as_not_measured_not_as_a_perfect_one() -> N
     pick's words say "not measured" instead of showing 1.000 as if every trait were there."""
     rising = lambda e: 0.1 * e  # noqa: E731
     report = score_epochs(
-        _files(3), _renderer([]), _planted_tagger(rising, rising, lambda e: 0.0, noise=0.05), SETTINGS,
+        _files(3), planted_renderer([]), planted_tagger(rising, rising, lambda e: 0.0, jitter=0.05), SETTINGS,
         activation="tchar", core_tags=[],
     )  # fmt: skip
     fidelity_column = TABLE_HEADERS.index("fidelity")
@@ -146,7 +93,7 @@ def test_no_core_tags_shows_fidelity_as_not_measured_not_as_a_perfect_one() -> N
     assert "fidelity not measured" in report.pick.reason and "fidelity 1.00" not in report.pick.reason
     assert report.to_json()["fidelity_measured"] is False
     measured = score_epochs(
-        _files(3), _renderer([]), _planted_tagger(rising, rising, lambda e: 0.0, noise=0.05), SETTINGS,
+        _files(3), planted_renderer([]), planted_tagger(rising, rising, lambda e: 0.0, jitter=0.05), SETTINGS,
         activation="tchar", core_tags=CORE,
     )  # fmt: skip
     assert all(row[fidelity_column] != "not measured" for row in measured.table_rows())

@@ -434,3 +434,41 @@ def test_a_stop_while_a_resumed_run_reads_its_dataset_names_the_file_it_resumed_
     assert events.histories[0].resumed_from == webui.lora_dir / stop_name
     assert any(f"nothing new was learned since {stop_name}, which this run resumed from" in t for t in events.texts())
     assert {p.name: p.stat().st_mtime_ns for p in webui.lora_dir.iterdir() if p.is_file()} == before
+
+
+def test_scoring_after_training_renders_through_txt2img_and_writes_the_pick(webui, sd1, monkeypatch) -> None:
+    """score_epochs in the webui: once the model is restored, every epoch file is rendered by txt2img
+    with its <lora:...> (no grid saved), read by the tagger, and the pick lands in the Start result and
+    the final file's metadata. The tagger is a stand-in (every image alike: no confident pick)."""
+    from lib_lora.formats.safetensors_io import read_header
+    from lib_lora.jobs import scoring
+    from lib_lora.webui import host as webui_host
+
+    tab = Tab(webui)
+    folder = dataset(webui.root / "data", images=2, name="1_hutao")
+    monkeypatch.setattr(
+        scoring,
+        "AUTO_SETTINGS",
+        scoring.ScoreSettings(seeds=(1,), flexibility_prompts=("beach",), drift_prompts=("sky",)),
+    )
+    monkeypatch.setitem(webui_host.TXT2IMG_FALLBACK, "width", 64)
+    monkeypatch.setitem(webui_host.TXT2IMG_FALLBACK, "height", 64)
+    monkeypatch.setitem(webui_host.TXT2IMG_FALLBACK, "steps", 2)
+    asked, seen = [], []
+
+    def load_tagger(model, events):
+        asked.append(model)
+        seen.append([n.name for n in webui.networks.loaded_networks])
+        return lambda images: [{"scenery": 0.5, "hutao": 0.5} for _ in images]
+
+    monkeypatch.setattr(scoring, "load_tag_scorer", load_tagger)
+    html = tab.start(folder, sample_every_n_epochs=None, score_epochs=True)
+    assert "Training finished" in html and "No confident pick" in html and "lt-score-table" in html, html
+    assert asked == [tab.host.settings().tagger_model]
+    assert seen == [[]]  # the model is restored before scoring begins: no LoRA of ours is applied
+    assert {n.name for n in webui.networks.loaded_networks} <= {"hutao", "hutao-000001"}  # rendered with <lora:>
+    assert webui.networks.loaded_networks and all(v == [] for v in webui.networks.unmatched.values())
+    meta = read_header(webui.lora_dir / "hutao.safetensors").metadata
+    assert meta["lora_trainer_recommendation"].startswith("No confident pick")
+    assert "lora_trainer_recommended_epoch" not in meta  # only a confident pick names one
+    assert not list((webui.root / "outputs").rglob("*.png"))  # no grid image saved
