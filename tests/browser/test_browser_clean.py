@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageDraw
 from playwright import sync_api as playwright
 
-from support.browser_app import ARTIFACTS, CHROMIUM_ARGS, app_page, chromium_path, serve
+from support.browser_app import ARTIFACTS, CHROMIUM_ARGS, answered, app_page, chromium_path, serve
 from support.lama_tiny import write_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -54,6 +54,20 @@ def make_dataset(root: Path) -> dict[Path, bytes]:
     return out
 
 
+PAINTER_READY_JS = """(width) => { const p = document.querySelector('#lora_trainer_clean_painter');
+    const i = p && p.querySelector('img'); const canvases = p ? Array.from(p.querySelectorAll('canvas')) : [];
+    return Boolean(i && i.complete && i.naturalWidth === width && canvases.length
+        && canvases.every(c => c.width === width) && !p.querySelector('.wrap.default:not(.hide)')); }"""
+
+
+def painter_shows(page, width: int) -> None:
+    """Wait until the painter shows the picked image (``width`` pixels wide) to paint on, as the user
+    sees it: the image loaded, the sketch's canvases sized to it, no loading veil. (A pick, Add strokes,
+    Undo... first empty the painter, then a chained event shows the image again: strokes painted in
+    between land on nothing.)"""
+    page.wait_for_function(PAINTER_READY_JS, arg=width)
+
+
 def paint(page, box: tuple[float, float, float, float]) -> None:
     """Drag the brush over ``box`` (fractions of the canvas) in horizontal strokes."""
     canvas = page.locator("#lora_trainer_clean_painter canvas").last
@@ -88,21 +102,21 @@ def test_clean_in_the_browser(tmp_path: Path) -> None:
             expect(_el(page, "lora_trainer_clean_status")).to_contain_text("2 images in")
             page.locator("#lora_trainer_clean_gallery .thumbnail-item").first.click()
             expect(_el(page, "lora_trainer_clean_selected")).to_contain_text("5_demo/img0.png")
-            expect(page.locator("#lora_trainer_clean_painter canvas").last).to_be_visible()
-            page.wait_for_timeout(800)
+            painter_shows(page, 480)
 
             # 1. paint over the watermark with a bigger brush, preview, accept
             slider = page.locator("#lora_trainer_clean_brush input[type=number]")
-            slider.fill("30")
-            slider.press("Enter")
-            page.wait_for_timeout(1500)  # the brush update re-renders the painter: paint after it
+            with answered(page):  # the new size reaches the painter (a stroke under way then jumps)
+                slider.fill("30")
+                slider.press("Enter")
+            painter_shows(page, 480)
             paint(page, (0.45, 0.82, 0.96, 0.96))  # too far to the left ...
             _el(page, "lora_trainer_clean_strokes").click()
             expect(_el(page, "lora_trainer_clean_status")).to_contain_text("The mask covers")
             painted = float(
                 re.search(r"covers ([\d.]+)%", _el(page, "lora_trainer_clean_status").inner_text()).group(1)
             )
-            page.wait_for_timeout(800)
+            painter_shows(page, 480)  # the image again, the kept mask in red
             page.locator("#lora_trainer_clean_eraser input").check()  # ... so erase the left part
             paint(page, (0.4, 0.8, 0.55, 0.98))
             _el(page, "lora_trainer_clean_strokes").click()
@@ -110,7 +124,7 @@ def test_clean_in_the_browser(tmp_path: Path) -> None:
             erased = float(re.search(r"covers ([\d.]+)%", _el(page, "lora_trainer_clean_status").inner_text()).group(1))
             assert painted > 5 and 0 < erased < painted, (painted, erased)
             page.locator("#lora_trainer_clean_eraser input").uncheck()
-            page.wait_for_timeout(800)
+            painter_shows(page, 480)
             _shot(page, "clean-0-mask-erased")
             _el(page, "lora_trainer_clean_preview").click()
             expect(_el(page, "lora_trainer_clean_status")).to_contain_text("pixels filled in", timeout=60_000)
@@ -129,7 +143,7 @@ def test_clean_in_the_browser(tmp_path: Path) -> None:
             assert first.read_bytes() == originals[first]
 
             # 3. batch: one mask over both images
-            page.wait_for_timeout(800)
+            painter_shows(page, 480)
             paint(page, (0.6, 0.82, 0.96, 0.96))
             _el(page, "lora_trainer_clean_select_all").click()
             expect(_el(page, "lora_trainer_clean_batch_images")).to_contain_text("img1.png")

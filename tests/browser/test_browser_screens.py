@@ -16,6 +16,7 @@ from playwright import sync_api as playwright
 from support.browser_app import (
     PROGRESS_TEXTS_JS,
     VISIBLE_GENERATING_JS,
+    answered,
     check,
     el,
     field,
@@ -76,8 +77,8 @@ def test_settings_check_labels_and_the_demo_preset_note(tmp_path: Path) -> None:
                 assert line in live, live
             assert "steps per epoch" not in live and "VRAM" not in live and "output_name" not in live
             shot(page, "5-settings-check")
-            el(page, "lora_trainer_check").click()  # the button says the same
-            page.wait_for_timeout(1500)
+            with answered(page):  # the button says the same
+                el(page, "lora_trainer_check").click()
             assert el(page, "lora_trainer_estimate").inner_text() == live
             el(page, "lora_trainer_start").click()
             expect(el(page, "lora_trainer_train_result")).to_contain_text("Epochs = -2 is not valid")
@@ -130,18 +131,22 @@ def test_quick_start_offline_and_no_stale_screens(tmp_path: Path) -> None:
             check(page, "lora_trainer_cfg_enable_bucket", False)
             fill(page, "lora_trainer_cfg_train_batch_size", "8")
             fill(page, "lora_trainer_cfg_network_dim", "2")
-            # long enough (1760 steps, ~100 s here at 17 it/s) to be still running after the progress check,
-            # the reload and Stop (~40 s) on a machine 2.5x faster; a file every 110 epochs keeps the grid small
-            fill(page, "lora_trainer_cfg_max_train_epochs", "440")
+            # a run no machine finishes while the test watches it (the most epochs, 40000 steps, ~40 min here):
+            # it is stopped twice, so it is still running at each Stop however fast the machine is, and no
+            # slow machine has to train it to the end; a file every 110 epochs keeps the grid small
+            fill(page, "lora_trainer_cfg_max_train_epochs", "10000")
             fill(page, "lora_trainer_cfg_save_every_n_epochs", "110")
             el(page, "lora_trainer_start").click()
             live = el(page, "lora_trainer_live")
             expect(live).to_contain_text("Training reloaded: running", timeout=60_000)
             texts: list[str] = []
-            deadline = time.time() + 20
-            while time.time() < deadline:
+            updates: set[str] = set()
+            deadline = time.time() + 120
+            while len(updates) < 8:  # eight updates of the live view (it polls the run every second)
+                assert time.time() < deadline, f"the live view stopped changing: {live.inner_text()}"
                 texts += page.evaluate(PROGRESS_TEXTS_JS)
-                page.wait_for_timeout(500)
+                updates.add(live.inner_text())
+                page.wait_for_timeout(250)
             # one progress (the live view, with the run's own ETA), not a second Gradio bar whose ETA is
             # the queue's average of unrelated events ("57.7/0.1s")
             assert not [t for t in texts if re.search(r"\d+\.\d/\d+(\.\d)?s", t)], texts
@@ -163,19 +168,29 @@ def test_quick_start_offline_and_no_stale_screens(tmp_path: Path) -> None:
             expect(result).to_contain_text("Stopping after this step")
             expect(result).to_contain_text("Stopped at step", timeout=240_000)
             expect(result).not_to_contain_text("Stopping after this step")
-            page.wait_for_timeout(2500)
-            # no orange "generating" border left anywhere (they pulsed around the live views forever)
-            assert page.evaluate(VISIBLE_GENERATING_JS) == []
+            stopped_at = int(re.search(r"Stopped at step (\d+)", result.inner_text()).group(1))
+            # no orange "generating" border left anywhere (they pulsed around the live views forever):
+            # they go once the run's last events have answered
+            page.wait_for_function(f"() => ({VISIBLE_GENERATING_JS})().length === 0")
             shot(page, "8-stopped-no-stale-lines")
             assert html.unescape(el(page, "lora_trainer_estimate").inner_text()).count("Error") == 0
 
-            # the newcomer goes on in the same page: Resume the stopped run from the list, then Test it
+            # the newcomer goes on in the same page: Resume the stopped run from the list (it trains on from
+            # where it stopped), Stop it again, then Test it
             el(page, "lora_trainer_resume_refresh").click()
             expect(page.locator("#lora_trainer_resume_list input").first).to_have_value(
-                re.compile(r"^reloaded \(stopped at step \d+, ")
+                re.compile(rf"^reloaded \(stopped at step {stopped_at}, ")
             )
             el(page, "lora_trainer_resume").click()
-            expect(result).to_contain_text("Training finished", timeout=600_000)
+            page.wait_for_function(
+                "(stopped) => { const m = /step (\\d+)\\//.exec(document.querySelector('#lora_trainer_live').innerText);"
+                " return m && Number(m[1]) > stopped; }",
+                arg=stopped_at,
+                timeout=240_000,
+            )
+            el(page, "lora_trainer_stop").click()
+            expect(result).to_contain_text(re.compile(r"Stopped at step \d+; saved: "), timeout=240_000)
+            assert int(re.search(r"Stopped at step (\d+)", result.inner_text()).group(1)) > stopped_at
             open_tab(page, "Test")
             page.get_by_text("Image settings (empty = the host's current txt2img values)").click()
             fill(page, "lora_trainer_test_width", "64")

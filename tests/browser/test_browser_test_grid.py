@@ -52,7 +52,8 @@ def render(page, size: int) -> dict:
         f"() => {{ const i = document.querySelector('#lora_trainer_grid img'); return i && i.complete && i.naturalWidth > {size * 3}; }}"
     )
     playwright.expect(page.locator("#lora_trainer_grid .wrap").first).to_have_class(re.compile(r"\bhide\b"))
-    page.wait_for_timeout(1500)  # Gradio fades the updated block back in
+    # Gradio fades the loading veil out over the new grid: measure (and shoot) once it is gone
+    page.wait_for_function("() => getComputedStyle(document.querySelector('#lora_trainer_grid .wrap')).opacity === '0'")
     return shown(page)
 
 

@@ -56,10 +56,10 @@ def test_lora_cards_are_refreshed_one_page_at_a_time() -> None:
             page.set_content(PAGE)
             page.add_script_tag(content=source)
             page.evaluate("loraTrainerRefreshLoraCards()")  # a training run / grid just ended
-            page.wait_for_timeout(400)
+            page.wait_for_function("running === 0")  # txt2img's refresh is over (not a fixed wait)
             assert page.evaluate("[most, refreshed]") == [1, ["txt2img"]]
             page.evaluate("openTab('img2img')")  # the user opens img2img: its cards are refreshed then
-            page.wait_for_timeout(400)
+            page.wait_for_function("running === 0")
             page.evaluate("openTab('txt2img'); openTab('img2img')")  # once, not on every visit
             assert page.evaluate("[most, refreshed]") == [1, ["txt2img", "img2img"]]
         finally:

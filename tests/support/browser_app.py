@@ -126,6 +126,18 @@ def check(page, elem_id: str, on: bool) -> None:
         box.click()
 
 
+@contextlib.contextmanager
+def answered(page, timeout: float = 60_000) -> Iterator[None]:
+    """Wait, as the block ends, until the app has answered the event a click or an edit in the block
+    triggers: for an event whose answer changes nothing a test can wait for on the page (the painter's
+    brush size). Gradio 3 opens one queue socket per event and closes it once the answer is in the page."""
+    with page.expect_websocket(lambda ws: "/queue/join" in ws.url, timeout=timeout) as info:
+        yield
+    socket = info.value
+    if not socket.is_closed():
+        socket.wait_for_event("close", timeout=timeout)
+
+
 def shot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)

@@ -8,6 +8,7 @@ plus ``name-00000N.json`` per epoch, so the tab's live view, epoch list and grid
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,9 @@ class FakeHost:
         self.refreshed = 0
         self.sent: list[tuple[str, str]] = []
         self.step_delay = 0.0
+        # a test's Event: the training waits after its first step until the test sets it, so it is running
+        # for as long as the test needs (no sleep-paced run that a busy machine may see end first)
+        self.hold: threading.Event | None = None
 
     def model_info(self) -> ModelInfo:
         return self.info
@@ -79,6 +83,8 @@ class FakeHost:
                 step += 1
                 loss = 0.2 / step
                 events.step(StepInfo(epoch, step, total, loss, loss, {"unet": 1e-4}, 0.01, 10.0, (total - step) * 0.1))
+                if step == 1 and self.hold is not None:
+                    self.hold.wait(60)
                 time.sleep(self.step_delay)
             path = out / f"{cfg.output_name}-{epoch:06d}.safetensors"
             write_fake_lora(path, epoch, step)

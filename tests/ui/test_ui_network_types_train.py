@@ -119,9 +119,9 @@ def test_bad_network_input_from_the_tab_is_one_error_line_and_writes_nothing(app
 
 def test_a_lokr_file_to_continue_a_loha_run_is_refused_in_one_line(app) -> None:
     host, tab, _ = app
-    lokr = Path(host.lora_dir) / "lokr.safetensors"
-    if not lokr.exists():
-        assert "Training finished" in start(app, "lokr", "lokr")
+    # its own LoKr run: the "lokr" of test_each_type... is that test's (either may run first)
+    assert "Training finished" in start(app, "lokr-to-continue", "lokr")
+    lokr = Path(host.lora_dir) / "lokr-to-continue.safetensors"
     before = sorted(p.name for p in Path(host.lora_dir).iterdir())
     result = start(app, "loha-from-lokr", "loha", network_weights=str(lokr))
     errors = _error_lines(result)

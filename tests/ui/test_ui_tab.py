@@ -326,15 +326,22 @@ def test_training_run_live_view_and_files(host: FakeHost, tab, dataset: Path) ->
     assert unchanged(tab.train.poll(2)[3])  # the gallery is only resent when samples change
 
 
+def _held_after_its_first_step(host: FakeHost) -> None:
+    """Wait until the fake training (started with ``host.hold`` set) is held after its first step."""
+    deadline = time.time() + 60
+    while not (host.jobs.current("train") and host.jobs.current("train").step >= 1):
+        assert time.time() < deadline, "the training did not start"
+        time.sleep(0.02)
+
+
 def test_stop_saves(host: FakeHost, tab, dataset: Path) -> None:
-    host.step_delay = 0.05
+    host.hold = threading.Event()
     results = []
     worker = threading.Thread(target=lambda: results.append(_run(tab, dataset, max_train_epochs=50)))
     worker.start()
-    deadline = time.time() + 10
-    while not (host.jobs.current("train") and host.jobs.current("train").step >= 2) and time.time() < deadline:
-        time.sleep(0.02)
+    _held_after_its_first_step(host)
     assert "Stopping" in tab.train.stop_training()
+    host.hold.set()
     worker.join(10)
     assert "Stopped at step" in results[0]
     assert list(host.out.glob("mylora-step*.safetensors"))
@@ -459,13 +466,14 @@ def test_one_seed_one_file_words_are_singular(host: FakeHost, tab) -> None:
 
 
 def test_follow_shows_a_running_training_until_it_ends(host: FakeHost, tab, dataset: Path) -> None:
-    host.step_delay = 0.2
+    host.hold = threading.Event()
     worker = threading.Thread(target=lambda: _run(tab, dataset, max_train_epochs=1))
     worker.start()
-    deadline = time.time() + 10
-    while not (host.jobs.current("train") and host.jobs.current("train").state == "running") and time.time() < deadline:
-        time.sleep(0.02)
-    views = list(tab.train.follow(0))
+    _held_after_its_first_step(host)
+    follow = tab.train.follow(0)
+    views = [next(follow)]  # the page reloaded while the run is under way
+    host.hold.set()
+    views += list(follow)
     worker.join(10)
     assert "running" in views[0][0] and "done" in views[-1][0]
     assert "mylora-000001.safetensors" in views[-1][2]
@@ -477,16 +485,15 @@ def test_a_reloaded_page_gets_the_running_trainings_settings_back(host: FakeHost
     assert all(unchanged(u) for u in tab.train.restore_running())  # nothing running: the page's own values
     bucket_args = subset_args(tab, tab.dataset.bucket_names())
     assert all(unchanged(u) for u in tab.refresh_restored_dataset("", *bucket_args))  # no "no folder" error
-    host.step_delay = 0.2
+    host.hold = threading.Event()
     args = form_args(tab, max_train_epochs=1, network_dim=3, resolution="64")
     worker = threading.Thread(
         target=lambda: tab.train.start_training("task(5)", str(dataset), "reloaded", "Lora folder", "", *args)
     )
     worker.start()
-    deadline = time.time() + 10
-    while not (host.jobs.current("train") and host.jobs.current("train").state == "running") and time.time() < deadline:
-        time.sleep(0.02)
+    _held_after_its_first_step(host)
     restored = [value(u) for u in tab.train.restore_running()]
+    host.hold.set()
     worker.join(20)
     assert restored[:4] == [str(dataset), "reloaded", "Lora folder", ""]
     form = dict(zip(tab.train.form.names, restored[4:]))
