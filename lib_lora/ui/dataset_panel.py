@@ -204,7 +204,7 @@ class DatasetPanel:
 
     def _view(self, folder: str, values: Sequence[Any], status: str = "") -> list[Any]:
         overview = dataset_info.overview(folder, self._caption_extension(values))
-        if overview.error is None:
+        if overview.error is None or overview.scan is not None:  # a dataset, even one training refuses as it is
             allow = hook(self.host, "allow_folder")  # the standalone app may show its files
             if allow:
                 allow(str(overview.root))
