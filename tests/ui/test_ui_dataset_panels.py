@@ -236,3 +236,17 @@ def test_many_unreadable_captions_are_counted_after_the_first_few(tab, tmp_path:
     text = " ".join(html.unescape(_text(overview)).split())
     assert "8 caption files in" in text and "; and 3 more." in text, text
     assert "12 images in 3 folders" in text
+
+
+def test_a_failed_import_shows_one_line_the_real_reason(tab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The status said 'Error: Import a b c d from danbooru: failed' above the line giving the reason."""
+    patch_sleep(monkeypatch)
+    posts, _ = irene_posts()
+    with FakeBooru("danbooru", posts) as booru:
+        args = ["danbooru", "a b c d", str(tmp_path / "data"), "x", 10, 6, [], "booru", "", "", booru.base_url]
+        result = tab.dataset.start_import(*args)
+        status = tab.dataset.poll_import()  # what the page shows after the Import click's chain
+    errors = re.findall(r'<div class="lt-msg lt-error">.*?</div>', result + status, re.S)
+    assert len(errors) == 1, (result, status)
+    assert "search at most 2 tags at a time, and 'a b c d' counts 4" in html.unescape(_text(errors[0]))
+    assert "failed" not in _text(status)
