@@ -126,7 +126,12 @@ def forget_scan(root: str | os.PathLike) -> None:
             del _SCANS[key]
 
 
-def _folder_row(entry: Path, caption_extension: str, unreadable: frozenset[Path] = frozenset()) -> FolderRow:
+def _folder_row(
+    entry: Path,
+    caption_extension: str,
+    unreadable: frozenset[Path] = frozenset(),
+    skipped: frozenset[Path] = frozenset(),
+) -> FolderRow:
     images = list(iter_image_files(entry, recursive=False))
     captioned = bad = 0
     for image in images:
@@ -147,6 +152,9 @@ def _folder_row(entry: Path, caption_extension: str, unreadable: frozenset[Path]
     note = "no images" if not images else ("no captions yet" if not captioned and not bad else "")
     if bad:
         note = f"{plural(bad, 'caption file')} cannot be read"
+    unused = sum(image in skipped for image in images)
+    if unused:  # the images column counts files; say how many training skips (the warning below says why)
+        note = "; ".join(filter(None, (note, f"{plural(unused, 'image')} skipped")))
     return FolderRow(entry.name, parsed.repeats, parsed.class_tokens, len(images), captioned, note)
 
 
@@ -172,16 +180,20 @@ def overview(root: str | os.PathLike, caption_extension: str = ".txt") -> Datase
         result.error = f"Dataset folder {path} cannot be read: {exc.strerror or exc}."
         return result
     unreadable: frozenset[Path] = frozenset()
+    skipped: frozenset[Path] = frozenset()
     try:
         result.scan = cached_scan(path, caption_extension, strict=False)
     except UserError as exc:
         result.error = str(exc)
     else:
         result.warnings = list(result.scan.warnings)
+        skipped = frozenset(p for p, _ in result.scan.skipped)
         if result.scan.unreadable_captions:  # training refuses (cached_scan's strict error): say so, show the rest
             result.error = str(unreadable_captions_message(result.scan.root, result.scan.unreadable_captions))
             unreadable = frozenset(p for p, _ in result.scan.unreadable_captions)
-    result.folders = [_folder_row(e, caption_extension, unreadable) for e in entries if e.name not in RESERVED_DIRS]
+    result.folders = [
+        _folder_row(e, caption_extension, unreadable, skipped) for e in entries if e.name not in RESERVED_DIRS
+    ]
     return result
 
 

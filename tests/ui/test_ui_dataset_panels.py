@@ -250,3 +250,32 @@ def test_a_failed_import_shows_one_line_the_real_reason(tab, tmp_path: Path, mon
     assert len(errors) == 1, (result, status)
     assert "search at most 2 tags at a time, and 'a b c d' counts 4" in html.unescape(_text(errors[0]))
     assert "failed" not in _text(status)
+
+
+def test_a_messy_dataset_says_per_folder_what_training_skips(tab, tmp_path: Path) -> None:
+    """A broken image, a caption over the 1 MiB limit, a Latin-1 caption and an empty folder: the table
+    counted the skipped images with no word beside them, and the size read '1.43051 MiB'."""
+    from lib_lora.data.demo import write_demo_dataset
+    from support.ui_tab import subset_args
+
+    root = write_demo_dataset(tmp_path / "data", captions="simple").root
+    (root / "2_bluebird" / "bluebird_03.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (root / "2_greenleaf" / "greenleaf_01.txt").write_text("tag, " * 300_000)  # 1.43 MiB
+    (root / "3_redfox" / "redfox_01.txt").write_bytes("caf\xe9, renard".encode("latin-1"))
+    (root / "5_empty").mkdir()
+    overview, buckets, _ = tab.dataset.refresh(str(root), *subset_args(tab, tab.dataset.bucket_names()))
+    notes = {}
+    for row in re.findall(r"<tr>.*?</tr>", overview, re.S)[1:]:
+        cells = [" ".join(_text(c).split()) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+        notes[cells[0]] = cells[-1]
+    assert notes == {
+        "2_bluebird": "1 image skipped",
+        "2_greenleaf": "1 image skipped",
+        "3_redfox": "1 caption file cannot be read",
+        "5_empty": "no images",
+    }, notes
+    text = " ".join(html.unescape(_text(overview)).split())
+    assert "10 images in 4 folders, 25 with repeats, 2 skipped" in text, text
+    assert "greenleaf_01.txt is 1.4 MiB, over the 1 MiB limit" in text, text
+    assert "3_redfox/redfox_01.txt is not UTF-8 text" in text and "training folder '5_empty' has no usable images" in text
+    assert "steps per epoch" in _text(buckets)
