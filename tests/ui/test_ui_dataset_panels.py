@@ -277,5 +277,7 @@ def test_a_messy_dataset_says_per_folder_what_training_skips(tab, tmp_path: Path
     text = " ".join(html.unescape(_text(overview)).split())
     assert "10 images in 4 folders, 25 with repeats, 2 skipped" in text, text
     assert "greenleaf_01.txt is 1.4 MiB, over the 1 MiB limit" in text, text
-    assert "3_redfox/redfox_01.txt is not UTF-8 text" in text and "training folder '5_empty' has no usable images" in text
+    assert (
+        "3_redfox/redfox_01.txt is not UTF-8 text" in text and "training folder '5_empty' has no usable images" in text
+    )
     assert "steps per epoch" in _text(buckets)
