@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from lib_lora.common.errors import UserError
-from lib_lora.common.layout import MAX_STEPS
+from lib_lora.common.layout import IMAGE_EXTENSIONS, MAX_STEPS, caption_extension_problem
 
 GROUPS = ("model", "dataset", "network", "optimizer", "training", "saving", "samples")
 MIN_SIDE, MAX_SIDE = 64, 4096  # training resolution and bucket sides, in pixels
@@ -1163,6 +1163,16 @@ def rule_problems(cfg: TrainConfig, names: Callable[[str], str] = key_name) -> l
         problems.append(
             f'{names("output_name")} = {name!r} is not valid: use a plain file name without / \\ : * ? " < > |.'
         )
+    # the dataset scan puts a missing dot in front ("txt" reads .txt files), so only that form is judged
+    extension = cfg.caption_extension if cfg.caption_extension.startswith(".") else "." + cfg.caption_extension
+    if caption_extension_problem(extension) is not None:
+        why = (
+            "it is an image type: each image would be read as its own caption (and tagging would overwrite "
+            "the images); use .txt (or .caption)."
+            if extension.lower() in IMAGE_EXTENSIONS
+            else "it must look like .txt (a dot, then the extension)."
+        )
+        problems.append(f"{names('caption_extension')} = {cfg.caption_extension!r} is not valid: {why}")
     if not cfg.train_data_dir:
         problems.append(
             f"{names('train_data_dir')} is empty: choose the dataset folder (the one holding the N_name subfolders)."

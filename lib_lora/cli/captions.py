@@ -83,7 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--stats", action="store_true", help="print the tag frequency table, captionless images, images per folder"
     )
-    out.add_argument("--top", type=int, default=0, metavar="N", help="with --stats: only the N most frequent tags")
+    out.add_argument(
+        "--top", type=int, default=None, metavar="N", help="with --stats: only the N most frequent tags (default: all)"
+    )
     out.add_argument(
         "--threshold",
         type=float,
@@ -109,6 +111,15 @@ def run(args: argparse.Namespace) -> int:
         )
     if (args.regex or args.whole_caption) and not args.replace:
         raise UserError("--regex and --whole-caption only apply to --replace OLD NEW.")
+    if args.top is not None and args.top < 1:
+        raise UserError(
+            f"--top {args.top} is not valid: give how many of the most frequent tags to show, at least 1 "
+            "(leave --top out to show every tag)."
+        )
+    if args.top is not None and not args.stats:
+        raise UserError("--top only applies to --stats.")
+    if not 0 < args.threshold <= 1:
+        raise UserError(f"--threshold {args.threshold} is not valid: it must be above 0 and at most 1 (0.9 is 90 %).")
 
     class _Console(Events):
         def message(self, level: str, text: str) -> None:
@@ -226,7 +237,7 @@ def _stats(session: Any, args: argparse.Namespace) -> int:
     stats = dataset_stats(session.dataset)
     # a listing (nothing is removed): every common tag but the class tokens, the first tags included
     common = session.suggest_common_tags(args.threshold, visible_only=False, keep_tokens=0)
-    tags = stats.tags[: args.top] if args.top > 0 else stats.tags
+    tags = stats.tags[: args.top] if args.top is not None else stats.tags
     if args.json:
         doc = {
             "dataset": str(session.root),

@@ -34,7 +34,8 @@ class UnsafeFileError(UserError):
 
 
 def _mib(size: int) -> str:
-    return f"{size / (1 << 20):g} MiB" if size >= (1 << 20) else f"{size} bytes"
+    # one decimal: "1.4 MiB", never "1.43051 MiB"; the 1 MiB limit stays "1 MiB"
+    return f"{size / (1 << 20):.1f}".removesuffix(".0") + " MiB" if size >= (1 << 20) else f"{size} bytes"
 
 
 def read_small_file(path: str | os.PathLike, limit: int = SMALL_FILE_LIMIT, what: str = "File") -> bytes:

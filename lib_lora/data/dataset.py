@@ -53,7 +53,7 @@ class ImageItem:
     repeats: int
     caption: str  # first line of the caption file, else the class tokens, else ""
     size: Size  # upright (width, height)
-    caption_source: str  # "file" | "class tokens" | "none"
+    caption_source: str  # "file" | "class tokens" | "none" | "unreadable" (only in a scan that is not strict)
 
 
 @dataclass
@@ -64,6 +64,9 @@ class DatasetScan:
     items: list[ImageItem]
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (image, why it is not used)
     warnings: list[str] = field(default_factory=list)
+    # (caption file, why) for caption files that exist but cannot be read as text: training refuses
+    # the dataset until they are fixed; only a scan that is not strict returns with any
+    unreadable_captions: list[tuple[Path, str]] = field(default_factory=list)
 
     @property
     def num_images(self) -> int:
@@ -180,9 +183,18 @@ def _has_images(folder: Path) -> bool:
         return False
 
 
+class _UnreadableCaption(Exception):
+    """A caption file that exists but cannot be read as text; ``reason`` says why in a few words."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(reason)
+        self.path = path
+        self.reason = reason
+
+
 def _read_caption(image: Path, caption_extension: str) -> str | None:
     """First line of the image's caption file, stripped; None when there is no caption file.
-    Raises UnsafeFileError (a FIFO, a device, over 1 MiB: the image is skipped) or UserError."""
+    Raises UnsafeFileError (a FIFO, a device, over 1 MiB: the image is skipped) or _UnreadableCaption."""
     path = caption_path(image, caption_extension)
     try:
         data = read_small_file(path, what="Caption file")
@@ -191,17 +203,41 @@ def _read_caption(image: Path, caption_extension: str) -> str | None:
     except IsADirectoryError:
         return None
     except OSError as exc:
-        raise UserError(f"Cannot read caption file {path}: {exc.strerror or exc}.") from exc
+        raise _UnreadableCaption(path, f"cannot be read: {exc.strerror or exc}") from exc
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(
-            f"Caption file {path} is not UTF-8 text (invalid byte at position {exc.start}).",
-            "Re-save it as UTF-8; nothing was changed.",
-        ) from exc
+        raise _UnreadableCaption(path, f"is not UTF-8 text (invalid byte at position {exc.start})") from exc
     text = text.lstrip("\ufeff")
     # the first line as Python's text mode reads it (\r\n and \r are line ends too)
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n", 1)[0].strip()
+
+
+def unreadable_captions_message(root: Path, unreadable: Sequence[tuple[Path, str]]) -> UserError:
+    """The one refusal naming every caption file that cannot be read (the first few, then a count)."""
+    utf8 = all("UTF-8" in why for _, why in unreadable)
+    fix = "Re-save it as UTF-8 text" if utf8 else "Fix it"
+    if len(unreadable) == 1:
+        path, why = unreadable[0]
+        return UserError(
+            f"Caption file {path} {why}: training refuses to start until it is fixed.",
+            f"{fix}, or delete it to train that image with its folder's class tokens; nothing was changed.",
+        )
+    fix = "Re-save them as UTF-8 text" if utf8 else "Fix them"
+
+    def short(path: Path) -> str:
+        try:
+            return path.relative_to(root).as_posix()
+        except ValueError:
+            return str(path)
+
+    shown = [f"{short(path)} {why}" for path, why in unreadable[:_SHOWN]]
+    more = len(unreadable) - len(shown)
+    names = "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+    return UserError(
+        f"{len(unreadable)} caption files in {root} cannot be read, so training refuses to start: {names}.",
+        f"{fix}, or delete them to train those images with their folder's class tokens; nothing was changed.",
+    )
 
 
 def _find_subsets(root: Path, ignored: list[Path] | None = None) -> list[tuple[Path, int, str]]:
@@ -281,12 +317,15 @@ def scan_dataset(
     events: Events | None = None,
     stop: StopToken | None = None,
     workers: int | None = None,
+    strict: bool = True,
 ) -> DatasetScan:
     """Find the subsets, images and captions under ``train_data_dir`` and check every image opens.
 
     Raises :class:`UserError` for a folder that is not ``N_name`` when there is no training folder
     (beside training folders it is not used, with a warning), a ``0_name`` folder, a dataset with no subsets, a
-    path that is a subset itself, a caption that is not UTF-8, or when no image is usable.
+    path that is a subset itself, caption files that are not UTF-8 or cannot be read (all of them named, before
+    the image check), or when no image is usable. With ``strict`` False (a view of the dataset, not a run) such
+    captions do not raise: they are listed in ``unreadable_captions`` and their images kept, captioned "".
     Unreadable images are listed in ``skipped`` (and reported through ``events``), not fatal.
     Nothing is written. Stops with :class:`lib_lora.events.StopRequested` when ``stop`` fires.
     """
@@ -311,12 +350,20 @@ def scan_dataset(
     # that is no regular file or is too large to be one is reported and its image skipped
     images: list[tuple[int, Path, str | None]] = []
     skipped: list[tuple[Path, str]] = []
+    unreadable: list[tuple[Path, str]] = []
+    unreadable_images: set[Path] = set()
     for index, (folder, _repeats, _tokens) in enumerate(found):
         for image in iter_image_files(folder, recursive=False):
             try:
                 images.append((index, image, _read_caption(image, caption_extension)))
             except UnsafeFileError as exc:
                 skipped.append((image, exc.message.rstrip(".")))
+            except _UnreadableCaption as exc:
+                unreadable.append((exc.path, exc.reason))
+                unreadable_images.add(image)
+                images.append((index, image, ""))
+    if unreadable and strict:
+        raise unreadable_captions_message(root, unreadable)
 
     probes = probe_images([path for _, path, _ in images], events, stop, workers)
 
@@ -329,7 +376,9 @@ def scan_dataset(
             skipped.append((path, probe))
             continue
         folder, repeats, tokens = found[index]
-        if caption:
+        if path in unreadable_images:
+            source = "unreadable"
+        elif caption:
             source = "file"
         else:
             missing_caption.append(path)
@@ -398,7 +447,7 @@ def scan_dataset(
         )
     for text in warnings:
         events.warning(text)
-    return DatasetScan(root, caption_extension, subsets, items, skipped, warnings)
+    return DatasetScan(root, caption_extension, subsets, items, skipped, warnings, unreadable)
 
 
 def _probe_one(path: Path) -> Size | str:

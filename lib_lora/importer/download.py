@@ -118,6 +118,10 @@ class ImportOptions:
         problem = too_many_repeats(self.repeats)
         if problem:
             raise UserError(problem)
+        # a negative minimum was once taken as no minimum without a word
+        for option, value in (("--min-width", self.min_width), ("--min-height", self.min_height)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise UserError(f"{option} must be a whole number of pixels, 0 or more, not {value!r}.")
         name = (self.name or "").strip()
         if unusable_folder_name(name):
             raise UserError(

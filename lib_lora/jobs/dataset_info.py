@@ -16,9 +16,16 @@ from pathlib import Path
 
 from lib_lora.common.errors import UserError
 from lib_lora.common.layout import RESERVED_DIRS, caption_path, iter_image_files, parse_subset_name, too_many_repeats
+from lib_lora.common.text import plural
 from lib_lora.config import TrainConfig, check_rules
 from lib_lora.data.buckets import BucketManager, BucketSettings
-from lib_lora.data.dataset import DatasetScan, assign_buckets, scan_dataset, with_regularization
+from lib_lora.data.dataset import (
+    DatasetScan,
+    assign_buckets,
+    scan_dataset,
+    unreadable_captions_message,
+    with_regularization,
+)
 from lib_lora.data.demo import DemoResult, write_demo_dataset
 from lib_lora.events import Events
 
@@ -79,27 +86,34 @@ def _signature(root: Path) -> tuple:
     return tuple(parts)
 
 
-def cached_scan(root: str | os.PathLike, caption_extension: str = ".txt", events: Events | None = None) -> DatasetScan:
-    """``scan_dataset`` reused while the folders are unchanged (raises UserError as it does)."""
+def cached_scan(
+    root: str | os.PathLike, caption_extension: str = ".txt", events: Events | None = None, strict: bool = True
+) -> DatasetScan:
+    """``scan_dataset`` reused while the folders are unchanged (raises UserError as it does; with
+    ``strict`` False, unreadable caption files are listed in the scan instead, as ``scan_dataset``)."""
     path = Path(root).expanduser()
     key = (str(path.resolve()), caption_extension)
     signature = _signature(path)
     with _SCANS_LOCK:
         hit = _SCANS.get(key)
     if hit and signature and hit[0] == signature:
-        return hit[1]
-    scan = scan_dataset(path, caption_extension, events=events)
-    with _SCANS_LOCK:
-        _SCANS[key] = (signature, scan)
+        scan = hit[1]
+    else:
+        scan = scan_dataset(path, caption_extension, events=events, strict=False)
+        with _SCANS_LOCK:
+            _SCANS[key] = (signature, scan)
+    if strict and scan.unreadable_captions:
+        raise unreadable_captions_message(scan.root, scan.unreadable_captions)
     return scan
 
 
 def scan_or_none(root: str | os.PathLike, caption_extension: str = ".txt") -> DatasetScan | None:
-    """The (cached) scan, or None when the folder is not a usable dataset (no message)."""
+    """The (cached) scan, or None when the folder is not a dataset (no message). Unreadable caption
+    files do not hide it: the overview names them, and the step counts stay visible."""
     if not str(root or "").strip():
         return None
     try:
-        return cached_scan(root, caption_extension)
+        return cached_scan(root, caption_extension, strict=False)
     except UserError:
         return None
 
@@ -112,11 +126,19 @@ def forget_scan(root: str | os.PathLike) -> None:
             del _SCANS[key]
 
 
-def _folder_row(entry: Path, caption_extension: str) -> FolderRow:
+def _folder_row(
+    entry: Path,
+    caption_extension: str,
+    unreadable: frozenset[Path] = frozenset(),
+    skipped: frozenset[Path] = frozenset(),
+) -> FolderRow:
     images = list(iter_image_files(entry, recursive=False))
-    captioned = 0
+    captioned = bad = 0
     for image in images:
         cap = caption_path(image, caption_extension)
+        if cap in unreadable:  # a caption training cannot read is no caption
+            bad += 1
+            continue
         with contextlib.suppress(OSError):
             captioned += cap.stat().st_size > 0
     parsed = parse_subset_name(entry.name)
@@ -127,7 +149,12 @@ def _folder_row(entry: Path, caption_extension: str) -> FolderRow:
             else "not a training folder (no N_ prefix)"
         )
         return FolderRow(entry.name, None, "", len(images), captioned, note)
-    note = "no images" if not images else ("no captions yet" if not captioned else "")
+    note = "no images" if not images else ("no captions yet" if not captioned and not bad else "")
+    if bad:
+        note = f"{plural(bad, 'caption file')} cannot be read"
+    unused = sum(image in skipped for image in images)
+    if unused:  # the images column counts files; say how many training skips (the warning below says why)
+        note = "; ".join(filter(None, (note, f"{plural(unused, 'image')} skipped")))
     return FolderRow(entry.name, parsed.repeats, parsed.class_tokens, len(images), captioned, note)
 
 
@@ -152,12 +179,21 @@ def overview(root: str | os.PathLike, caption_extension: str = ".txt") -> Datase
     except OSError as exc:
         result.error = f"Dataset folder {path} cannot be read: {exc.strerror or exc}."
         return result
-    result.folders = [_folder_row(e, caption_extension) for e in entries if e.name not in RESERVED_DIRS]
+    unreadable: frozenset[Path] = frozenset()
+    skipped: frozenset[Path] = frozenset()
     try:
-        result.scan = cached_scan(path, caption_extension)
-        result.warnings = list(result.scan.warnings)
+        result.scan = cached_scan(path, caption_extension, strict=False)
     except UserError as exc:
         result.error = str(exc)
+    else:
+        result.warnings = list(result.scan.warnings)
+        skipped = frozenset(p for p, _ in result.scan.skipped)
+        if result.scan.unreadable_captions:  # training refuses (cached_scan's strict error): say so, show the rest
+            result.error = str(unreadable_captions_message(result.scan.root, result.scan.unreadable_captions))
+            unreadable = frozenset(p for p, _ in result.scan.unreadable_captions)
+    result.folders = [
+        _folder_row(e, caption_extension, unreadable, skipped) for e in entries if e.name not in RESERVED_DIRS
+    ]
     return result
 
 

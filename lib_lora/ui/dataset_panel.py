@@ -204,7 +204,7 @@ class DatasetPanel:
 
     def _view(self, folder: str, values: Sequence[Any], status: str = "") -> list[Any]:
         overview = dataset_info.overview(folder, self._caption_extension(values))
-        if overview.error is None:
+        if overview.error is None or overview.scan is not None:  # a dataset, even one training refuses as it is
             allow = hook(self.host, "allow_folder")  # the standalone app may show its files
             if allow:
                 allow(str(overview.root))
@@ -262,7 +262,11 @@ class DatasetPanel:
 
     @guarded(1)
     def poll_import(self) -> str:
-        return job_html(self.host.jobs.current("import"), "No import yet.", show_error=False)  # the result says it
+        status = self.host.jobs.current("import")
+        if status is not None and status.state == "failed":
+            # the Import button's line gives the reason; a red "Import ... : failed" above it said nothing more
+            return "".join(html.message(text, "warning") for level, text in status.messages if level == "warning")
+        return job_html(status, "No import yet.", show_error=False)  # the result says it
 
     def stop_import(self) -> str:
         job = self.host.jobs.current("import")

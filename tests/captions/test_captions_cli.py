@@ -191,11 +191,23 @@ def test_invalid_regex_is_one_clear_error_and_changes_nothing(tagged: Path, caps
         (["--regex", "--dedupe"], "--regex and --whole-caption only apply to --replace"),
         (["--add-front", " , "], "--add-front holds no tags"),
         (["--caption-extension", "txt", "--dedupe"], "The caption file extension must look like .txt (got 'txt')."),
+        # --top -5 showed every tag, as if it were left out
+        (
+            ["--stats", "--top", "-5"],
+            "--top -5 is not valid: give how many of the most frequent tags to show, at least 1",
+        ),
+        (["--stats", "--top", "0"], "--top 0 is not valid"),
+        (["--dedupe", "--top", "3"], "--top only applies to --stats."),
+        (["--stats", "--threshold", "0"], "--threshold 0.0 is not valid: it must be above 0 and at most 1"),
+        (["--stats", "--threshold", "nan"], "--threshold nan is not valid"),
     ],
 )
 def test_usage_errors(tagged: Path, capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
+    before = snapshot(tagged)
     assert run_cli(str(tagged), *args) == 2
-    assert message in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert message in captured.err and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert captured.out == "" and snapshot(tagged) == before
 
 
 @pytest.mark.parametrize("extension", [".jpg", ".PNG"])

@@ -109,6 +109,13 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     make_dataset(latin, {"2_x": [(64, 64)]}, captions=False)
     (latin / "2_x" / "img00.txt").write_bytes("café, ü".encode("latin-1"))
     cases["caption not UTF-8"] = (["--train_data_dir", str(latin)], "img00.txt")
+    cases["caption extension .png"] = (
+        ["--caption_extension", ".png"],
+        "caption_extension = '.png' is not valid: it is an image type",
+    )
+    png_toml = tmp_path / "png.toml"
+    png_toml.write_text('caption_extension = ".png"\n')
+    cases["caption extension .png in a TOML"] = ([str(png_toml)], "caption_extension = '.png' is not valid")
     toml = tmp_path / "bad.toml"
     toml.write_text("learnig_rate = 0.001\n")
     cases["unknown TOML key"] = ([str(toml)], "Unknown setting 'learnig_rate'. Did you mean: learning_rate?")

@@ -36,12 +36,22 @@ def test_unknown_key_names_the_closest_known_ones() -> None:
         ({"lr_scheduler": "cosine_annealing"}, "lr_scheduler = 'cosine_annealing' is not valid"),
         ({"network_args": ("conv_dims=4",)}, "network_args entry 'conv_dims=4' is not supported"),
         ({"min_snr_gamma": 0}, "greater than 0"),
+        ({"caption_extension": ".png"}, "caption_extension = '.png' is not valid: it is an image type"),
+        ({"caption_extension": "JPG"}, "caption_extension = 'JPG' is not valid: it is an image type"),
+        ({"caption_extension": ""}, "caption_extension = '' is not valid: it must look like .txt"),
+        ({"caption_extension": ".a/b"}, "caption_extension = '.a/b' is not valid: it must look like .txt"),
     ],
 )
 def test_bad_values_name_the_key_and_the_rule(values: dict, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         build_config({**BASE, **values})
     assert message in str(info.value)
+
+
+def test_usual_caption_extensions_are_accepted() -> None:
+    # "txt" without its dot reads .txt files (the dataset scan adds the dot), as before
+    for extension in (".txt", ".caption", "txt", ".TXT"):
+        assert build_config({**BASE, "caption_extension": extension}).caption_extension == extension
 
 
 def test_empty_dataset_folder_is_refused() -> None:

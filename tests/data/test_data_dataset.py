@@ -228,6 +228,28 @@ def test_caption_not_utf8_names_the_file(tmp_path: Path) -> None:
     assert str(root / "10_irene" / "a.txt") in message
 
 
+def test_every_unreadable_caption_is_named_in_one_refusal(tmp_path: Path) -> None:
+    """Training stopped at the first caption that is not UTF-8: fix it, start again, meet the next."""
+    root = make_dataset(
+        tmp_path / "ds",
+        {"10_irene": [("a.png", (300, 300), None), ("b.png", (300, 300), None), ("c.png", (300, 300), "ok")]},
+    )
+    (root / "10_irene" / "a.txt").write_bytes(bytes(range(128, 256)))
+    (root / "10_irene" / "b.txt").write_bytes("caf\xe9".encode("latin-1"))
+    message = _refused(root, "2 caption files in .* cannot be read, so training refuses to start")
+    assert "10_irene/a.txt is not UTF-8 text (invalid byte at position 0); 10_irene/b.txt" in message, message
+    assert "10_irene/b.txt is not UTF-8 text (invalid byte at position 3)." in message, message
+    # a view of the dataset (strict=False) keeps the images and lists the files instead
+    scan = scan_dataset(root, strict=False)
+    assert scan.num_images == 3
+    assert [(p.name, why) for p, why in scan.unreadable_captions] == [
+        ("a.txt", "is not UTF-8 text (invalid byte at position 0)"),
+        ("b.txt", "is not UTF-8 text (invalid byte at position 3)"),
+    ]
+    assert [i.caption_source for i in scan.items] == ["unreadable", "unreadable", "file"]
+    assert not any("a.png" in w for w in scan.warnings)  # not called "no caption file"
+
+
 def test_stop_token_stops_the_image_check(dataset: Path) -> None:
     token = StopToken()
     token.request()

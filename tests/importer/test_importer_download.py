@@ -518,6 +518,28 @@ def test_absurd_repeats_are_refused_before_any_request_and_nothing_is_created(
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--min-width", "-5", "--min-width must be a whole number of pixels, 0 or more, not -5."),
+        ("--min-height", "-1", "--min-height must be a whole number of pixels, 0 or more, not -1."),
+        ("--limit", "0", "--limit must be a whole number of posts of at least 1, not 0."),
+        ("--limit", "-3", "--limit must be a whole number of posts of at least 1, not -3."),
+        ("--repeats", "0", "--repeats must be a whole number of at least 1, not 0."),
+    ],
+)
+def test_negative_or_zero_numbers_are_refused_before_any_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
+) -> None:
+    """A negative --min-width was taken as no minimum without a word."""
+    argv = ["import", "danbooru", IRENE, "--out", str(tmp_path / "data"), option, value,
+            "--base-url", "http://127.0.0.1:9/"]  # fmt: skip
+    code, out, err = _run(argv, capsys)
+    assert code != 0 and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "data").exists()
+
+
 @pytest.mark.parametrize("limit", ["100000000", "10001"])
 def test_an_absurd_limit_is_refused_before_any_request_and_nothing_is_created(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], limit: str

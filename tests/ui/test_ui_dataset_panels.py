@@ -187,3 +187,97 @@ def test_bucket_table_still_shows_beside_a_stray_folder_marked_not_used(tab, tmp
     assert "not used for training" in _text(overview)  # the scan's warning names it
     assert "<table" in buckets and "steps per epoch" in _text(buckets)
     assert "steps per epoch" in _text(tab.dataset.refresh_buckets(str(root), *subset_args(tab, names)))
+
+
+def test_unreadable_captions_are_all_named_and_the_overview_still_shows(tab, tmp_path: Path) -> None:
+    """Binary junk in one caption and Latin-1 in another showed one red line about the first, no counts
+    line, and '4' captioned for 2_bluebird; training refuses such a dataset (naming every file)."""
+    from lib_lora.data.demo import write_demo_dataset
+    from support.ui_tab import subset_args
+
+    root = write_demo_dataset(tmp_path / "data", captions="simple").root
+    (root / "2_bluebird" / "bluebird_01.txt").write_bytes(bytes(range(128, 256)) * 4)
+    (root / "2_bluebird" / "bluebird_02.txt").write_bytes("caf\xe9".encode("latin-1"))
+    names = tab.dataset.bucket_names()
+    overview, buckets, status = tab.dataset.refresh(str(root), *subset_args(tab, names))
+    text = " ".join(html.unescape(_text(overview)).split())
+    assert "12 images in 3 folders" in text, text
+    errors = re.findall(r'<div class="lt-msg lt-error">.*?</div>', overview, re.S)
+    assert len(errors) == 1, errors
+    error = " ".join(html.unescape(_text(errors[0])).split())
+    assert "2 caption files in" in error and "training refuses to start" in error, error
+    assert "2_bluebird/bluebird_01.txt is not UTF-8 text" in error
+    assert "2_bluebird/bluebird_02.txt is not UTF-8 text" in error
+    row = re.search(r"<tr>(?:(?!</tr>).)*2_bluebird(?:(?!</tr>).)*</tr>", overview, re.S).group(0)
+    cells = [" ".join(_text(c).split()) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+    assert cells[3:] == ["4", "2", "2 caption files cannot be read"], cells
+    assert "<table" in buckets and "steps per epoch" in _text(buckets)
+    assert "Dataset folder:" in _text(status)
+    # Check settings and Start say the same
+    from support.ui_tab import form_args
+
+    where = ("mylora", "Lora folder", "")
+    checked = " ".join(html.unescape(_text(tab.train.check(str(root), *where, *form_args(tab)))).split())
+    assert "2_bluebird/bluebird_01.txt is not UTF-8 text" in checked and "Settings are valid" not in checked
+    started = " ".join(html.unescape(_text(tab.train.start_training("", str(root), *where, *form_args(tab)))).split())
+    assert "2 caption files in" in started and "2_bluebird/bluebird_02.txt" in started, started
+    # nothing was changed
+    assert (root / "2_bluebird" / "bluebird_02.txt").read_bytes() == "caf\xe9".encode("latin-1")
+
+
+def test_many_unreadable_captions_are_counted_after_the_first_few(tab, tmp_path: Path) -> None:
+    from lib_lora.data.demo import write_demo_dataset
+    from support.ui_tab import subset_args
+
+    root = write_demo_dataset(tmp_path / "data", captions="simple").root
+    for caption in sorted(root.glob("*/*.txt"))[:8]:
+        caption.write_bytes(b"\xff\xfe junk")
+    overview, _, _ = tab.dataset.refresh(str(root), *subset_args(tab, tab.dataset.bucket_names()))
+    text = " ".join(html.unescape(_text(overview)).split())
+    assert "8 caption files in" in text and "; and 3 more." in text, text
+    assert "12 images in 3 folders" in text
+
+
+def test_a_failed_import_shows_one_line_the_real_reason(tab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The status said 'Error: Import a b c d from danbooru: failed' above the line giving the reason."""
+    patch_sleep(monkeypatch)
+    posts, _ = irene_posts()
+    with FakeBooru("danbooru", posts) as booru:
+        args = ["danbooru", "a b c d", str(tmp_path / "data"), "x", 10, 6, [], "booru", "", "", booru.base_url]
+        result = tab.dataset.start_import(*args)
+        status = tab.dataset.poll_import()  # what the page shows after the Import click's chain
+    errors = re.findall(r'<div class="lt-msg lt-error">.*?</div>', result + status, re.S)
+    assert len(errors) == 1, (result, status)
+    assert "search at most 2 tags at a time, and 'a b c d' counts 4" in html.unescape(_text(errors[0]))
+    assert "failed" not in _text(status)
+
+
+def test_a_messy_dataset_says_per_folder_what_training_skips(tab, tmp_path: Path) -> None:
+    """A broken image, a caption over the 1 MiB limit, a Latin-1 caption and an empty folder: the table
+    counted the skipped images with no word beside them, and the size read '1.43051 MiB'."""
+    from lib_lora.data.demo import write_demo_dataset
+    from support.ui_tab import subset_args
+
+    root = write_demo_dataset(tmp_path / "data", captions="simple").root
+    (root / "2_bluebird" / "bluebird_03.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (root / "2_greenleaf" / "greenleaf_01.txt").write_text("tag, " * 300_000)  # 1.43 MiB
+    (root / "3_redfox" / "redfox_01.txt").write_bytes("caf\xe9, renard".encode("latin-1"))
+    (root / "5_empty").mkdir()
+    overview, buckets, _ = tab.dataset.refresh(str(root), *subset_args(tab, tab.dataset.bucket_names()))
+    notes = {}
+    for row in re.findall(r"<tr>.*?</tr>", overview, re.S)[1:]:
+        cells = [" ".join(_text(c).split()) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+        notes[cells[0]] = cells[-1]
+    assert notes == {
+        "2_bluebird": "1 image skipped",
+        "2_greenleaf": "1 image skipped",
+        "3_redfox": "1 caption file cannot be read",
+        "5_empty": "no images",
+    }, notes
+    text = " ".join(html.unescape(_text(overview)).split())
+    assert "10 images in 4 folders, 25 with repeats, 2 skipped" in text, text
+    assert "greenleaf_01.txt is 1.4 MiB, over the 1 MiB limit" in text, text
+    assert (
+        "3_redfox/redfox_01.txt is not UTF-8 text" in text and "training folder '5_empty' has no usable images" in text
+    )
+    assert "steps per epoch" in _text(buckets)

@@ -429,6 +429,17 @@ def test_live_check_lists_every_problem_in_the_labels_words(tab, dataset: Path) 
     assert "Epochs = -2 is not valid" in refused and "LoRA name is empty" in refused
 
 
+def test_check_settings_and_start_refuse_an_image_type_as_caption_extension(tab, dataset: Path) -> None:
+    images = {p: p.read_bytes() for p in dataset.rglob("*.png")}
+    args = form_args(tab, caption_extension=".png")
+    text = html.unescape(_text(tab.train.check(str(dataset), "mylora", "Lora folder", "", *args)))
+    assert "Caption file extension = '.png' is not valid: it is an image type" in text, text
+    assert "Settings are valid" not in text
+    refused = html.unescape(_text(tab.train.start_training("", str(dataset), "mylora", "Lora folder", "", *args)))
+    assert "Caption file extension = '.png' is not valid" in refused
+    assert images and {p: p.read_bytes() for p in dataset.rglob("*.png")} == images
+
+
 # -- Test -------------------------------------------------------------------------------------------
 
 
