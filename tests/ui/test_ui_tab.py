@@ -271,6 +271,23 @@ def test_offline_tagger_error_is_one_sentence_shown_once(tab, tmp_path: Path, mo
     assert "red theme" in (data / "3_redfox" / "redfox_01.txt").read_text(encoding="utf-8")
 
 
+def test_a_failed_tagging_run_shows_one_red_line_the_real_reason(tab, tmp_path: Path, monkeypatch) -> None:
+    """The progress panel said 'Error: Tagging <folder>: failed' in red above the line giving the reason."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    data = write_demo_dataset(tmp_path / "untagged").root
+    args = ["task(1)", str(data), "wd-v1-4-vit-tagger-v2", "", 0.35, 0.85, False, False, "skip", "", "", 4]
+    result = tab.editor.start_tagging(*args)
+    status = tab.editor.poll_tagging()  # what the progress panel shows after the Tag click's chain
+    errors = re.findall(r'<div class="lt-msg lt-error">.*?</div>', result + status, re.S)
+    assert len(errors) == 1, (result, status)
+    assert "is not in the Hugging Face cache" in html.unescape(errors[0])
+    assert "failed" not in _text(status)
+
+
 def test_tagging_writes_the_caption_extension_the_train_tab_names(tab, tmp_path: Path) -> None:
     """With 'Caption file extension' .caption on the Train tab, tagging wrote .txt files that neither the
     editor (Load captions) nor training read."""
