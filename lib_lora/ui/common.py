@@ -109,9 +109,12 @@ def job_html(
     if status is None:
         return html.message(idle)
     parts = [f'<div class="lt-job lt-job-{html.esc(status.state)}">']
-    title = f"{status.title}: {status.state}"
+    title, level = f"{status.title}: {status.state}", STATE_LEVEL.get(status.state, "info")
+    if status.kind == "train" and status.stage == "scoring" and status.state == "stopped":
+        # a Stop during the scoring after the run (score_epochs): the training itself finished
+        title, level = f"{status.title}: done, scoring stopped", "ok"
     line = job_line(status)
-    parts.append(html.message(f"{title}" + (f" — {line}" if line else ""), STATE_LEVEL.get(status.state, "info")))
+    parts.append(html.message(f"{title}" + (f" — {line}" if line else ""), level))
     if status.state in ("running", "queued"):
         if status.kind == "train" and status.total_steps and status.stage == "training":
             parts.append(html.progress_bar(status.step, status.total_steps, f"step {status.step}/{status.total_steps}"))
