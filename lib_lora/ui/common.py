@@ -114,7 +114,8 @@ def job_html(
         # a Stop during the scoring after the run (score_epochs): the training itself finished
         title, level = f"{status.title}: done, scoring stopped", "ok"
     line = job_line(status)
-    parts.append(html.message(f"{title}" + (f" — {line}" if line else ""), level))
+    if status.state != "failed" or show_error:  # else the button's red line gives the reason: one is enough
+        parts.append(html.message(f"{title}" + (f" — {line}" if line else ""), level))
     if status.state in ("running", "queued"):
         if status.kind == "train" and status.total_steps and status.stage == "training":
             parts.append(html.progress_bar(status.step, status.total_steps, f"step {status.step}/{status.total_steps}"))

@@ -308,6 +308,22 @@ def _run(tab, dataset: Path | str, **changes):
     return train.start_training("task(2)", str(dataset), "mylora", "Lora folder", "", *form_args(tab, **changes))
 
 
+def test_a_failed_training_shows_one_red_line_the_real_reason(host: FakeHost, tab, dataset: Path, monkeypatch) -> None:
+    """The live view under Start said 'Error: Training mylora: failed' above the status line's reason."""
+    from lib_lora.common.errors import UserError
+
+    def fail(cfg, events, stop, **kwargs):
+        events.info("latents: 12 encoded, 0 reused from disk")
+        raise UserError("The model file is damaged.")
+
+    monkeypatch.setattr(host, "train", fail)
+    result = _run(tab, dataset)
+    live = tab.train.poll(0)[0]  # what the live view shows once the run has ended
+    errors = re.findall(r'<div class="lt-msg lt-error">.*?</div>', result + live, re.S)
+    assert len(errors) == 1 and "The model file is damaged." in errors[0], (result, live)
+    assert "failed" not in _text(live) and "latents: 12 encoded" in live  # what it did before is still there
+
+
 def test_start_refuses_bad_input_and_changes_nothing(host: FakeHost, tab, dataset: Path) -> None:
     assert "Dataset folder is empty" in _run(tab, "")  # the tab names settings by their labels
     assert "Network dim (rank) = 0" in _run(tab, dataset, network_dim=0)
