@@ -309,11 +309,7 @@ class EditorPanel:
 
     @guarded(1)
     def poll_tagging(self) -> str:
-        status = self.host.jobs.current("tag")
-        if status is not None and status.state == "failed":
-            # the Tag button's line gives the reason; a red "Tagging <folder>: failed" above it said nothing more
-            return "".join(html.message(text, "warning") for level, text in status.messages if level == "warning")
-        return job_html(status, "Not tagged yet.", show_error=False)  # the result says it
+        return job_html(self.host.jobs.current("tag"), "Not tagged yet.", show_error=False)  # the result says it
 
     def stop_tagging(self) -> str:
         job = self.host.jobs.current("tag")
