@@ -105,7 +105,8 @@ def job_html(
     status: JobStatus | None, idle: str = "Not started.", show_messages: int = 6, show_error: bool = True
 ) -> str:
     """The live status panel of a job: state, progress bar, the numbers, recent messages; the error
-    too unless the panel's button shows it in its own status line (``show_error`` False: once is enough)."""
+    too unless the panel's button shows it in its own status line (``show_error`` False: once is enough;
+    then a failed job's red "TITLE: failed" line is left out too)."""
     if status is None:
         return html.message(idle)
     parts = [f'<div class="lt-job lt-job-{html.esc(status.state)}">']
