@@ -105,13 +105,18 @@ def job_html(
     status: JobStatus | None, idle: str = "Not started.", show_messages: int = 6, show_error: bool = True
 ) -> str:
     """The live status panel of a job: state, progress bar, the numbers, recent messages; the error
-    too unless the panel's button shows it in its own status line (``show_error`` False: once is enough)."""
+    too unless the panel's button shows it in its own status line (``show_error`` False: once is enough;
+    then a failed job's red "TITLE: failed" line is left out too)."""
     if status is None:
         return html.message(idle)
     parts = [f'<div class="lt-job lt-job-{html.esc(status.state)}">']
-    title = f"{status.title}: {status.state}"
+    title, level = f"{status.title}: {status.state}", STATE_LEVEL.get(status.state, "info")
+    if status.kind == "train" and status.stage == "scoring" and status.state == "stopped":
+        # a Stop during the scoring after the run (score_epochs): the training itself finished
+        title, level = f"{status.title}: done, scoring stopped", "ok"
     line = job_line(status)
-    parts.append(html.message(f"{title}" + (f" — {line}" if line else ""), STATE_LEVEL.get(status.state, "info")))
+    if status.state != "failed" or show_error:  # else the button's red line gives the reason: one is enough
+        parts.append(html.message(f"{title}" + (f" — {line}" if line else ""), level))
     if status.state in ("running", "queued"):
         if status.kind == "train" and status.total_steps and status.stage == "training":
             parts.append(html.progress_bar(status.step, status.total_steps, f"step {status.step}/{status.total_steps}"))

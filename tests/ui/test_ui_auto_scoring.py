@@ -101,6 +101,9 @@ def test_stop_during_the_scoring_keeps_every_file_and_says_so(app) -> None:
     host.render_grid = render_then_stop
     result = tab.train.start_training("t", str(data), "mylora", choice, "", *form_args(tab, **SETTINGS))
     assert "Training finished" in result and scoring.STOPPED_SCORING in result, result
+    # the live view under it said 'Training mylora: stopped' beside 'Training finished': the training was done
+    live = tab.train.poll(0)[0]
+    assert "Training mylora: done, scoring stopped" in live and ": stopped" not in live, live
     assert len(requests) == 3  # the render in progress was the last
     names = sorted(p.name for p in lora.glob("*.safetensors"))
     assert names == ["mylora-000001.safetensors", "mylora-000002.safetensors", "mylora.safetensors"]

@@ -271,6 +271,23 @@ def test_offline_tagger_error_is_one_sentence_shown_once(tab, tmp_path: Path, mo
     assert "red theme" in (data / "3_redfox" / "redfox_01.txt").read_text(encoding="utf-8")
 
 
+def test_a_failed_tagging_run_shows_one_red_line_the_real_reason(tab, tmp_path: Path, monkeypatch) -> None:
+    """The progress panel said 'Error: Tagging <folder>: failed' in red above the line giving the reason."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    data = write_demo_dataset(tmp_path / "untagged").root
+    args = ["task(1)", str(data), "wd-v1-4-vit-tagger-v2", "", 0.35, 0.85, False, False, "skip", "", "", 4]
+    result = tab.editor.start_tagging(*args)
+    status = tab.editor.poll_tagging()  # what the progress panel shows after the Tag click's chain
+    errors = re.findall(r'<div class="lt-msg lt-error">.*?</div>', result + status, re.S)
+    assert len(errors) == 1, (result, status)
+    assert "is not in the Hugging Face cache" in html.unescape(errors[0])
+    assert "failed" not in _text(status)
+
+
 def test_tagging_writes_the_caption_extension_the_train_tab_names(tab, tmp_path: Path) -> None:
     """With 'Caption file extension' .caption on the Train tab, tagging wrote .txt files that neither the
     editor (Load captions) nor training read."""
@@ -289,6 +306,22 @@ def test_tagging_writes_the_caption_extension_the_train_tab_names(tab, tmp_path:
 def _run(tab, dataset: Path | str, **changes):
     train = tab.train
     return train.start_training("task(2)", str(dataset), "mylora", "Lora folder", "", *form_args(tab, **changes))
+
+
+def test_a_failed_training_shows_one_red_line_the_real_reason(host: FakeHost, tab, dataset: Path, monkeypatch) -> None:
+    """The live view under Start said 'Error: Training mylora: failed' above the status line's reason."""
+    from lib_lora.common.errors import UserError
+
+    def fail(cfg, events, stop, **kwargs):
+        events.info("latents: 12 encoded, 0 reused from disk")
+        raise UserError("The model file is damaged.")
+
+    monkeypatch.setattr(host, "train", fail)
+    result = _run(tab, dataset)
+    live = tab.train.poll(0)[0]  # what the live view shows once the run has ended
+    errors = re.findall(r'<div class="lt-msg lt-error">.*?</div>', result + live, re.S)
+    assert len(errors) == 1 and "The model file is damaged." in errors[0], (result, live)
+    assert "failed" not in _text(live) and "latents: 12 encoded" in live  # what it did before is still there
 
 
 def test_start_refuses_bad_input_and_changes_nothing(host: FakeHost, tab, dataset: Path) -> None:
