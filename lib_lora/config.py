@@ -768,7 +768,8 @@ class TrainConfig:
         False,
         "When training ends, score every saved epoch file as the Test tab's 'Score epochs' does (rendered at "
         "fixed seeds, read by the WD tagger) and name the best one; the pick and the scores go into the final "
-        "file's metadata. It renders 27 images per epoch file; Stop ends it and keeps every file. Not after a Stop.",
+        "file's metadata. It renders 27 images per epoch file; Stop ends it and keeps every file. A run you stop is "
+        "not scored.",
         group="saving",
         kohya=False,
         in_metadata=False,

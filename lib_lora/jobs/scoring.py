@@ -331,10 +331,11 @@ def auto_cost_sentence(cfg: Any, epochs: int) -> str:
             "Scoring after training needs two saved files or more to compare: set Save every N epochs "
             "(otherwise only the final file is saved, and it is not scored)."
         )
-    per = AUTO_SETTINGS.images_per_epoch()
+    per, base = AUTO_SETTINGS.images_per_epoch(), AUTO_SETTINGS.base_images()
     return (
-        f"After training, scoring renders {plural(per, 'image')} per epoch file: {plural(images, 'image')} for "
-        f"{plural(files, 'file')} (about as long as a Test grid of that many images); Stop ends it and keeps every file."
+        f"After training, scoring renders {plural(per, 'image')} per epoch file plus {base} without the LoRA: "
+        f"{plural(images, 'image')} for {plural(files, 'file')} (each takes about as long as one image of a "
+        "Test grid); Stop ends it and keeps every file."
     )
 
 
