@@ -249,14 +249,19 @@ def test_tagging_with_a_local_tiny_tagger(tab, tmp_path: Path) -> None:
     assert "Tagging runs on the" in _text(tab.editor.provider_html())
 
 
-def test_offline_tagger_error_is_one_sentence_shown_once(tab, tmp_path: Path, monkeypatch) -> None:
+def _offline_untagged(tmp_path: Path, monkeypatch) -> tuple[Path, list]:
+    """An untagged demo dataset, an empty offline Hugging Face cache, and Tag's inputs for a WD model."""
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     data = write_demo_dataset(tmp_path / "untagged").root
-    args = ["task(1)", str(data), "wd-v1-4-vit-tagger-v2", "", 0.35, 0.85, False, False, "skip", "", "", 4]
+    return data, ["task(1)", str(data), "wd-v1-4-vit-tagger-v2", "", 0.35, 0.85, False, False, "skip", "", "", 4]
+
+
+def test_offline_tagger_error_is_one_sentence_shown_once(tab, tmp_path: Path, monkeypatch) -> None:
+    data, args = _offline_untagged(tmp_path, monkeypatch)
     shown = tab.editor.start_tagging(*args) + tab.editor.poll_tagging()  # the result line + the progress panel
     errors = [e for e in re.findall(r'lt-error">(.*?)</div>', shown) if "tagger model" in e]
     assert len(errors) == 1 and shown.count("not in the Hugging Face cache") == 1, errors
@@ -273,13 +278,7 @@ def test_offline_tagger_error_is_one_sentence_shown_once(tab, tmp_path: Path, mo
 
 def test_a_failed_tagging_run_shows_one_red_line_the_real_reason(tab, tmp_path: Path, monkeypatch) -> None:
     """The progress panel said 'Error: Tagging <folder>: failed' in red above the line giving the reason."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    data = write_demo_dataset(tmp_path / "untagged").root
-    args = ["task(1)", str(data), "wd-v1-4-vit-tagger-v2", "", 0.35, 0.85, False, False, "skip", "", "", 4]
+    data, args = _offline_untagged(tmp_path, monkeypatch)
     result = tab.editor.start_tagging(*args)
     status = tab.editor.poll_tagging()  # what the progress panel shows after the Tag click's chain
     errors = re.findall(r'<div class="lt-msg lt-error">.*?</div>', result + status, re.S)
