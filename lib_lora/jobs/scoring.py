@@ -377,6 +377,15 @@ def written_recommendation(path: str | os.PathLike) -> str | None:
         return None
 
 
+def written_pick(path: str | os.PathLike) -> str | None:
+    """The stem of the file that the scoring after training recommended in ``path``'s metadata (a
+    confident pick only; None: none, or unreadable)."""
+    try:
+        return read_header(path).metadata.get(META_RECOMMENDED_FILE) or None
+    except UserError:
+        return None
+
+
 def _record(final: Path, report: ScoreReport, log_path: Path | None, step: int) -> None:
     """The recommendation into the final file's metadata (atomically, tensors untouched), its
     ``name.json`` notes (the webui's Lora card shows them) and the run's log."""
