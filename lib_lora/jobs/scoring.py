@@ -423,9 +423,12 @@ def score_finished_run(
     """Score the epoch files of a finished run (``cfg.score_epochs``) with the host's ``renderer``
     and write the pick into the final file's metadata. None when the setting is off. The trained
     files stand whatever happens here: a run that was stopped is not scored, and a scoring that
-    cannot run, is stopped or fails says so in one sentence and changes no file."""
+    cannot run, is stopped or fails says so in one sentence and changes no file (a run stopped
+    before its first step: None, nothing to say)."""
     if not getattr(cfg, "score_epochs", False) or result is None:
         return None
+    if result.status != "done" and not result.files and not result.steps:
+        return None  # stopped before its first step: nothing was saved, the run's own line says so
     events = events or Events()
     stop = stop or StopToken()
     load_tagger = load_tagger or load_tag_scorer
