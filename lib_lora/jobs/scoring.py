@@ -378,6 +378,15 @@ def written_recommendation(path: str | os.PathLike) -> str | None:
         return None
 
 
+def written_pick(path: str | os.PathLike) -> str | None:
+    """The stem of the file that the scoring after training recommended in ``path``'s metadata (a
+    confident pick only; None: none, or unreadable)."""
+    try:
+        return read_header(path).metadata.get(META_RECOMMENDED_FILE) or None
+    except UserError:
+        return None
+
+
 def _record(final: Path, report: ScoreReport, log_path: Path | None, step: int) -> None:
     """The recommendation into the final file's metadata (atomically, tensors untouched), its
     ``name.json`` notes (the webui's Lora card shows them) and the run's log."""
@@ -415,9 +424,12 @@ def score_finished_run(
     """Score the epoch files of a finished run (``cfg.score_epochs``) with the host's ``renderer``
     and write the pick into the final file's metadata. None when the setting is off. The trained
     files stand whatever happens here: a run that was stopped is not scored, and a scoring that
-    cannot run, is stopped or fails says so in one sentence and changes no file."""
+    cannot run, is stopped or fails says so in one sentence and changes no file (a run stopped
+    before its first step: None, nothing to say)."""
     if not getattr(cfg, "score_epochs", False) or result is None:
         return None
+    if result.status != "done" and not result.files and not result.steps:
+        return None  # stopped before its first step: nothing was saved, the run's own line says so
     events = events or Events()
     stop = stop or StopToken()
     load_tagger = load_tagger or load_tag_scorer

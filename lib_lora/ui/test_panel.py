@@ -115,6 +115,9 @@ class TestPanel:
         listing = [self.epochs, self.send_epoch, self.prompts, self.result]
         self.refresh.click(self.list_epochs, [*where, self.tab.dataset.folder, self.prompts], listing)
         self.tab.test_tab.select(self.list_epochs, [*where, self.tab.dataset.folder, self.prompts], listing)
+        # the pick the scoring after training stored, ready for "Keep this one" without scoring again
+        self.refresh.click(self.stored_pick, where, [self.keep_choice])
+        self.tab.test_tab.select(self.stored_pick, where, [self.keep_choice])
         self.default_prompts.click(
             self.fill_default_prompts, [*where, self.tab.dataset.folder], [self.prompts, self.result]
         )
@@ -366,6 +369,25 @@ class TestPanel:
         self.host.jobs.stop(job.id)
         return html.message("Stopping after the current image; nothing is changed.", "warning")
 
+    def stored_pick(self, name: str, choice: str, custom: str) -> Any:
+        """ "Epoch to keep" set to the file the scoring after training recommended (the final file's
+        metadata), so Keep this one works without scoring again; unchanged when there is no confident
+        stored pick, or a Score in this tab has already reported on these files."""
+        try:
+            folder = resolve_output_dir(self.host, choice, custom)
+            family = scoring.lora_family(folder, name.strip()) if (name or "").strip() else []
+        except UserError:
+            return gr.update()
+        final = next((f.path for f in family if f.path.stem == name.strip()), None)
+        picked = scoring.written_pick(final) if final is not None and len(family) > 1 else None
+        stems = [f.path.stem for f in family]
+        if picked not in stems:
+            return gr.update()
+        if self.report is not None and {p.resolve() for p in self.report.files} == {f.path.resolve() for f in family}:
+            return gr.update()  # the Test tab's own score of these files stands
+        self.files.update({f.path.stem: f.path for f in family})
+        return gr.update(choices=stems, value=picked)
+
     @guarded(4, status=0)
     def keep_epoch(self, name: str, choice: str, custom: str, label: str) -> list[Any]:
         """Keep ``label`` as the LoRA; the epoch lists then show what is left in the folder (the moved
@@ -374,6 +396,8 @@ class TestPanel:
             raise UserError("Score the epochs first (or pick the epoch to keep).")
         folder = resolve_output_dir(self.host, choice, custom)
         path = self.files.get(label)
+        if path is None and (name or "").strip():  # a stored pick's file, listed by its stem (see stored_pick)
+            path = next((f.path for f in scoring.lora_family(folder, name.strip()) if f.path.stem == label), None)
         if path is None:
             raise UserError(f"{label} is no longer listed; score or refresh again.")
         result = scoring.keep_epoch(path, folder, name.strip())
@@ -397,6 +421,8 @@ def _scored_after_training(found: list[epoch_files.LoraFile], name: str) -> str:
     """The pick the scoring after training wrote into the final file (score_epochs), in its words."""
     final = next((f.path for f in found if f.path.stem == name), None)
     words = scoring.written_recommendation(final) if final else None
+    if words and len(found) > 1 and scoring.written_pick(final) in {f.path.stem for f in found}:
+        words += " Keep this one (below) keeps it without scoring again."
     return html.message(f"Scored after training: {words}", "info") if words else ""
 
 

@@ -8,7 +8,9 @@ API is on: ``--api`` or ``--nowebui``; behind ``--api-auth`` exactly like ``/sda
   another training writing it: 409, unless ``"resume": true`` (or a state folder) continues it or
   ``"overwrite": true`` replaces it (its files move to ``.trash/``).
 - ``GET jobs/{ID}`` -> ``{"state": queued|running|done|stopped|failed, "epoch", "step",
-  "total_steps", "loss", "files", "error", ...}``; unknown ID: 404.
+  "total_steps", "loss", "files", "error", "recommendation", ...}``; unknown ID: 404.
+  ``recommendation``: null, or once a run with ``score_epochs`` has ended, how its scoring went
+  (:func:`recommendation`).
 - ``POST jobs/{ID}/stop`` — the run stops after the current step and saves; 404 if unknown.
 - ``POST tag`` — ``{"folder", "model", "general_threshold", "character_threshold", "existing",
   "additional_tags", "exclude_tags", "batch_size", "confidences"}`` -> ``{"job": ID}``.
@@ -205,6 +207,26 @@ def clean_job(body: Any) -> tuple[str, Any]:
     return f"Clean {folder}", run
 
 
+def recommendation(status: Any) -> dict[str, Any] | None:
+    """The scoring after training of a finished train job (``score_epochs``) for its JSON status:
+    ``{"state": done|skipped|stopped|failed, "sentence", "file", "epoch", "final"}`` — ``sentence``
+    the pick in the Train tab's words, ``file``/``epoch`` the recommended file (a confident pick
+    only, else null), ``final`` the file whose metadata holds the pick. None: not scored (the
+    setting is off, the job is still running, or it is no training)."""
+    score = getattr(getattr(status, "result", None), "scoring", None)
+    if score is None:
+        return None
+    report = score.report
+    best = report.best if report is not None and report.pick.confident else None
+    return {
+        "state": score.state,
+        "sentence": score.sentence,
+        "file": None if best is None else str(report.files[report.pick.best]),
+        "epoch": None if best is None else best.epoch,
+        "final": None if score.final is None else str(score.final),
+    }
+
+
 class _Reject(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -312,7 +334,8 @@ def register_api(app: Any, host: Any) -> None:
 
     @router.get("/jobs/{job_id}")
     def job(job_id: str) -> dict[str, Any]:
-        return job_or_404(job_id).public()
+        status = job_or_404(job_id)
+        return {**status.public(), "recommendation": recommendation(status)}
 
     @router.post("/jobs/{job_id}/stop")
     def stop(job_id: str) -> dict[str, Any]:

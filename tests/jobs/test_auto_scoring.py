@@ -162,6 +162,12 @@ def test_a_stopped_run_or_a_single_file_is_not_scored_in_one_sentence(run) -> No
     log: list = []
     stopped = score_finished_run(cfg, dataclasses.replace(result, status="stopped"), planted_renderer(log), None)
     assert stopped.state == "skipped" and "the run was stopped" in stopped.sentence
+    # stopped before its first step (e.g. while caching latents): nothing saved, nothing to resume or score,
+    # so no sentence that says to resume it (the run's own line says nothing was saved)
+    events = RecordingEvents()
+    early = dataclasses.replace(result, status="stopped", files=[], steps=0, state_dir=None)
+    assert score_finished_run(cfg, early, planted_renderer(log), None, events) is None
+    assert not [t for t in events.texts() if "scored" in t]
     for name in ("t-000001", "t-000002"):
         (out / f"{name}.safetensors").unlink()
     single = score_finished_run(cfg, result, planted_renderer(log), None)

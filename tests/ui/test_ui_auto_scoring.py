@@ -87,6 +87,31 @@ def test_the_result_names_the_recommended_epoch_and_the_final_file_holds_it(app)
     assert "Scored after training: mylora-000002 is the best epoch" in listing, listing
 
 
+def test_keep_this_one_uses_the_stored_pick_without_scoring_again(app) -> None:
+    """After a scored run, a fresh Test tab (the webui restarted, no Score pressed) offers the stored
+    pick in "Epoch to keep" when it opens or is refreshed, and Keep this one keeps that file."""
+    tab, host, data, lora, requests, asked, lives = app
+    choice = next(iter(host.output_dir_choices()))
+    tab.train.start_training("t", str(data), "mylora", choice, "", *form_args(tab, **SETTINGS))
+    scored = len(requests)
+    blocks, fresh = build_tab(host)
+    for trigger in (fresh.test.refresh, fresh.test_tab):  # both list the stored pick into "Epoch to keep"
+        assert any(
+            trigger._id in d["targets"] and d["outputs"] == [fresh.test.keep_choice._id] for d in blocks.dependencies
+        )
+    listing = fresh.test.list_epochs("mylora", choice, "", str(data), "")[-1]
+    assert "Keep this one (below) keeps it without scoring again." in listing, listing
+    picked = fresh.test.stored_pick("mylora", choice, "")
+    assert picked["value"] == "mylora-000002" and picked["choices"] == ["mylora-000001", "mylora-000002", "mylora"]
+    fresh.test.files.clear()  # the listing and the pick are separate events: the Keep must not rely on their order
+    kept = fresh.test.keep_epoch("mylora", choice, "", picked["value"])[0]
+    assert "Kept mylora-000002 as mylora.safetensors" in kept, kept
+    assert len(requests) == scored  # nothing was rendered again
+    assert (lora / "archive" / "mylora-000002.safetensors").read_bytes() == (lora / "mylora.safetensors").read_bytes()
+    left = fresh.test.stored_pick("mylora", choice, "")  # kept: nothing left to pick, the dropdown unchanged
+    assert "value" not in left and "choices" not in left, left
+
+
 def test_stop_during_the_scoring_keeps_every_file_and_says_so(app) -> None:
     tab, host, data, lora, requests, asked, lives = app
     choice = next(iter(host.output_dir_choices()))

@@ -63,6 +63,53 @@ def test_train_reports_and_finishes(webui, api) -> None:
     assert same_outputs(before, outputs(model)) == [] and state_differences(state, model_state(model)) == []
 
 
+def test_the_status_of_a_scored_run_carries_the_recommendation(webui, api, monkeypatch) -> None:
+    """score_epochs through the API: once the run has ended, the job's status says how the scoring
+    went (the Train tab's sentence, the file whose metadata holds it); a run without it has null."""
+    from lib_lora.formats.safetensors_io import read_header
+    from lib_lora.jobs import scoring
+    from lib_lora.webui import host as webui_host
+
+    load_model(webui, wm.tiny_sd1(checkpoint_dir=str(webui.root)))
+    folder = dataset(webui.root / "data", images=1, name="1_hutao")
+    monkeypatch.setattr(scoring, "AUTO_SETTINGS", scoring.ScoreSettings(seeds=(1,), flexibility_prompts=("beach",), drift_prompts=("sky",)))  # fmt: skip
+    for key, value in (("width", 64), ("height", 64), ("steps", 2)):
+        monkeypatch.setitem(webui_host.TXT2IMG_FALLBACK, key, value)
+    monkeypatch.setattr(scoring, "load_tag_scorer", lambda model, events: lambda images: [{"hutao": 0.5} for _ in images])  # fmt: skip
+    body = config(folder, sample_every_n_epochs=None, score_epochs=True)
+    status = wait(api, api.post(f"{V1}/train", json=body).json()["job"])
+    assert status["state"] == "done", status
+    final = webui.lora_dir / "apilora.safetensors"
+    words = read_header(final).metadata["lora_trainer_recommendation"]
+    assert words.startswith("No confident pick")
+    assert status["recommendation"] == {"state": "done", "sentence": words, "file": None, "epoch": None, "final": str(final)}  # fmt: skip
+    plain = config(folder, sample_every_n_epochs=None, output_name="plain")
+    assert wait(api, api.post(f"{V1}/train", json=plain).json()["job"])["recommendation"] is None
+
+
+def test_the_recommendation_names_the_file_of_a_confident_pick(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from lib_lora.jobs import scoring
+    from lib_lora.jobs.score_math import EpochScore, SeedScore, pick_best
+    from lib_lora.webui.api import recommendation
+
+    files = [tmp_path / "x-000001.safetensors", tmp_path / "x-000002.safetensors", tmp_path / "x.safetensors"]
+    quality = (0.2, 0.9, 0.3)
+    scores = [EpochScore(f.stem, e, [SeedScore(q, q, 0.1)] * 3) for e, (f, q) in enumerate(zip(files, quality), 1)]
+    report = scoring.ScoreReport(scores, pick_best(scores), ["red hair"], "x", 30, 3.0, files)
+    assert report.pick.confident
+    done = SimpleNamespace(result=SimpleNamespace(scoring=scoring.AutoScore("done", report.pick.reason, report, files[-1])))  # fmt: skip
+    assert recommendation(done) == {
+        "state": "done", "sentence": report.pick.reason, "file": str(files[1]), "epoch": 2, "final": str(files[-1]),
+    }  # fmt: skip
+    stopped = SimpleNamespace(result=SimpleNamespace(scoring=scoring.AutoScore("stopped", scoring.STOPPED_SCORING)))
+    assert recommendation(stopped) == {
+        "state": "stopped", "sentence": scoring.STOPPED_SCORING, "file": None, "epoch": None, "final": None,
+    }  # fmt: skip
+    assert recommendation(SimpleNamespace(result=None)) is None  # running, or a tag job
+
+
 def test_stop_a_running_job(webui, api) -> None:
     load_model(webui, wm.tiny_sd1(checkpoint_dir=str(webui.root)))
     folder = dataset(webui.root / "data", images=2, name="3_hutao")
