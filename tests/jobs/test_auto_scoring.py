@@ -184,7 +184,9 @@ def test_the_cost_before_start_counts_the_files_the_run_will_save() -> None:
     cfg = TrainConfig(save_every_n_epochs=2, score_epochs=True)
     assert scoring.auto_cost(cfg, 10) == (5, 5 * 27 + 6)  # epochs 2, 4, 6, 8 and the final file
     assert scoring.auto_cost(cfg.replace(save_last_n_epochs=2), 10)[0] == 3
-    assert "27 images per epoch file plus 6 without the LoRA: 141 images for 5 files" in scoring.auto_cost_sentence(cfg, 10)
+    assert "27 images per epoch file plus 6 without the LoRA: 141 images for 5 files" in scoring.auto_cost_sentence(
+        cfg, 10
+    )
     assert "needs two saved files" in scoring.auto_cost_sentence(cfg.replace(save_every_n_epochs=None), 10)
     # the setting's help says the same figure as the scoring renders
     help_text = TrainConfig.__dataclass_fields__["score_epochs"].metadata["help"]

@@ -62,7 +62,10 @@ def test_the_result_names_the_recommended_epoch_and_the_final_file_holds_it(app)
     choice = next(iter(host.output_dir_choices()))
     args = form_args(tab, **SETTINGS)
     estimate = tab.train.check(str(data), "mylora", choice, "", *args)
-    assert "After training, scoring renders 9 images per epoch file plus 3 without the LoRA: 30 images for 3 files" in estimate, estimate
+    assert (
+        "After training, scoring renders 9 images per epoch file plus 3 without the LoRA: 30 images for 3 files"
+        in estimate
+    ), estimate
     result = tab.train.start_training("t", str(data), "mylora", choice, "", *args)
     assert "Training finished" in result and "mylora-000002 is the best epoch" in result, result
     assert result.count("<polyline") == 4 and "lt-score-table" in result  # the Test tab's chart and table
