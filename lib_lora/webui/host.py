@@ -205,9 +205,17 @@ class WebuiHost:
 
     # -- training --------------------------------------------------------------------------------------
     def train(
-        self, cfg: TrainConfig, events: Events, stop: StopToken, resume: str | None = None, overwrite: bool = False
+        self,
+        cfg: TrainConfig,
+        events: Events,
+        stop: StopToken,
+        resume: str | None = None,
+        overwrite: bool = False,
+        host_values: Mapping[str, Any] | None = None,
     ) -> Any:
-        """Train on the loaded model (called inside a job). The model is restored whatever happens."""
+        """Train on the loaded model (called inside a job). The model is restored whatever happens.
+        ``host_values``: txt2img's settings on screen at Start (:meth:`txt2img_live_inputs`), which
+        the scoring after training renders with, as the Test tab's Score does."""
         from lib_lora.jobs.train import prepare, stopped_while_preparing, train
         from lib_lora.webui.model_bundle import TrainingSession
 
@@ -251,7 +259,7 @@ class WebuiHost:
         if cfg.score_epochs:  # on the restored model, through txt2img as the Test tab scores
             from lib_lora.jobs.scoring import score_finished_run
 
-            render = grid_renderer(self.render_grid, save=False, quiet=True)
+            render = grid_renderer(self.render_grid, save=False, quiet=True, host_values=dict(host_values or {}))
             result.scoring = score_finished_run(cfg, result, render, self.settings().tagger_model, listeners, token)
             self.refresh_loras()  # the final file's metadata changed
         return result
