@@ -73,6 +73,10 @@ class TrainPanel:
         self.host = tab.host
         self.form = SettingsForm()
         self.running_inputs: list[Any] | None = None  # what the running training was started with
+        # the host's own image settings sent with Start (webui: txt2img's sampler, steps, size... on
+        # screen at the click), for the scoring after training; none in the standalone app
+        self._live_inputs: list[Any] = []
+        self._live_keys: list[str] = []
 
     # ------------------------------------------------------------------ layout
     def build(self) -> None:
@@ -166,10 +170,12 @@ class TrainPanel:
         self.wire_block_table(live_check)
 
         live = [self.live, self.chart, self.epochs, self.samples, self.sample_count]
+        self._live_inputs, self._live_keys = hook(self.host, "txt2img_live_inputs", lambda: ([], []))()
         self.start.click(lambda: "", None, [self.result], queue=False, **hidden_progress())  # the last run's line
         poll = self.start.click(self.poll, [self.sample_count], live, every=1, **hidden_progress())
         run = self.start.click(
-            self.host.wrap_long_handler(self.start_training, 1), [self.task, *self.run_inputs()], [self.result],
+            self.host.wrap_long_handler(self.start_training, 1), [self.task, *self.run_inputs(), *self._live_inputs],
+            [self.result],
             # the live view below is the progress (its own ETA): no second, Gradio-drawn bar whose
             # "elapsed/ETA" takes the ETA from the queue's average of every event ("57.7/0.1s")
             **js_kwargs(long_js(self.host, "train")), **hidden_progress(),
@@ -326,8 +332,14 @@ class TrainPanel:
             return "".join(parts)
         return "".join(parts) + self._estimate_html(folder, cfg.as_dict())
 
+    def _split_host_values(self, values: tuple[Any, ...]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """A click's form values, and the host's own image settings sent after them (see build)."""
+        n = len(values) - len(self._live_keys)
+        return values[:n], dict(zip(self._live_keys, values[n:]))
+
     @guarded(1)
     def start_training(self, task_id: str, folder: str, name: str, choice: str, custom: str, *values: Any) -> str:
+        values, host_values = self._split_host_values(values)
         info = self.host.model_info()
         if not info.loaded or info.problem:
             raise UserError(info.problem or "No model is loaded: load an SD1.x or SDXL checkpoint first.")
@@ -337,11 +349,14 @@ class TrainPanel:
         cfg = self._config(folder, name, choice, custom, values)
         if not self.training_running():
             self.running_inputs = [folder, name, choice, custom, *values]
-        return self._run_training(cfg, None, False)
+        return self._run_training(cfg, None, False, host_values)
 
-    def _run_training(self, cfg: TrainConfig, resume: str | None, overwrite: bool) -> str:
+    def _run_training(
+        self, cfg: TrainConfig, resume: str | None, overwrite: bool, host_values: dict[str, Any] | None = None
+    ) -> str:
         """Start (or resume) ``cfg`` as a job and wait for it; an existing run of the same name is
-        refused with the choices (Resume, a new name, Overwrite) unless one was made."""
+        refused with the choices (Resume, a new name, Overwrite) unless one was made. ``host_values``:
+        the host's image settings on screen (the scoring after training renders with them)."""
         from lib_lora.jobs.train import RunExists, check_output
 
         current = self.host.jobs.current("train")
@@ -355,9 +370,10 @@ class TrainPanel:
         if allow:
             allow(cfg.output_dir)
             allow(cfg.train_data_dir)
+        extra = {"host_values": host_values} if host_values else {}  # only a host with such values takes them
         status = self.host.jobs.run(
             "train", f"Training {cfg.output_name}",
-            lambda events, stop: self.host.train(cfg, events, stop, resume=resume, overwrite=overwrite),
+            lambda events, stop: self.host.train(cfg, events, stop, resume=resume, overwrite=overwrite, **extra),
             inner=host_events(self.host),
         )  # fmt: skip
         if status.files:
@@ -562,8 +578,8 @@ class TrainPanel:
         self.output_choice.change(self.refresh_resume_list, where, [self.resume_list], **hidden_progress())
         long = js_kwargs(long_js(self.host, "train"))
         for button, handler, inputs in (
-            (self.overwrite, self.start_overwriting, [self.task, *self.run_inputs()]),
-            (self.resume_button, self.resume_training, [self.task, self.resume_list, *where]),
+            (self.overwrite, self.start_overwriting, [self.task, *self.run_inputs(), *self._live_inputs]),
+            (self.resume_button, self.resume_training, [self.task, self.resume_list, *where, *self._live_inputs]),
         ):
             button.click(lambda: "", None, [self.result], queue=False, **hidden_progress())  # the last run's line
             poll = button.click(self.poll, [self.sample_count], live, every=1, **hidden_progress())
@@ -607,10 +623,11 @@ class TrainPanel:
     @guarded(1)
     def start_overwriting(self, task_id: str, folder: str, name: str, choice: str, custom: str, *values: Any) -> str:
         """Start, replacing the existing run of this name (pressed on purpose, after the refusal)."""
+        values, host_values = self._split_host_values(values)
         info = self.host.model_info()
         if not info.loaded or info.problem:
             raise UserError(info.problem or "No model is loaded: load an SD1.x or SDXL checkpoint first.")
-        return self._run_training(self._config(folder, name, choice, custom, values), None, True)
+        return self._run_training(self._config(folder, name, choice, custom, values), None, True, host_values)
 
     @guarded(1, status=0)
     def refresh_resume_list(self, choice: str | None, custom: str | None) -> Any:
@@ -618,7 +635,9 @@ class TrainPanel:
         return gr.update(choices=choices, value=choices[0] if choices else None)
 
     @guarded(1)
-    def resume_training(self, task_id: str, label: str | None, choice: str | None, custom: str | None) -> str:
+    def resume_training(
+        self, task_id: str, label: str | None, choice: str | None, custom: str | None, *live: Any
+    ) -> str:
         """Continue the chosen stopped run with the settings it was started with."""
         from lib_lora.jobs.train import resumable_states
 
@@ -635,7 +654,7 @@ class TrainPanel:
         values = {k: v for k, v in state["config"].items() if k in TrainConfig.__dataclass_fields__}
         values["output_dir"] = str(state["state"].parent)
         cfg = build_config(values, family=info.family if info.family in ("sd1", "sdxl") else self.family)
-        return self._run_training(cfg, str(state["state"]), False)
+        return self._run_training(cfg, str(state["state"]), False, dict(zip(self._live_keys, live)))
 
 
 def _in_sentence(label: str) -> str:

@@ -205,9 +205,17 @@ class WebuiHost:
 
     # -- training --------------------------------------------------------------------------------------
     def train(
-        self, cfg: TrainConfig, events: Events, stop: StopToken, resume: str | None = None, overwrite: bool = False
+        self,
+        cfg: TrainConfig,
+        events: Events,
+        stop: StopToken,
+        resume: str | None = None,
+        overwrite: bool = False,
+        host_values: Mapping[str, Any] | None = None,
     ) -> Any:
-        """Train on the loaded model (called inside a job). The model is restored whatever happens."""
+        """Train on the loaded model (called inside a job). The model is restored whatever happens.
+        ``host_values``: txt2img's settings on screen at Start (:meth:`txt2img_live_inputs`), which
+        the scoring after training renders with, as the Test tab's Score does."""
         from lib_lora.jobs.train import prepare, stopped_while_preparing, train
         from lib_lora.webui.model_bundle import TrainingSession
 
@@ -251,7 +259,7 @@ class WebuiHost:
         if cfg.score_epochs:  # on the restored model, through txt2img as the Test tab scores
             from lib_lora.jobs.scoring import score_finished_run
 
-            render = grid_renderer(self.render_grid, save=False, quiet=True)
+            render = grid_renderer(self.render_grid, save=False, quiet=True, host_values=dict(host_values or {}))
             result.scoring = score_finished_run(cfg, result, render, self.settings().tagger_model, listeners, token)
             self.refresh_loras()  # the final file's metadata changed
         return result
@@ -298,15 +306,16 @@ class WebuiHost:
     # -- epoch grid ------------------------------------------------------------------------------------
     def txt2img_defaults(self, live: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """txt2img's sampler, scheduler, steps, CFG and size: ``live`` (the values on screen, sent with
-        the click by :meth:`txt2img_live_inputs`), else as its components were built (captured with
-        ``on_after_component``; values from ui-config), else defaults."""
+        the click by :meth:`txt2img_live_inputs`), else the values of its components in the page as
+        built (the user's saved ui-config values; see :func:`runtime.capture_txt2img_component`),
+        else defaults."""
         values = dict(TXT2IMG_FALLBACK)
         for elem_id, key in TXT2IMG_SETTINGS.items():
-            component = runtime.txt2img_components.get(elem_id)
+            component = runtime.txt2img_component(elem_id)
             value = getattr(component, "value", None)
             if value is not None and value != "":
                 values[key] = value
-        if self._family() == "sdxl" and runtime.txt2img_components.get("txt2img_width") is None:
+        if self._family() == "sdxl" and runtime.txt2img_component("txt2img_width") is None:
             values["width"] = values["height"] = 1024
         for key, value in (live or {}).items():
             if key in values and value is not None and value != "":
@@ -316,7 +325,7 @@ class WebuiHost:
     def txt2img_live_inputs(self) -> tuple[list[Any], list[str]]:
         """txt2img's image-setting components (as inputs of the grid click, so the grid uses what the
         user has on screen now) and the keys their values stand for."""
-        found = [(runtime.txt2img_components.get(elem_id), key) for elem_id, key in TXT2IMG_SETTINGS.items()]
+        found = [(runtime.txt2img_component(elem_id), key) for elem_id, key in TXT2IMG_SETTINGS.items()]
         found = [(component, key) for component, key in found if component is not None]
         return [component for component, _ in found], [key for _, key in found]
 
@@ -479,8 +488,8 @@ class WebuiHost:
 
     def txt2img_outputs(self) -> list[Any]:
         """txt2img's prompt and negative prompt boxes (captured by ``on_after_component``)."""
-        prompt = runtime.txt2img_components.get("txt2img_prompt")
-        negative = runtime.txt2img_components.get("txt2img_neg_prompt")
+        prompt = runtime.txt2img_component("txt2img_prompt")
+        negative = runtime.txt2img_component("txt2img_neg_prompt")
         return [c for c in (prompt, negative) if c is not None] if prompt is not None else []
 
     def send_to_txt2img_js(self) -> str:

@@ -57,7 +57,7 @@ def on_app_started(demo: Any, app: Any) -> None:
 def on_after_component(component: Any, **kwargs: Any) -> None:
     elem_id = kwargs.get("elem_id") or getattr(component, "elem_id", None)
     if elem_id in runtime.TXT2IMG_ELEM_IDS:
-        runtime.txt2img_components[elem_id] = component
+        runtime.capture_txt2img_component(elem_id, component)
 
 
 def on_script_unloaded() -> None:

@@ -22,12 +22,48 @@ from lib_lora.jobs.manager import JobManager, JobStatus
 
 _local = threading.local()
 
-# txt2img components captured by ``on_after_component`` (elem_id -> component)
+# txt2img components captured by ``on_after_component`` (elem_id -> component); read them with
+# :func:`txt2img_component`
 TXT2IMG_ELEM_IDS = (
     "txt2img_prompt", "txt2img_neg_prompt", "txt2img_sampling", "txt2img_scheduler", "txt2img_steps",
     "txt2img_cfg_scale", "txt2img_width", "txt2img_height", "txt2img_seed",
 )  # fmt: skip
 txt2img_components: dict[str, Any] = {}
+# a newer component with the id of a script-built one in txt2img_components, kept aside until it is
+# known to be in the page too (see capture_txt2img_component)
+txt2img_newer: dict[str, Any] = {}
+
+
+def _built_by_script_runner(component: Any) -> bool:
+    """True for a control a script made for the page: the script runner marks the controls its
+    scripts' ``ui()`` returned with ``custom_script_source``, the key under which the webui saves and
+    restores their values in ui-config.json."""
+    return getattr(component, "custom_script_source", None) is not None
+
+
+def capture_txt2img_component(elem_id: str, component: Any) -> None:
+    """Remember a txt2img component (``on_after_component``).
+
+    The sampler, scheduler, steps and seed come from always-visible scripts, and the webui's HTTP API
+    calls every script's ``ui()`` again at start-up (to read default arguments): copies with the same
+    ids, made after the page, that never get the user's ui-config values and are in no page. A
+    script-built component already captured is therefore replaced only by one the script runner
+    marks as its own too (the page built again by Reload UI); others are kept apart, unused."""
+    current = txt2img_components.get(elem_id)
+    if current is not None and current is not component and _built_by_script_runner(current):
+        txt2img_newer[elem_id] = component
+    else:
+        txt2img_components[elem_id] = component
+        txt2img_newer.pop(elem_id, None)
+
+
+def txt2img_component(elem_id: str) -> Any:
+    """The captured txt2img component with this id that is in the page, or None."""
+    newer = txt2img_newer.get(elem_id)
+    if newer is not None and _built_by_script_runner(newer):
+        txt2img_components[elem_id] = newer
+        del txt2img_newer[elem_id]
+    return txt2img_components.get(elem_id)
 
 
 def holding_queue() -> bool:

@@ -144,6 +144,64 @@ def test_txt2img_components_are_captured_for_defaults_and_send_to_txt2img(webui)
     assert host.send_to_txt2img_js() == "switch_to_txt2img"
 
 
+def _sampler_controls(tabname: str = "txt2img") -> list:
+    """What the webui's always-visible Sampler script's ``ui()`` makes (its default values)."""
+    return [
+        gr.Slider(1, 150, 20, elem_id=f"{tabname}_steps", label="Sampling steps"),
+        gr.Dropdown(["DPM++ 2M", "Euler"], value="DPM++ 2M", elem_id=f"{tabname}_sampling", label="Sampling method"),
+        gr.Dropdown(["Automatic", "Karras"], value="Automatic", elem_id=f"{tabname}_scheduler", label="Schedule type"),
+    ]
+
+
+def _build_page(webui, steps: int, sampler: str, scheduler: str) -> list:
+    """txt2img as the webui builds it: the Sampler script's controls (marked by the script runner),
+    then ui-config's saved values applied to them (ui_loadsave)."""
+    with gr.Blocks():
+        controls = _sampler_controls()
+        for control in controls:
+            webui.script_callbacks.after_component_callback(control, elem_id=control.elem_id)
+            control.custom_script_source = "sampler.py"  # create_script_ui_inner, after ui() returned
+        width = gr.Slider(64, 2048, 512, elem_id="txt2img_width", label="Width")
+        webui.script_callbacks.after_component_callback(width, elem_id=width.elem_id)
+    for control, saved in zip([*controls, width], (steps, sampler, scheduler, 64)):
+        control.value = saved  # ui-config.json: "customscript/sampler.py/txt2img/Sampling steps/value": 2 ...
+    return [*controls, width]
+
+
+def test_txt2img_defaults_are_the_saved_ones_not_the_api_copies_of_the_sampler_script(webui, monkeypatch) -> None:
+    """The webui's HTTP API calls every script's ui() again after the page is built (default script
+    args): copies with the same elem_ids and the scripts' own defaults (20 steps, DPM++ 2M), in no
+    page. The scoring after training (no values on screen sent) must use what the user saved."""
+    from lib_lora.webui import register, runtime
+
+    monkeypatch.setattr(runtime, "txt2img_components", {})
+    monkeypatch.setattr(runtime, "txt2img_newer", {}, raising=False)
+    register.register()
+    load_model(webui, wm.tiny_sd1())
+    page = _build_page(webui, 2, "Euler", "Karras")
+    with gr.Blocks():  # modules/api/api.py init_default_script_args: script.ui() in a throwaway Blocks
+        for copy in _sampler_controls():
+            webui.script_callbacks.after_component_callback(copy, elem_id=copy.elem_id)
+    host = register.get_host()
+    defaults = host.txt2img_defaults()
+    assert (defaults["steps"], defaults["sampler"], defaults["scheduler"], defaults["width"]) == (
+        2,
+        "Euler",
+        "Karras",
+        64,
+    )
+    components, keys = host.txt2img_live_inputs()  # the Test tab's click reads the page's components
+    assert dict(zip(keys, components)) == {"steps": page[0], "sampler": page[1], "scheduler": page[2], "width": page[3]}
+    assert host.txt2img_defaults({"steps": 3})["steps"] == 3  # values on screen still come first
+
+    # Reload UI builds the page again (new saved values); the new page's components are used
+    page = _build_page(webui, 4, "Euler", "Automatic")
+    defaults = host.txt2img_defaults()
+    assert (defaults["steps"], defaults["scheduler"]) == (4, "Automatic")
+    components, keys = host.txt2img_live_inputs()
+    assert dict(zip(keys, components)) == {"steps": page[0], "sampler": page[1], "scheduler": page[2], "width": page[3]}
+
+
 def test_long_handler_holds_the_queue_and_keeps_output_counts(webui) -> None:
     from lib_lora.common.errors import UserError
     from lib_lora.webui import register

@@ -46,7 +46,8 @@ class Tab:
         values = {**FAST, **settings}
         form = self.ui.train.form.components
         args = [to_component_value(k, values[k]) if k in values else c.value for k, c in form.items()]
-        return self.start_fn("task(test)", str(folder), name, "Lora folder", "", *args)
+        live = [None] * len(self.ui.train._live_keys)  # txt2img's values on screen: none (the saved ones apply)
+        return self.start_fn("task(test)", str(folder), name, "Lora folder", "", *args, *live)
 
     def start_in_thread(self, folder: Path, **settings: Any) -> tuple[threading.Thread, dict[str, Any]]:
         out: dict[str, Any] = {}
@@ -472,3 +473,51 @@ def test_scoring_after_training_renders_through_txt2img_and_writes_the_pick(webu
     assert meta["lora_trainer_recommendation"].startswith("No confident pick")
     assert "lora_trainer_recommended_epoch" not in meta  # only a confident pick names one
     assert not list((webui.root / "outputs").rglob("*.png"))  # no grid image saved
+
+
+def test_scoring_after_training_renders_with_txt2img_settings_on_screen_at_start(webui, sd1, monkeypatch) -> None:
+    """Start sends txt2img's settings as they are on screen (as the Test tab's clicks do): the scoring
+    after training renders with them, not with the values txt2img was built with."""
+    import gradio as gr
+
+    from lib_lora.jobs import scoring
+    from lib_lora.ui.forms import to_component_value
+    from lib_lora.webui import register, runtime
+
+    with gr.Blocks():  # txt2img, built before the tab (its ui-config values: 64 x 64, 9 steps)
+        width = gr.Slider(64, 2048, 64, elem_id="txt2img_width")
+        height = gr.Slider(64, 2048, 64, elem_id="txt2img_height")
+        steps = gr.Slider(1, 150, 9, elem_id="txt2img_steps")
+    monkeypatch.setattr(runtime, "txt2img_components", {})
+    monkeypatch.setattr(runtime, "txt2img_newer", {})
+    for component in (width, height, steps):
+        register.on_after_component(component, elem_id=component.elem_id)
+    monkeypatch.setattr(
+        scoring,
+        "AUTO_SETTINGS",
+        scoring.ScoreSettings(seeds=(1,), flexibility_prompts=("beach",), drift_prompts=("sky",)),
+    )
+    monkeypatch.setattr(scoring, "load_tag_scorer", lambda model, events: lambda images: [{"a": 0.5} for _ in images])
+    tab = Tab(webui)
+    folder = dataset(webui.root / "data", images=1, name="1_hutao")
+    seen = []
+    real = tab.host.render_grid
+
+    def spy(request, events, stop):
+        result = real(request, events, stop)
+        seen.append((dict(request.host_values), {image.size for image in result.images}))
+        return result
+
+    monkeypatch.setattr(tab.host, "render_grid", spy)
+    # the user changed txt2img to 128 x 64, 2 steps after the page loaded
+    on_screen = {"width": 128, "height": 64, "steps": 2}
+    train = tab.ui.train
+    start = [d for d in tab.blocks.dependencies if train.start._id in d["targets"] and train.task._id in d["inputs"]]
+    assert {c._id for c in (width, height, steps)} <= set(start[0]["inputs"])  # txt2img's components are inputs
+    form = train.form.components
+    values = {**FAST, "sample_every_n_epochs": None, "score_epochs": True}
+    args = [to_component_value(k, values[k]) if k in values else c.value for k, c in form.items()]
+    live = [on_screen[key] for key in train._live_keys]
+    html = tab.start_fn("task(test)", str(folder), "hutao", "Lora folder", "", *args, *live)
+    assert "Training finished" in html and "lt-score-table" in html, html
+    assert seen and all(values == on_screen and sizes == {(128, 64)} for values, sizes in seen), seen
