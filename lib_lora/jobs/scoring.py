@@ -370,21 +370,14 @@ def scores_metadata(report: ScoreReport) -> dict[str, str | None]:
     }
 
 
-def written_recommendation(path: str | os.PathLike) -> str | None:
-    """The pick in words that the scoring after training wrote into ``path`` (None: none, or unreadable)."""
+def written_pick(path: str | os.PathLike) -> tuple[str | None, str | None]:
+    """What the scoring after training wrote into ``path``'s metadata: the pick in words, and the
+    stem of the recommended file (a confident pick only); None for what is not there or unreadable."""
     try:
-        return read_header(path).metadata.get(META_RECOMMENDATION) or None
+        metadata = read_header(path).metadata
     except UserError:
-        return None
-
-
-def written_pick(path: str | os.PathLike) -> str | None:
-    """The stem of the file that the scoring after training recommended in ``path``'s metadata (a
-    confident pick only; None: none, or unreadable)."""
-    try:
-        return read_header(path).metadata.get(META_RECOMMENDED_FILE) or None
-    except UserError:
-        return None
+        return None, None
+    return metadata.get(META_RECOMMENDATION) or None, metadata.get(META_RECOMMENDED_FILE) or None
 
 
 def _record(final: Path, report: ScoreReport, log_path: Path | None, step: int) -> None:

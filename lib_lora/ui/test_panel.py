@@ -379,7 +379,7 @@ class TestPanel:
         except UserError:
             return gr.update()
         final = next((f.path for f in family if f.path.stem == name.strip()), None)
-        picked = scoring.written_pick(final) if final is not None and len(family) > 1 else None
+        picked = scoring.written_pick(final)[1] if final is not None and len(family) > 1 else None
         stems = [f.path.stem for f in family]
         if picked not in stems:
             return gr.update()
@@ -420,8 +420,8 @@ class TestPanel:
 def _scored_after_training(found: list[epoch_files.LoraFile], name: str) -> str:
     """The pick the scoring after training wrote into the final file (score_epochs), in its words."""
     final = next((f.path for f in found if f.path.stem == name), None)
-    words = scoring.written_recommendation(final) if final else None
-    if words and len(found) > 1 and scoring.written_pick(final) in {f.path.stem for f in found}:
+    words, picked = scoring.written_pick(final) if final else (None, None)
+    if words and len(found) > 1 and picked in {f.path.stem for f in found}:
         words += " Keep this one (below) keeps it without scoring again."
     return html.message(f"Scored after training: {words}", "info") if words else ""
 
